@@ -1,0 +1,171 @@
+"""Vocabularies: token <-> id, and token -> character ids.
+
+A vocabulary file has one token per line; token ids are line numbers, except that a
+line ``!!!MAXTERMID`` is skipped. ``<S>``, ``</S>`` and ``<UNK>`` are the sentence
+begin, sentence end and unknown tokens (training needs all three).
+"""
+import os
+
+import numpy as np
+
+from .errors import VocabularyError
+
+BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<S>", "</S>", "<UNK>"
+_SKIPPED_LINE = "!!!MAXTERMID"
+
+# Character ids (before the +1 shift the batchers apply): bytes are 0..255.
+BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
+
+
+def read_vocabulary_file(filename):
+    """Return the list of tokens of a vocabulary file (``!!!MAXTERMID`` skipped)."""
+    if not os.path.isfile(filename):
+        raise VocabularyError(f"{filename}: vocabulary file not found")
+    tokens = []
+    with open(filename, "rb") as fin:
+        for line_number, raw in enumerate(fin, start=1):
+            try:
+                token = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise VocabularyError(
+                    f"{filename}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
+                ) from None
+            if token != _SKIPPED_LINE:
+                tokens.append(token)
+    if not tokens:
+        raise VocabularyError(f"{filename}: vocabulary file is empty; expected one token per line")
+    return tokens
+
+
+class Vocabulary:
+    """A token vocabulary read from a file.
+
+    Args:
+        filename: vocabulary file, one token per line.
+        validate_file: if True, require ``<S>``, ``</S>`` and ``<UNK>``.
+    """
+
+    def __init__(self, filename, validate_file=False):
+        self._filename = filename
+        self._id_to_word = read_vocabulary_file(filename)
+        self._word_to_id = {}
+        for idx, word in enumerate(self._id_to_word):
+            # The first occurrence wins, so ids stay line numbers.
+            self._word_to_id.setdefault(word, idx)
+        self._bos = self._word_to_id.get(BOS_TOKEN, -1)
+        self._eos = self._word_to_id.get(EOS_TOKEN, -1)
+        self._unk = self._word_to_id.get(UNK_TOKEN, -1)
+        if validate_file:
+            missing = [t for t, i in ((BOS_TOKEN, self._bos), (EOS_TOKEN, self._eos), (UNK_TOKEN, self._unk)) if i < 0]
+            if missing:
+                raise VocabularyError(
+                    f"{filename}: missing special token(s) {', '.join(missing)}; "
+                    f"a training vocabulary needs <S>, </S> and <UNK> (case sensitive), one per line"
+                )
+
+    @property
+    def bos(self):
+        return self._bos
+
+    @property
+    def eos(self):
+        return self._eos
+
+    @property
+    def unk(self):
+        return self._unk
+
+    @property
+    def size(self):
+        return len(self._id_to_word)
+
+    def word_to_id(self, word):
+        """Id of ``word``; the ``<UNK>`` id (-1 without one) when not in the vocabulary."""
+        return self._word_to_id.get(word, self.unk)
+
+    def id_to_word(self, cur_id):
+        return self._id_to_word[cur_id]
+
+    def decode(self, cur_ids):
+        """Ids -> a space-separated string."""
+        return " ".join(self.id_to_word(cur_id) for cur_id in cur_ids)
+
+    def encode(self, sentence, reverse=False, split=True):
+        """A sentence -> int32 ids (n_tokens + 2,) with ``<S>`` first and ``</S>`` last.
+
+        ``sentence`` is a string split on whitespace (``split=True``) or a list of
+        tokens. With ``reverse``, the tokens are reversed and ``</S>`` comes first.
+        """
+        words = sentence.split() if split else sentence
+        word_ids = [self.word_to_id(word) for word in words]
+        if reverse:
+            return np.array([self.eos] + word_ids + [self.bos], dtype=np.int32)
+        return np.array([self.bos] + word_ids + [self.eos], dtype=np.int32)
+
+
+class UnicodeCharsVocabulary(Vocabulary):
+    """A vocabulary that also maps tokens to character ids.
+
+    A token is its UTF-8 bytes cut to ``max_word_length - 2``, wrapped in begin-of-word
+    (258) and end-of-word (259) ids and right-padded with 260. Sentence begin and end
+    are ``[258, 256, 259, 260, ...]`` and ``[258, 257, 259, 260, ...]``. Tokens not in
+    the vocabulary are converted when they are met.
+    """
+
+    def __init__(self, filename, max_word_length, **kwargs):
+        super().__init__(filename, **kwargs)
+        if max_word_length < 3:
+            raise VocabularyError(
+                f"max_characters_per_token is {max_word_length}; expected at least 3 "
+                f"(begin-of-word, one byte, end-of-word)"
+            )
+        self._max_word_length = max_word_length
+        self.bos_char, self.eos_char = BOS_CHAR, EOS_CHAR
+        self.bow_char, self.eow_char, self.pad_char = BOW_CHAR, EOW_CHAR, PAD_CHAR
+        self.bos_chars = self._boundary_char_ids(BOS_CHAR)
+        self.eos_chars = self._boundary_char_ids(EOS_CHAR)
+        self._word_char_ids = np.stack([self._convert_word_to_char_ids(w) for w in self._id_to_word])
+        if self.bos >= 0:
+            self._word_char_ids[self.bos] = self.bos_chars
+        if self.eos >= 0:
+            self._word_char_ids[self.eos] = self.eos_chars
+
+    @property
+    def word_char_ids(self):
+        """int32 (size, max_word_length): the character ids of every vocabulary token."""
+        return self._word_char_ids
+
+    @property
+    def max_word_length(self):
+        return self._max_word_length
+
+    def _boundary_char_ids(self, char):
+        code = np.full(self._max_word_length, PAD_CHAR, dtype=np.int32)
+        code[:3] = (BOW_CHAR, char, EOW_CHAR)
+        return code
+
+    def _convert_word_to_char_ids(self, word):
+        code = np.full(self._max_word_length, PAD_CHAR, dtype=np.int32)
+        encoded = word.encode("utf-8", "ignore")[: self._max_word_length - 2]
+        code[0] = BOW_CHAR
+        code[1 : len(encoded) + 1] = np.frombuffer(encoded, dtype=np.uint8)
+        code[len(encoded) + 1] = EOW_CHAR
+        return code
+
+    def word_to_char_ids(self, word):
+        """int32 (max_word_length,) character ids of one token."""
+        idx = self._word_to_id.get(word)
+        if idx is not None:
+            return self._word_char_ids[idx]
+        return self._convert_word_to_char_ids(word)
+
+    def encode_chars(self, sentence, reverse=False, split=True):
+        """A sentence -> int32 (n_tokens + 2, max_word_length) with begin/end tokens.
+
+        ``reverse`` swaps the begin and end tokens of an already reversed sentence.
+        """
+        words = sentence.split() if split else sentence
+        chars_ids = [self.word_to_char_ids(word) for word in words]
+        if reverse:
+            return np.vstack([self.eos_chars] + chars_ids + [self.bos_chars])
+        return np.vstack([self.bos_chars] + chars_ids + [self.eos_chars])
