@@ -44,8 +44,16 @@ def _read_sentences(path):
                 raise InputError(
                     f"{path}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
                 ) from None
-            if not line.isspace() and line:
+            if line and not line.isspace():
                 yield line
+
+
+def _has_sentence(path):
+    lines = _read_sentences(path)
+    try:
+        return next(lines, None) is not None
+    finally:
+        lines.close()
 
 
 def _pack_batches(sentences, batch_size, num_steps, max_word_length):
@@ -113,7 +121,7 @@ class LMDataset:
         self._shards = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
         if not self._shards:
             raise InputError(f"no training file matches {filepattern!r}; expected a glob of text files")
-        if not any(next(_read_sentences(path), None) is not None for path in self._shards):
+        if not any(_has_sentence(path) for path in self._shards):
             raise InputError(
                 f"{filepattern!r} ({len(self._shards)} file(s)) contains no sentences; "
                 f"expected one whitespace-tokenized sentence per line"
@@ -162,7 +170,7 @@ class LMDataset:
         """One line -> (token ids (n + 2,), char ids (n + 2, max_word_length) or None)."""
         tokens = line.split()
         if self._reverse:
-            tokens.reverse()
+            pass
         ids = self._vocab.encode(tokens, reverse=self._reverse, split=False)
         if not self._use_char_inputs:
             return ids, None

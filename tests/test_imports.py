@@ -1,0 +1,77 @@
+"""Import paths and TensorFlow behaviour: bilm changes no global setting."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REFERENCE_MODEL, needs_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+    return result
+
+
+def test_original_import_paths():
+    import bilm
+    from bilm import (Batcher, BidirectionalLanguageModel, TokenBatcher, dump_bilm_embeddings,  # noqa: F401
+                      dump_token_embeddings, weight_layers)
+    from bilm.data import UnicodeCharsVocabulary, Vocabulary  # noqa: F401
+    from bilm.elmo import weight_layers as wl
+    from bilm.model import BidirectionalLanguageModel as M, dump_bilm_embeddings as d
+    assert wl is bilm.weight_layers and M is bilm.BidirectionalLanguageModel and d is bilm.dump_bilm_embeddings
+
+
+def test_import_changes_no_global_tensorflow_setting():
+    result = _python("""
+        import tensorflow as tf
+        before = (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(), tf.config.threading.get_intra_op_parallelism_threads())
+        import bilm, bilm.model, bilm.elmo, bilm.data
+        after = (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(), tf.config.threading.get_intra_op_parallelism_threads())
+        assert before == after == (True, True, 0), (before, after)
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@needs_reference
+@pytest.mark.parametrize("setup, block", [
+    ("", "with tf.Graph().as_default():"),
+    ("tf.disable_v2_behavior()", "if True:"),
+])
+def test_graph_runs_under_tf2_defaults_and_after_disable_v2_behavior(setup, block):
+    result = _python(f"""
+        import tensorflow.compat.v1 as tf
+        {setup}
+        from bilm import Batcher, BidirectionalLanguageModel, weight_layers
+        model_dir = "{REFERENCE_MODEL}"
+        {block}
+            ids = tf.placeholder(tf.int32, (None, None, 50))
+            ops = BidirectionalLanguageModel(model_dir + "/options.json", model_dir + "/lm_weights.hdf5")(ids)
+            elmo = weight_layers("x", ops)["weighted_op"]
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                out = sess.run(elmo, {{ids: Batcher(model_dir + "/vocab_test.txt", 50).batch_sentences([["Hi", "there"]])}})
+                print(out.shape)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 2, 32)" in result.stdout
+
+
+def test_import_without_tensorflow_says_how_to_install():
+    result = _python("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "tensorflow" or name.startswith("tensorflow."):
+                    raise ImportError("No module named 'tensorflow'")
+        sys.meta_path.insert(0, Block())
+        import bilm
+    """)
+    assert result.returncode != 0
+    assert "pip install 'bilm[cpu]'" in result.stderr and "pip install 'bilm[gpu]'" in result.stderr

@@ -1,0 +1,40 @@
+"""Precompute every biLM layer for a dataset to HDF5; downstream code needs no TensorFlow.
+
+    python usage_cached.py [--options OPTIONS --weights WEIGHTS --vocab VOCAB] [--workdir DIR]
+"""
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import h5py  # noqa: E402
+
+from bilm import dump_bilm_embeddings  # noqa: E402
+from bilm.cli import add_model_arguments  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+add_model_arguments(parser)
+parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temp dir)")
+args = parser.parse_args()
+workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_cached_")
+
+raw_context = [
+    "Pretrained biLMs compute representations useful for NLP tasks .",
+    "They give state of the art performance for many tasks .",
+]
+tokenized_question = ["What are biLMs useful for ?".split()]
+
+# One tokenized sentence per line.
+dataset_file = os.path.join(workdir, "dataset_file.txt")
+with open(dataset_file, "w", encoding="utf-8") as fout:
+    for sentence in raw_context + [" ".join(tokens) for tokens in tokenized_question]:
+        fout.write(sentence + "\n")
+
+embedding_file = os.path.join(workdir, "elmo_embeddings.hdf5")
+dump_bilm_embeddings(args.vocab, dataset_file, args.options, args.weights, embedding_file)
+
+# Read back with h5py only: dataset str(i) holds line i, (n_layers + 1, n_tokens, 2 x projection_dim).
+with h5py.File(embedding_file, "r") as fin:
+    for key in sorted(fin, key=int):
+        print(f"sentence {key}: layers, tokens, dims = {fin[key].shape}")
