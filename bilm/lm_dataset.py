@@ -144,7 +144,7 @@ class LMDataset:
     def _shard_order(self):
         """Shard paths: each once in sorted order (test), or shuffled passes forever."""
         if self._test:
-            yield from self._shards
+            yield from reversed(self._shards)
             return
         while True:
             remaining = list(self._shards)
@@ -170,7 +170,7 @@ class LMDataset:
         """One line -> (token ids (n + 2,), char ids (n + 2, max_word_length) or None)."""
         tokens = line.split()
         if self._reverse:
-            pass
+            tokens.reverse()
         ids = self._vocab.encode(tokens, reverse=self._reverse, split=False)
         if not self._use_char_inputs:
             return ids, None
