@@ -144,7 +144,7 @@ class LMDataset:
     def _shard_order(self):
         """Shard paths: each once in sorted order (test), or shuffled passes forever."""
         if self._test:
-            yield from reversed(self._shards)
+            yield from self._shards
             return
         while True:
             remaining = list(self._shards)
@@ -153,18 +153,19 @@ class LMDataset:
                 yield remaining.pop()
 
     def _shard_lines(self, path):
-        logger.info("Loading shard %s", path)
+        """The non-blank lines of one shard, shuffled if ``shuffle_on_load``."""
+        logger.debug("Loading shard %s", path)
         count = 0
         if self._shuffle_on_load:
             lines = list(_read_sentences(path))
             random.shuffle(lines)
-            logger.info("Loaded %d sentences from %s", len(lines), path)
+            logger.debug("Loaded %d sentences from %s", len(lines), path)
         else:
             lines = _read_sentences(path)
         for count, line in enumerate(lines, start=1):
             yield line
         if not self._shuffle_on_load:
-            logger.info("Read %d sentences from %s", count, path)
+            logger.debug("Read %d sentences from %s", count, path)
 
     def _encode(self, line):
         """One line -> (token ids (n + 2,), char ids (n + 2, max_word_length) or None)."""
