@@ -239,7 +239,7 @@ def test_train_mode_cycles_through_shards_forever(tmp_path, caplog):
     pattern = write_shards(tmp_path, [["the cat"], ["a dog", "sat"], ["ran fast"]])
     vocab = Vocabulary(write_vocab(tmp_path))
     random.seed(5)
-    caplog.set_level(logging.INFO, logger="bilm.lm_dataset")
+    caplog.set_level(logging.DEBUG, logger="bilm.lm_dataset")
     data = LMDataset(pattern, vocab)
     # The corpus has 4 sentences = 13 targets; take 20 times as many.
     batches = list(itertools.islice(data.iter_batches(batch_size=2, num_steps=13), 10))
