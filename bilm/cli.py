@@ -1,6 +1,8 @@
 """The ``bilm`` command: argument parsing and a call into the library, nothing else."""
 import argparse
+import json
 import logging
+import random
 import os
 import sys
 
@@ -29,6 +31,168 @@ def _dump_token_embeddings(args):
     dump_token_embeddings(args.vocab, args.options, args.weights, args.output)
 
 
+def _flag(name):
+    """Both spellings of a flag: the original scripts' ``--save_dir`` and ``--save-dir``."""
+    return ("--" + name, "--" + name.replace("_", "-")) if "_" in name else ("--" + name,)
+
+
+def _training_data(options, vocab_file, pattern, test):
+    from .lm_dataset import BidirectionalLMDataset, LMDataset
+    from .training import load_vocab
+
+    max_chars = options["char_cnn"]["max_characters_per_token"] if "char_cnn" in options else None
+    vocab = load_vocab(vocab_file, max_chars)
+    dataset = BidirectionalLMDataset if options.get("bidirectional") else LMDataset
+    return dataset(pattern, vocab, test=test, shuffle_on_load=not test)
+
+
+def _count_train_tokens(pattern):
+    import glob
+
+    from .vocabulary import count_tokens
+
+    counts, n_sentences = count_tokens(sorted(glob.glob(pattern)))
+    logging.getLogger(__name__).info("counted %d tokens in %d sentences of %s", sum(counts.values()), n_sentences,
+                                     pattern)
+    return sum(counts.values()) + n_sentences  # the </S> (or <S>) targets count too
+
+
+def _train(args):
+    from .training import original_training_options, train
+    from .vocabulary import Vocabulary
+
+    n_vocab = Vocabulary(args.vocab_file, validate_file=True).size
+    n_train_tokens = args.n_train_tokens or _count_train_tokens(args.train_prefix)
+    options = original_training_options(n_vocab, n_train_tokens)
+    lstm, cnn = options["lstm"], options["char_cnn"]
+    for value, (node, key) in [
+        (args.batch_size, (options, "batch_size")), (args.n_epochs, (options, "n_epochs")),
+        (args.unroll_steps, (options, "unroll_steps")), (args.dropout, (options, "dropout")),
+        (args.learning_rate, (options, "learning_rate")),
+        (args.n_negative_samples, (options, "n_negative_samples_batch")),
+        (args.lstm_dim, (lstm, "dim")), (args.projection_dim, (lstm, "projection_dim")),
+        (args.n_layers, (lstm, "n_layers")), (args.n_highway, (cnn, "n_highway")),
+        (args.char_embedding_dim, (cnn["embedding"], "dim")), (args.filters, (cnn, "filters")),
+    ]:
+        if value is not None:
+            node[key] = value
+    if args.token_input:
+        del options["char_cnn"]
+    if args.seed is not None:
+        random.seed(args.seed)
+    train(options, _training_data(options, args.vocab_file, args.train_prefix, test=False), args.n_gpus,
+          args.save_dir, args.log_dir or args.save_dir, checkpoint_every=args.checkpoint_every,
+          log_every=args.log_every, seed=args.seed)
+
+
+def _restart(args):
+    from .training import load_options_latest_checkpoint, train
+
+    options, ckpt_file = load_options_latest_checkpoint(args.save_dir)
+    for key in ("n_train_tokens", "n_epochs", "batch_size"):
+        if getattr(args, key):
+            options[key] = getattr(args, key)
+    train(options, _training_data(options, args.vocab_file, args.train_prefix, test=False), args.n_gpus,
+          args.save_dir, args.log_dir or args.save_dir, restart_ckpt_file=ckpt_file,
+          checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+
+
+def _test(args):
+    from .training import load_options_latest_checkpoint, test
+
+    options, ckpt_file = load_options_latest_checkpoint(args.save_dir)
+    perplexity = test(options, ckpt_file, _training_data(options, args.vocab_file, args.test_prefix, test=True),
+                      batch_size=args.batch_size)
+    print(f"perplexity: {perplexity:.3f}")
+
+
+def _dump_weights(args):
+    from .training import dump_weights
+
+    dump_weights(args.save_dir, args.outfile, options_outfile=args.options_outfile)
+
+
+def _vocab(args):
+    from .vocabulary import build_vocabulary, count_tokens, write_vocabulary
+
+    counts, n_sentences = count_tokens(args.inputs)
+    tokens = build_vocabulary(counts, args.min_count, args.max_size)
+    write_vocabulary(tokens, args.output)
+    logging.getLogger(__name__).info("%d sentences, %d tokens, %d types; wrote %d vocabulary entries to %s",
+                                     n_sentences, sum(counts.values()), len(counts), len(tokens), args.output)
+
+
+def _add_training_run_arguments(parser):
+    parser.add_argument(*_flag("n_gpus"), type=int, default=1, help="towers (GPUs; CPU devices without GPUs)")
+    parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
+    parser.add_argument(*_flag("checkpoint_every"), type=int, default=1250, help="batches between checkpoints")
+    parser.add_argument(*_flag("log_every"), type=int, default=100, help="batches between progress logs")
+
+
+def _add_training_commands(commands):
+    train = commands.add_parser(
+        "train", help="train a biLM (the original ELMo hyperparameters unless changed)",
+        epilog="example: bilm train --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt "
+               "--lstm_dim 512 --projection_dim 128 --batch_size 32")
+    train.add_argument(*_flag("train_prefix"), required=True, help="glob of training shards")
+    train.add_argument(*_flag("vocab_file"), required=True, help="vocabulary (see `bilm vocab`)")
+    train.add_argument(*_flag("save_dir"), required=True, help="checkpoints and options.json go here")
+    train.add_argument(*_flag("n_train_tokens"), type=int, help="tokens per epoch (default: counted from the data)")
+    train.add_argument(*_flag("n_epochs"), type=int)
+    train.add_argument(*_flag("batch_size"), type=int, help="per tower (default 128)")
+    train.add_argument(*_flag("unroll_steps"), type=int)
+    train.add_argument("--dropout", type=float)
+    train.add_argument(*_flag("learning_rate"), type=float)
+    train.add_argument(*_flag("n_negative_samples"), type=int, help="sampled softmax negatives (default 8192)")
+    train.add_argument(*_flag("lstm_dim"), type=int, help="LSTM cell size (default 4096)")
+    train.add_argument(*_flag("projection_dim"), type=int, help="token and LSTM output size (default 512)")
+    train.add_argument(*_flag("n_layers"), type=int, help="LSTM layers (default 2)")
+    train.add_argument(*_flag("n_highway"), type=int, help="highway layers (default 2)")
+    train.add_argument(*_flag("char_embedding_dim"), type=int, help="character embedding size (default 16)")
+    train.add_argument("--filters", type=json.loads, help="char CNN filters as JSON, e.g. '[[1,32],[2,64]]'")
+    train.add_argument(*_flag("token_input"), action="store_true", help="a token-input model (no char CNN)")
+    train.add_argument("--seed", type=int, help="seed the shard order, initialisation, dropout and sampling")
+    _add_training_run_arguments(train)
+    train.set_defaults(run=_train)
+
+    restart = commands.add_parser(
+        "restart", help="continue training from the latest checkpoint of --save_dir (or fine-tune on new data)",
+        epilog="example: bilm restart --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt")
+    restart.add_argument(*_flag("train_prefix"), required=True)
+    restart.add_argument(*_flag("vocab_file"), required=True)
+    restart.add_argument(*_flag("save_dir"), required=True)
+    for key in ("n_train_tokens", "n_epochs", "batch_size"):
+        restart.add_argument(*_flag(key), type=int, help="change this option (total batches are recomputed)")
+    _add_training_run_arguments(restart)
+    restart.set_defaults(run=_restart)
+
+    test = commands.add_parser("test", help="perplexity of the latest checkpoint on held-out data",
+                               epilog="example: bilm test --test_prefix heldout.txt --vocab_file vocab.txt "
+                                      "--save_dir ckpt --batch_size 64")
+    test.add_argument(*_flag("test_prefix"), required=True)
+    test.add_argument(*_flag("vocab_file"), required=True)
+    test.add_argument(*_flag("save_dir"), required=True)
+    test.add_argument(*_flag("batch_size"), type=int, default=256)
+    test.set_defaults(run=_test)
+
+    dump = commands.add_parser("dump-weights", help="latest checkpoint -> HDF5 weight file (no softmax)",
+                               epilog="example: bilm dump-weights --save_dir ckpt --outfile weights.hdf5 "
+                                      "--options_outfile options.json")
+    dump.add_argument(*_flag("save_dir"), required=True)
+    dump.add_argument("--outfile", required=True)
+    dump.add_argument(*_flag("options_outfile"), help="also write options.json for inference (n_characters 262)")
+    dump.set_defaults(run=_dump_weights)
+
+    vocab = commands.add_parser(
+        "vocab", help="build a vocabulary: <S>, </S>, <UNK>, then tokens by descending count",
+        epilog="example: bilm vocab data/train/*.txt --output vocab.txt --min-count 3")
+    vocab.add_argument("inputs", nargs="+", help="whitespace-tokenized text files")
+    vocab.add_argument("--output", required=True)
+    vocab.add_argument(*_flag("min_count"), type=int, default=1)
+    vocab.add_argument(*_flag("max_size"), type=int, help="at most this many entries, special tokens included")
+    vocab.set_defaults(run=_vocab)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="bilm", description="ELMo biLM: embed text, dump token embeddings.")
     parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
@@ -50,6 +214,7 @@ def build_parser():
     tokens.add_argument("output", help="HDF5 file to write (dataset 'embedding')")
     add_model_arguments(tokens)
     tokens.set_defaults(run=_dump_token_embeddings)
+    _add_training_commands(commands)
     return parser
 
 

@@ -44,6 +44,36 @@ def check_training_options(options, source="options"):
     return options
 
 
+def original_training_options(n_tokens_vocab, n_train_tokens):
+    """The original ELMo hyperparameters (bin/train_elmo.py of bilm-tf), per GPU batch 128."""
+    return {
+        "bidirectional": True,
+        "char_cnn": {
+            "activation": "relu", "embedding": {"dim": 16},
+            "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
+            "max_characters_per_token": 50, "n_characters": opts.N_CHARACTERS_TRAINING, "n_highway": 2,
+        },
+        "dropout": 0.1,
+        "lstm": {"cell_clip": 3, "dim": 4096, "n_layers": 2, "proj_clip": 3, "projection_dim": 512,
+                 "use_skip_connections": True},
+        "all_clip_norm_val": 10.0,
+        "n_epochs": 10,
+        "n_train_tokens": n_train_tokens,
+        "batch_size": 128,
+        "n_tokens_vocab": n_tokens_vocab,
+        "unroll_steps": 20,
+        "n_negative_samples_batch": 8192,
+    }
+
+
+def inference_options(options):
+    """A copy of training options for use with a weight file: ``n_characters`` 262."""
+    options = json.loads(json.dumps(options))
+    if opts.uses_char_cnn(options):
+        options["char_cnn"]["n_characters"] = opts.N_CHARACTERS_INFERENCE
+    return options
+
+
 class LanguageModel:
     """The training (or evaluation) graph of one tower.
 
@@ -254,7 +284,7 @@ def n_batches_total(options, n_gpus):
 
 
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
-          checkpoint_every=1250, log_every=100, histogram_every=1250):
+          checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None):
     """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
     Args:
@@ -267,6 +297,7 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
             ``log_every`` batches, histograms every ``histogram_every``).
         restart_ckpt_file: continue from this checkpoint: its global step counts
             toward the total number of batches, its optimizer state is kept.
+        seed: graph-level TensorFlow seed (initialisation, dropout, sampling).
     Returns:
         the final training perplexity.
     """
@@ -280,6 +311,8 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
     total = n_batches_total(options, n_gpus)
     tokens_per_step = options["batch_size"] * options["unroll_steps"] * n_gpus
     with tf.Graph().as_default():
+        if seed is not None:
+            tf.set_random_seed(seed)
         graph = build_training_graph(options, n_gpus)
         saver = tf.train.Saver(tf.global_variables(), max_to_keep=2)
         models = graph["models"]
@@ -342,11 +375,12 @@ def test(options, ckpt_file, data, batch_size=256):
     return perplexity
 
 
-def dump_weights(tf_save_dir, outfile):
+def dump_weights(tf_save_dir, outfile, options_outfile=None):
     """Write the latest checkpoint's weights as an HDF5 weight file (no softmax).
 
     Datasets are the trainable variables, named as in the original's weight files
-    (``char_embed`` keeps its 261 rows; token models also get ``embedding``).
+    (``char_embed`` keeps its 261 rows; token models also get ``embedding``). With
+    ``options_outfile``, also write the options for inference (``n_characters`` 262).
     """
     options, ckpt_file = load_options_latest_checkpoint(tf_save_dir)
     with tf.Graph().as_default():
@@ -363,4 +397,7 @@ def dump_weights(tf_save_dir, outfile):
             if name in expected and tuple(value.shape) != expected[name]:
                 raise OptionsError(f"{ckpt_file}: variable {name} has shape {value.shape}, expected {expected[name]}")
             fout.create_dataset(name, data=value, dtype="float32")
+    if options_outfile:
+        with open(options_outfile, "w", encoding="utf-8") as fout:
+            json.dump(inference_options(options), fout, indent=1)
     logger.info("wrote %d weight datasets to %s", len(variables), outfile)

@@ -169,3 +169,42 @@ class UnicodeCharsVocabulary(Vocabulary):
         if reverse:
             return np.vstack([self.eos_chars] + chars_ids + [self.bos_chars])
         return np.vstack([self.bos_chars] + chars_ids + [self.eos_chars])
+
+
+def count_tokens(filenames):
+    """Token counts (collections.Counter) and number of sentences of whitespace-tokenized text files."""
+    from collections import Counter
+
+    counts, n_sentences = Counter(), 0
+    for filename in filenames:
+        with open(filename, encoding="utf-8") as fin:
+            for line in fin:
+                tokens = line.split()
+                if tokens:
+                    counts.update(tokens)
+                    n_sentences += 1
+    return counts, n_sentences
+
+
+def build_vocabulary(counts, min_count=1, max_size=None):
+    """``<S>``, ``</S>``, ``<UNK>``, then tokens by descending count (ties alphabetical).
+
+    Args:
+        counts: token -> count.
+        min_count: drop tokens seen fewer times.
+        max_size: keep at most this many tokens in all (special tokens included).
+    Returns:
+        the list of tokens, ready for ``write_vocabulary``.
+    """
+    specials = [BOS_TOKEN, EOS_TOKEN, UNK_TOKEN]
+    ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in specials),
+                    key=lambda t: (-counts[t], t))
+    if max_size is not None:
+        ranked = ranked[: max(0, max_size - len(specials))]
+    return specials + ranked
+
+
+def write_vocabulary(tokens, filename):
+    """One token per line, UTF-8."""
+    with open(filename, "w", encoding="utf-8") as fout:
+        fout.write("\n".join(tokens) + "\n")
