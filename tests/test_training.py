@@ -1,0 +1,193 @@
+"""Training: the original's training cases, towers, restart, and the checkpoint -> weight file round trip."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+from bilm import BidirectionalLanguageModel, Batcher
+from bilm.data import BidirectionalLMDataset, LMDataset
+from bilm.errors import OptionsError
+from bilm.training import (LanguageModel, _feed, _session_config, build_training_graph, dump_weights,
+                           load_options_latest_checkpoint, load_vocab, train)
+from bilm.training import test as perplexity_of  # not collected as a test
+from bilm.weights import expected_weight_shapes
+from conftest import REFERENCE_TRAIN, needs_reference
+
+pytestmark = needs_reference
+DATA = str(REFERENCE_TRAIN / "data.txt")
+VOCAB = str(REFERENCE_TRAIN / "vocab.txt")
+CHAR_CNN = {"activation": "relu", "embedding": {"dim": 4}, "filters": [[1, 8], [2, 8], [3, 16], [4, 32]],
+            "max_characters_per_token": 50, "n_characters": 261, "n_highway": 1}
+
+
+def make_options(char=True, bidirectional=True, skip=False, share=False, n_batches=300, batch_size=2,
+                 unroll_steps=5, dim=32, projection_dim=16, **extra):
+    options = {
+        "bidirectional": bidirectional, "dropout": 0.1, "all_clip_norm_val": 10.0,
+        "lstm": {"dim": dim, "projection_dim": projection_dim, "n_layers": 2, "cell_clip": 5, "proj_clip": 5,
+                 "use_skip_connections": skip},
+        "n_epochs": 1, "n_train_tokens": n_batches * batch_size * unroll_steps, "batch_size": batch_size,
+        "unroll_steps": unroll_steps, "n_tokens_vocab": load_vocab(VOCAB).size, "n_negative_samples_batch": 8,
+        "learning_rate": 0.2,
+    }
+    if char:
+        options["char_cnn"] = json.loads(json.dumps(CHAR_CNN))
+    if share:
+        options["share_embedding_softmax"] = True
+    options.update(extra)
+    return options
+
+
+def dataset(options, test_mode=False):
+    vocab = load_vocab(VOCAB, 50 if "char_cnn" in options else None)
+    cls = BidirectionalLMDataset if options["bidirectional"] else LMDataset
+    return cls(DATA, vocab, test=test_mode)
+
+
+def train_and_test(options, tmp_path, **kwargs):
+    save_dir = str(tmp_path / "checkpoints")
+    train(options, dataset(options), 1, save_dir, str(tmp_path / "logs"), seed=0, **kwargs)
+    saved_options, ckpt_file = load_options_latest_checkpoint(save_dir)
+    assert saved_options == options
+    return perplexity_of(saved_options, ckpt_file, dataset(saved_options, test_mode=True), batch_size=1), save_dir
+
+
+@pytest.mark.parametrize("case, options", [
+    ("forward-only token model", dict(char=False, bidirectional=False)),
+    ("bidirectional character model", dict(char=True)),
+    ("shared softmax and token embedding", dict(char=False, share=True)),
+    ("skip connections", dict(char=True, skip=True)),
+])
+def test_original_training_cases_learn_the_data(tmp_path, case, options):
+    perplexity, _ = train_and_test(make_options(**options), tmp_path)
+    print(f"{case}: perplexity {perplexity:.2f} (vocabulary of {load_vocab(VOCAB).size})")
+    assert perplexity < 20
+
+
+def test_shared_softmax_with_characters_raises():
+    with tf.Graph().as_default(), pytest.raises(OptionsError, match="share_embedding_softmax"):
+        LanguageModel(make_options(char=True, share=True), is_training=True)
+
+
+def _variable_names(options, n_towers):
+    with tf.Graph().as_default():
+        build_training_graph(options, n_towers)
+        return sorted(v.op.name for v in tf.global_variables())
+
+
+def test_towers_share_variables():
+    options = make_options()
+    assert _variable_names(options, 2) == _variable_names(options, 1)
+
+
+def _one_update(options, n_towers, batch, initial):
+    """Variables after one training step from ``initial`` values."""
+    with tf.Graph().as_default():
+        graph = build_training_graph(options, n_towers)
+        variables = tf.trainable_variables()
+        with tf.Session(config=_session_config(n_towers)) as sess:
+            sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
+            if initial is None:
+                return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+            for v in variables:
+                v.load(initial[v.op.name], sess)
+            sess.run(graph["train_op"], _feed(graph["models"], batch, True, True))
+            devices = {op.device for op in tf.get_default_graph().get_operations() if "tower_1" in op.name}
+            return {v.op.name: value for v, value in zip(variables, sess.run(variables))}, devices
+
+
+def test_two_towers_on_half_batches_equal_one_tower_on_the_whole_batch():
+    # deterministic loss: full softmax, no dropout
+    options = make_options(dropout=0.0, sample_softmax=False, batch_size=4)
+    batch = next(dataset(options).iter_batches(4, options["unroll_steps"]))
+    initial = _one_update(options, 1, None, None)
+    one, _ = _one_update(options, 1, batch, initial)
+    half = dict(options, batch_size=2)
+    two, devices = _one_update(half, 2, batch, initial)
+    assert any("cpu:1" in d.lower() for d in devices), devices  # the second tower ran on a second device
+    changed = 0
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        changed += not np.allclose(one[name], initial[name])
+    assert changed == len(one)
+
+
+def test_restart_continues_global_step_and_total(tmp_path):
+    options = make_options(n_batches=60)
+    first, save_dir = train_and_test(options, tmp_path, checkpoint_every=1000)
+    _, ckpt = load_options_latest_checkpoint(save_dir)
+    assert ckpt.endswith("model.ckpt-60")
+
+    # The same total again: nothing left to do, the step stays.
+    train(options, dataset(options), 1, save_dir, save_dir, restart_ckpt_file=ckpt)
+    assert load_options_latest_checkpoint(save_dir)[1].endswith("model.ckpt-60")
+
+    more = dict(options, n_epochs=4)  # 240 batches in all: 180 more
+    train(more, dataset(more), 1, save_dir, save_dir, restart_ckpt_file=ckpt, checkpoint_every=1000)
+    saved_options, ckpt = load_options_latest_checkpoint(save_dir)
+    assert ckpt.endswith("model.ckpt-240")
+    second = perplexity_of(saved_options, ckpt, dataset(saved_options, test_mode=True), batch_size=1)
+    assert second < first
+
+
+def test_checkpoint_round_trip_through_weight_file(tmp_path):
+    """dump_weights -> BidirectionalLanguageModel reproduces the training graph's LSTM outputs."""
+    options = make_options(n_batches=20, skip=True)
+    _, save_dir = train_and_test(options, tmp_path)
+    weight_file, options_file = str(tmp_path / "weights.hdf5"), str(tmp_path / "options.json")
+    dump_weights(save_dir, weight_file, options_outfile=options_file)
+
+    with h5py.File(weight_file, "r") as fin:
+        found = {}
+        fin.visititems(lambda n, o: found.update({n: o.shape}) if isinstance(o, h5py.Dataset) else None)
+    assert found == expected_weight_shapes(options)  # no softmax, char_embed with 261 rows
+    assert json.load(open(options_file))["char_cnn"]["n_characters"] == 262
+
+    sentence = "neural language models use continuous representations .".split()
+    vocab = load_vocab(VOCAB, 50)
+    n = len(sentence)
+    # Training graph: the whole sentence with <S> and </S> as one window, zero initial state.
+    _, ckpt = load_options_latest_checkpoint(save_dir)
+    window = dict(options, batch_size=1, unroll_steps=n + 2)
+    with tf.Graph().as_default():
+        with tf.variable_scope("lm"):
+            model = LanguageModel(window, is_training=False)
+        with tf.Session() as sess:
+            sess.run(tf.local_variables_initializer())
+            tf.train.Saver(tf.global_variables()).restore(sess, ckpt)
+            forward, backward = sess.run(model.lstm_outputs, {
+                model.tokens_characters: vocab.encode_chars(sentence, split=False)[None],
+                model.tokens_characters_reverse: vocab.encode_chars(sentence[::-1], reverse=True,
+                                                                    split=False)[None],
+                model.next_token_id: np.zeros((1, n + 2), np.int32),
+                model.next_token_id_reverse: np.zeros((1, n + 2), np.int32),
+            })
+    # Inference graph from the dumped files.
+    with tf.Graph().as_default():
+        ids = tf.placeholder(tf.int32, (None, None, 50))
+        ops = BidirectionalLanguageModel(options_file, weight_file)(ids)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            lm_embeddings = sess.run(ops["lm_embeddings"], {ids: Batcher(VOCAB, 50).batch_sentences([sentence])})
+    p = options["lstm"]["projection_dim"]
+    for layer in range(2):
+        np.testing.assert_allclose(lm_embeddings[0, layer + 1, :, :p], forward[layer][0, 1:n + 1], atol=1e-5)
+        np.testing.assert_allclose(lm_embeddings[0, layer + 1, :, p:], backward[layer][0, n:0:-1], atol=1e-5)
+
+
+def test_dump_weights_without_lstm_projection(tmp_path):
+    """dim == projection_dim: no W_P_0 is written, and the file loads."""
+    options = make_options(n_batches=5, dim=16, projection_dim=16)
+    save_dir = str(tmp_path / "checkpoints")
+    train(options, dataset(options), 1, save_dir, save_dir)
+    weight_file, options_file = str(tmp_path / "w.hdf5"), str(tmp_path / "o.json")
+    dump_weights(save_dir, weight_file, options_outfile=options_file)
+    with h5py.File(weight_file, "r") as fin:
+        names = []
+        fin.visit(names.append)
+    assert not [n for n in names if n.endswith("W_P_0")]
+    with tf.Graph().as_default():
+        ops = BidirectionalLanguageModel(options_file, weight_file)(tf.placeholder(tf.int32, (None, None, 50)))
+        assert ops["lm_embeddings"].shape[-1] == 32
