@@ -6,7 +6,7 @@ Both batchers add the sentence begin and end tokens and shift every id by +1, so
 import numpy as np
 
 from .errors import InputError
-from .vocabulary import UnicodeCharsVocabulary, Vocabulary
+from .vocabulary import BOS_CHAR, EOS_CHAR, EOW_CHAR, UnicodeCharsVocabulary, Vocabulary, token_char_ids
 
 
 def _check_sentences(sentences):
@@ -27,13 +27,16 @@ class Batcher:
 
     Args:
         lm_vocab_file: vocabulary file; its tokens' character ids are precomputed,
-            others are converted when met.
+            others are converted when met. None: convert every token when met.
         max_token_length: ``char_cnn.max_characters_per_token`` of the model (50).
     """
 
     def __init__(self, lm_vocab_file, max_token_length):
-        self._lm_vocab = UnicodeCharsVocabulary(lm_vocab_file, max_token_length)
+        self._lm_vocab = UnicodeCharsVocabulary(lm_vocab_file, max_token_length) if lm_vocab_file else None
         self._max_token_length = max_token_length
+        self._boundaries = [token_char_ids("", max_token_length) for _ in range(2)]
+        for code, mark in zip(self._boundaries, (BOS_CHAR, EOS_CHAR)):
+            code[1:3] = (mark, EOW_CHAR)
 
     @property
     def vocab(self):
@@ -47,8 +50,14 @@ class Batcher:
         max_length = _check_sentences(sentences)
         char_ids = np.zeros((len(sentences), max_length, self._max_token_length), dtype=np.int32)
         for k, sentence in enumerate(sentences):
-            char_ids[k, : len(sentence) + 2] = self._lm_vocab.encode_chars(sentence, split=False) + 1
+            char_ids[k, : len(sentence) + 2] = self._encode(sentence) + 1
         return char_ids
+
+    def _encode(self, sentence):
+        if self._lm_vocab is not None:
+            return self._lm_vocab.encode_chars(sentence, split=False)
+        rows = [token_char_ids(token, self._max_token_length) for token in sentence]
+        return np.stack([self._boundaries[0]] + rows + [self._boundaries[1]])
 
 
 class TokenBatcher:

@@ -3,14 +3,31 @@
 Calling the model on an ids placeholder builds the graph (char CNN or token lookup,
 then the forward and backward LSTM stacks) and returns the layer outputs.
 """
+from pathlib import Path
+
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 from . import network
 from . import options as opts
 from . import weights
 from .errors import InputError, InvalidNumberOfCharacters, OptionsError  # noqa: F401 (re-export)
+from .vocabulary import BOS_CHAR, EOS_CHAR, token_char_ids
 
 SCOPE = "bilm"
+STATE_MODES = ("stateful", "zero", "warm")
+WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
+
+
+def warmup_char_ids(max_chars, text_file=WARMUP_TEXT):
+    """The warm-up text as a list of (1, n + 2, max_chars) char-id batches, one per sentence."""
+    boundary = {mark: np.array([258, mark, 259] + [260] * (max_chars - 3), np.int32) for mark in (BOS_CHAR, EOS_CHAR)}
+    batches = []
+    for line in Path(text_file).read_text(encoding="utf-8").splitlines():
+        if line.split():
+            rows = [boundary[BOS_CHAR]] + [token_char_ids(t, max_chars) for t in line.split()] + [boundary[EOS_CHAR]]
+            batches.append(np.stack(rows)[None] + 1)
+    return batches
 
 
 def _file_initializer(path, name, pad_row):
@@ -38,6 +55,15 @@ class BidirectionalLanguageModel:
             token ids (``TokenBatcher``) and look them up in ``embedding_weight_file``.
         embedding_weight_file: the output of ``dump_token_embeddings`` (token input).
         max_batch_size: the largest batch the stateful LSTMs take.
+        state_mode: where each batch's LSTM states start:
+            ``"stateful"`` (the original): from the states the previous batch left in
+            rows [:b] of per-model variables; ``"zero"``: from zeros; ``"warm"``: from
+            fixed states reached by running the model over a warm-up text (the
+            shipped ``models/warmup.txt``, or ``warmup_ids``). In ``zero`` and ``warm``
+            modes a sentence's vectors do not depend on its neighbours, its position
+            or the batch size, and there is no batch size limit.
+        warmup_ids: for ``"warm"``: a list of id batches (from the model's batcher) to
+            run, in order, before taking the states; required for token input.
 
     Calling the model on an int32 placeholder of ids, shape (B, T + 2, C) for
     characters or (B, T + 2) for tokens, returns a dict:
@@ -54,7 +80,7 @@ class BidirectionalLanguageModel:
     """
 
     def __init__(self, options_file, weight_file, use_character_inputs=True, embedding_weight_file=None,
-                 max_batch_size=128):
+                 max_batch_size=128, state_mode="stateful", warmup_ids=None):
         self._options = opts.check_options(opts.load_options(options_file), options_file)
         if use_character_inputs and not opts.uses_char_cnn(self._options):
             raise OptionsError(f"{options_file}: missing key 'char_cnn'; a token-input model needs "
@@ -63,6 +89,14 @@ class BidirectionalLanguageModel:
             raise ValueError("embedding_weight_file is required input with not use_character_inputs")
         if max_batch_size < 1:
             raise InputError(f"max_batch_size is {max_batch_size}; expected at least 1")
+        if state_mode not in STATE_MODES:
+            raise InputError(f"state_mode is {state_mode!r}; expected one of {STATE_MODES}")
+        if state_mode == "warm" and warmup_ids is None and not use_character_inputs:
+            raise InputError("state_mode='warm' with token input needs warmup_ids (batches from its TokenBatcher)")
+        self._options_file = options_file
+        self._state_mode = state_mode
+        self._warmup_ids = warmup_ids
+        self._warm_states = None
         weights.check_weight_file(weight_file, self._options, lstm_only=not use_character_inputs)
         self._n_tokens_vocab = None
         if not use_character_inputs:
@@ -120,11 +154,14 @@ class BidirectionalLanguageModel:
             embedding = network.token_embedding(ids, self._n_tokens_vocab, opts.projection_dim(options))
         lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)  # (B,) with begin/end
         batch_size = tf.shape(ids)[0]
-        check = tf.debugging.assert_less_equal(
-            batch_size, self._max_batch_size,
-            message=f"batch larger than max_batch_size={self._max_batch_size} of BidirectionalLanguageModel")
-
-        states = network.CarriedStates(options, self._max_batch_size)
+        if self._state_mode == "stateful":
+            check = tf.debugging.assert_less_equal(
+                batch_size, self._max_batch_size,
+                message=f"batch larger than max_batch_size={self._max_batch_size} of BidirectionalLanguageModel")
+            states = network.CarriedStates(options, self._max_batch_size)
+        else:
+            check = tf.no_op()
+            states = network.FixedStates(options, self.warm_states() if self._state_mode == "warm" else None)
         self._states[ids] = states
         layers = [tf.concat([embedding, embedding], axis=2)]
         updates = []
@@ -158,11 +195,37 @@ class BidirectionalLanguageModel:
             "token_embeddings": embedding,
         }
 
+    def warm_states(self):
+        """``[direction][layer] = (c (D,), h (P,))``: the states after the warm-up text.
+
+        Computed once (in a separate graph, sentence by sentence from zero states, as
+        the original's stateful mode would) and then kept as constants.
+        """
+        if self._warm_states is None:
+            batches = self._warmup_ids
+            if batches is None:
+                batches = warmup_char_ids(self._options["char_cnn"]["max_characters_per_token"])
+            with tf.Graph().as_default():
+                ids = tf.placeholder(tf.int32, (None,) * np.ndim(batches[0]))
+                stateful = BidirectionalLanguageModel(
+                    self._options_file, self._weight_file, self._use_character_inputs, self._embedding_weight_file,
+                    max_batch_size=max(len(b) for b in batches))
+                ops = stateful(ids)
+                with tf.Session() as sess:
+                    sess.run(tf.global_variables_initializer())
+                    for batch in batches:
+                        sess.run(ops["lengths"], {ids: batch})
+                    values = sess.run(stateful.state_variables(ids))
+            self._warm_states = [[(c[0], h[0]) for c, h in direction] for direction in values]
+        return self._warm_states
+
     def state_variables(self, ids_placeholder):
         """The carried LSTM states of the graph built for ``ids_placeholder``.
 
         ``[direction][layer] = (c (max_batch_size, D), h (max_batch_size, P))``.
         """
+        if self._state_mode != "stateful":
+            raise InputError(f"state_mode={self._state_mode!r} keeps no state variables (only 'stateful' does)")
         return self._states[ids_placeholder].variables
 
     def reset_states(self, ids_placeholder):

@@ -228,3 +228,33 @@ class CarriedStates:
     def reset(self):
         """An op setting every row of every state to zero."""
         return tf.group(*[v.assign(tf.zeros_like(v)) for d in self.variables for layer in d for v in layer])
+
+
+class FixedStates:
+    """The same initial LSTM state for every sentence: zeros, or given vectors (warm).
+
+    A sentence's outputs then do not depend on its neighbours, its position in the
+    batch or the batch size. Same interface as ``CarriedStates``; ``write`` does nothing.
+
+    Args:
+        options: model options.
+        values: None for zeros, else ``[direction][layer] = (c (D,), h (P,))`` arrays.
+    """
+
+    def __init__(self, options, values=None):
+        self.options = options
+        self.values = values
+
+    def read(self, direction, batch_size):
+        sizes = lstm_state_sizes(self.options)
+        states = []
+        for layer in range(opts.n_lstm_layers(self.options)):
+            if self.values is None:
+                states.append(tuple(tf.zeros(tf.stack([batch_size, size])) for size in sizes))
+            else:
+                states.append(tuple(tf.tile(tf.constant(v[None], DTYPE), tf.stack([batch_size, 1]))
+                                    for v in self.values[direction][layer]))
+        return states
+
+    def write(self, direction, final_states, batch_size):
+        return []

@@ -37,6 +37,16 @@ def read_vocabulary_file(filename):
     return tokens
 
 
+def token_char_ids(token, max_word_length):
+    """int32 (max_word_length,): ``[bow, UTF-8 bytes (cut to max_word_length - 2), eow, pad...]``."""
+    code = np.full(max_word_length, PAD_CHAR, dtype=np.int32)
+    encoded = token.encode("utf-8", "ignore")[: max_word_length - 2]
+    code[0] = BOW_CHAR
+    code[1 : len(encoded) + 1] = np.frombuffer(encoded, dtype=np.uint8)
+    code[len(encoded) + 1] = EOW_CHAR
+    return code
+
+
 class Vocabulary:
     """A token vocabulary read from a file.
 
@@ -145,12 +155,7 @@ class UnicodeCharsVocabulary(Vocabulary):
         return code
 
     def _convert_word_to_char_ids(self, word):
-        code = np.full(self._max_word_length, PAD_CHAR, dtype=np.int32)
-        encoded = word.encode("utf-8", "ignore")[: self._max_word_length - 2]
-        code[0] = BOW_CHAR
-        code[1 : len(encoded) + 1] = np.frombuffer(encoded, dtype=np.uint8)
-        code[len(encoded) + 1] = EOW_CHAR
-        return code
+        return token_char_ids(word, self._max_word_length)
 
     def word_to_char_ids(self, word):
         """int32 (max_word_length,) character ids of one token."""

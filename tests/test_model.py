@@ -184,12 +184,12 @@ def test_dump_token_embeddings_rows_are_char_cnn_of_each_token(tmp_path):
 
 
 @needs_reference
-def test_dump_bilm_embeddings_equals_sentence_by_sentence_oracle(tmp_path):
+def test_stateful_dump_equals_original_sentence_by_sentence(tmp_path):
     sentences = [s for batch in reference_sentences()[:4] for s in batch] + [["Hello"]]
     dataset = tmp_path / "dataset.txt"
     dataset.write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
     out = tmp_path / "out.hdf5"
-    dump_bilm_embeddings(VOCAB, str(dataset), OPTIONS, WEIGHTS, str(out))
+    dump_bilm_embeddings(VOCAB, str(dataset), OPTIONS, WEIGHTS, str(out), state_mode="stateful")
     from bilm.options import load_options
     oracle = NumpyBiLM(load_options(OPTIONS), load_weight_file(WEIGHTS), max_batch_size=1)
     with h5py.File(out, "r") as fin:
