@@ -21,9 +21,26 @@ def add_model_arguments(parser, vocab=True):
                             help=text + (" (default: the shipped model)" if default else ""))
 
 
+def _shard(text):
+    """'K/N' -> (K, N)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"expected 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def _embed(args):
     from .precompute import dump_bilm_embeddings
-    dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output)
+    dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
+                         state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard)
+
+
+def _merge(args):
+    from .precompute import merge_shards
+    merge_shards(args.shards, args.output)
 
 
 def _dump_token_embeddings(args):
@@ -206,7 +223,20 @@ def build_parser():
     embed.add_argument("input", help="text file, one whitespace-tokenized sentence per line")
     embed.add_argument("output", help="HDF5 file to write")
     add_model_arguments(embed)
+    embed.add_argument("--state-mode", choices=["warm", "zero", "stateful"], default="warm",
+                       help="initial LSTM states: 'warm' (default) and 'zero' give each sentence the same start "
+                            "(deterministic, batched by length); 'stateful' reproduces the original exactly "
+                            "(one sentence at a time, states carried from line to line)")
+    embed.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    embed.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                       help="only lines whose index %% N == K, for N parallel jobs (then `bilm merge`)")
     embed.set_defaults(run=_embed)
+
+    merge = commands.add_parser("merge", help="present `bilm embed --shard` outputs as one HDF5 file (links)",
+                                epilog="example: bilm merge elmo.hdf5 elmo.0.hdf5 elmo.1.hdf5")
+    merge.add_argument("output")
+    merge.add_argument("shards", nargs="+")
+    merge.set_defaults(run=_merge)
 
     tokens = commands.add_parser(
         "dump-token-embeddings", help="context-independent vectors of a vocabulary -> HDF5 (token input)",

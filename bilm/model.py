@@ -16,6 +16,7 @@ from .vocabulary import BOS_CHAR, EOS_CHAR, token_char_ids
 
 SCOPE = "bilm"
 STATE_MODES = ("stateful", "zero", "warm")
+CNN_CHUNK = 512  # distinct tokens per char-CNN step: bounds the memory of the convolutions
 WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
 
 
@@ -30,15 +31,18 @@ def warmup_char_ids(max_chars, text_file=WARMUP_TEXT):
     return batches
 
 
-def _file_initializer(path, name, pad_row):
+def _file_initializer(path, name, pad_row, after=None):
     """An initializer that reads dataset ``name`` of ``path`` when it runs.
 
     The values are read by the initializer op (not stored in the graph), so a large
-    model's weights are held once, in its variables.
+    model's weights are held once, in its variables. ``after``: an op to run first
+    (loading one weight at a time keeps the peak memory at the weights plus one).
     """
 
     def initializer(shape, dtype=tf.float32, partition_info=None):
-        value = tf.numpy_function(lambda: weights.read_dataset(path, name, pad_row), [], tf.float32, name="read_hdf5")
+        with tf.control_dependencies([after] if after is not None else []):
+            value = tf.numpy_function(lambda: weights.read_dataset(path, name, pad_row), [], tf.float32,
+                                      name="read_hdf5")
         value.set_shape(shape)
         return value
 
@@ -108,6 +112,7 @@ class BidirectionalLanguageModel:
         self._max_batch_size = max_batch_size
         self._ops = {}
         self._states = {}
+        self._last_initializer = None
 
     @property
     def options(self):
@@ -121,8 +126,10 @@ class BidirectionalLanguageModel:
         else:
             path, pad_row = self._weight_file, dataset == "char_embed"
         kwargs["trainable"] = False
-        kwargs["initializer"] = _file_initializer(path, dataset, pad_row)
-        return getter(name, *args, **kwargs)
+        kwargs["initializer"] = _file_initializer(path, dataset, pad_row, after=self._last_initializer)
+        variable = getter(name, *args, **kwargs)
+        self._last_initializer = variable.initializer
+        return variable
 
     def __call__(self, ids_placeholder):
         if ids_placeholder not in self._ops:
@@ -148,7 +155,7 @@ class BidirectionalLanguageModel:
         options = self._options
         if self._use_character_inputs:
             real = tf.reduce_any(ids > 0, axis=2)  # (B, T + 2)
-            embedding = network.char_cnn_embedding(ids, options)
+            embedding = network.char_cnn_embedding(ids, options, unique_chunk=CNN_CHUNK)
         else:
             real = ids > 0
             embedding = network.token_embedding(ids, self._n_tokens_vocab, opts.projection_dim(options))

@@ -16,17 +16,46 @@ from . import options as opts
 
 DTYPE = tf.float32
 LSTM_FORGET_BIAS = 1.0
+STEPS_PER_BLOCK = 8
 
 
-def char_cnn_embedding(char_ids, options):
+def char_cnn_embedding(char_ids, options, unique_chunk=None):
     """Character ids -> context-independent token vectors.
 
     Args:
         char_ids: int32 (B, T, C), values in [0, ``n_characters``).
         options: model options (``char_cnn`` and ``lstm.projection_dim`` are read).
+        unique_chunk: None computes every position. A number computes each distinct
+            token of the batch once (padding included, once), ``unique_chunk`` tokens at
+            a time, which bounds the memory of the convolutions (inference only: the
+            chunk loop is not meant for back-propagation).
     Returns:
         float32 (B, T, P).
     """
+    cnn = options["char_cnn"]
+    max_chars = cnn["max_characters_per_token"]
+    embed_tokens = _char_cnn_layers(options)
+    flat_ids = tf.reshape(char_ids, [-1, max_chars])  # (N, C)
+    if unique_chunk is None:
+        flat = embed_tokens(flat_ids)
+    else:
+        # A token's ids as a string key (ids < 262 are valid code points): exact de-duplication.
+        keys = tf.strings.unicode_encode(flat_ids, "UTF-8")
+        unique_keys, index = tf.unique(keys)  # index: (N,) into the U distinct tokens
+        n_unique = tf.size(unique_keys)
+        first = tf.math.unsorted_segment_min(tf.range(tf.shape(flat_ids)[0]), index, n_unique)
+        unique_ids = tf.gather(flat_ids, first)  # (U, C)
+        n_chunks = (n_unique + unique_chunk - 1) // unique_chunk
+        padded = tf.pad(unique_ids, [[0, n_chunks * unique_chunk - n_unique], [0, 0]])
+        chunks = tf.reshape(padded, [n_chunks, unique_chunk, max_chars])
+        vectors = tf.map_fn(embed_tokens, chunks, fn_output_signature=DTYPE, parallel_iterations=1)
+        flat = tf.gather(tf.reshape(vectors, [-1, opts.projection_dim(options)]), index)  # (N, P)
+    shape = tf.concat([tf.shape(char_ids)[:2], [opts.projection_dim(options)]], axis=0)
+    return tf.reshape(flat, shape)
+
+
+def _char_cnn_layers(options):
+    """Create the char-CNN variables; return the function char ids (N, C) -> vectors (N, P)."""
     cnn = options["char_cnn"]
     char_dim = cnn["embedding"]["dim"]
     n_filters = opts.n_cnn_filters(options)
@@ -36,44 +65,52 @@ def char_cnn_embedding(char_ids, options):
     char_embed = tf.get_variable(
         "char_embed", [cnn["n_characters"], char_dim], DTYPE, tf.random_uniform_initializer(-1.0, 1.0)
     )
-    x = tf.nn.embedding_lookup(char_embed, char_ids)  # (B, T, C, E)
-
+    filters = []
     with tf.variable_scope("CNN"):
-        pooled = []
         for i, (width, num) in enumerate(cnn["filters"]):
             if cnn["activation"] == "relu":
                 w_init = tf.random_uniform_initializer(-0.05, 0.05)
             else:
                 w_init = tf.random_normal_initializer(0.0, np.sqrt(1.0 / (width * char_dim)))
-            w = tf.get_variable(f"W_cnn_{i}", [1, width, char_dim, num], DTYPE, w_init)
-            b = tf.get_variable(f"b_cnn_{i}", [num], DTYPE, tf.zeros_initializer())
-            conv = tf.nn.conv2d(x, w, strides=[1, 1, 1, 1], padding="VALID") + b  # (B, T, C - width + 1, num)
-            pooled.append(activation(tf.reduce_max(conv, axis=2)))  # (B, T, num)
-    token_vectors = tf.concat(pooled, axis=2)  # (B, T, F)
-
-    batch_and_time = tf.shape(token_vectors)[:2]
-    flat = tf.reshape(token_vectors, [-1, n_filters])  # (B * T, F)
-    for k in range(cnn.get("n_highway") or 0):
-        flat = _highway(flat, n_filters, f"CNN_high_{k}")
+            filters.append((tf.get_variable(f"W_cnn_{i}", [1, width, char_dim, num], DTYPE, w_init),
+                            tf.get_variable(f"b_cnn_{i}", [num], DTYPE, tf.zeros_initializer())))
+    highways = [_highway_variables(n_filters, f"CNN_high_{k}") for k in range(cnn.get("n_highway") or 0)]
+    projection = None
     if n_filters != proj_dim:
         with tf.variable_scope("CNN_proj"):
-            w = tf.get_variable("W_proj", [n_filters, proj_dim], DTYPE, tf.random_normal_initializer(0.0, np.sqrt(1.0 / n_filters)))
-            b = tf.get_variable("b_proj", [proj_dim], DTYPE, tf.zeros_initializer())
-        flat = tf.matmul(flat, w) + b  # (B * T, P)
-    return tf.reshape(flat, tf.concat([batch_and_time, [proj_dim]], axis=0))
+            projection = (
+                tf.get_variable("W_proj", [n_filters, proj_dim], DTYPE,
+                                tf.random_normal_initializer(0.0, np.sqrt(1.0 / n_filters))),
+                tf.get_variable("b_proj", [proj_dim], DTYPE, tf.zeros_initializer()),
+            )
+
+    def embed_tokens(ids):
+        x = tf.nn.embedding_lookup(char_embed, ids)[None]  # (1, N, C, E)
+        pooled = []
+        for w, b in filters:
+            conv = tf.nn.conv2d(x, w, strides=[1, 1, 1, 1], padding="VALID")  # (1, N, C - width + 1, num)
+            # max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
+            pooled.append(activation(tf.reduce_max(conv, axis=2)[0] + b))  # (N, num)
+        flat = tf.concat(pooled, axis=1)  # (N, F)
+        for w_carry, b_carry, w_transform, b_transform in highways:
+            gate = tf.nn.sigmoid(tf.matmul(flat, w_carry) + b_carry)
+            flat = gate * tf.nn.relu(tf.matmul(flat, w_transform) + b_transform) + (1.0 - gate) * flat
+        if projection is not None:
+            flat = tf.matmul(flat, projection[0]) + projection[1]  # (N, P)
+        return flat
+
+    return embed_tokens
 
 
-def _highway(x, size, scope):
-    """g * relu(x Wt + bt) + (1 - g) * x with g = sigmoid(x Wc + bc); x: (N, F)."""
+def _highway_variables(size, scope):
+    """(W_carry, b_carry, W_transform, b_transform) of one highway layer: g * relu(x Wt + bt) + (1 - g) * x,
+    g = sigmoid(x Wc + bc)."""
     init = tf.random_normal_initializer(0.0, np.sqrt(1.0 / size))
     with tf.variable_scope(scope):
-        w_carry = tf.get_variable("W_carry", [size, size], DTYPE, init)
-        b_carry = tf.get_variable("b_carry", [size], DTYPE, tf.constant_initializer(-2.0))
-        w_transform = tf.get_variable("W_transform", [size, size], DTYPE, init)
-        b_transform = tf.get_variable("b_transform", [size], DTYPE, tf.zeros_initializer())
-    gate = tf.nn.sigmoid(tf.matmul(x, w_carry) + b_carry)
-    transformed = tf.nn.relu(tf.matmul(x, w_transform) + b_transform)
-    return gate * transformed + (1.0 - gate) * x
+        return (tf.get_variable("W_carry", [size, size], DTYPE, init),
+                tf.get_variable("b_carry", [size], DTYPE, tf.constant_initializer(-2.0)),
+                tf.get_variable("W_transform", [size, size], DTYPE, init),
+                tf.get_variable("b_transform", [size], DTYPE, tf.zeros_initializer()))
 
 
 def token_embedding(token_ids, n_tokens, dim):
@@ -91,9 +128,9 @@ def lstm_state_sizes(options):
 def lstm_layer(inputs, initial_state, options, lengths=None):
     """One LSTM layer (TensorFlow LSTMCell conventions) run over time.
 
-    The input part of every gate, ``x W_x + B``, is one matrix product for all steps
-    outside the recurrence; the loop only adds ``h W_h`` and stops after the longest
-    sequence. Gates are split as i, j, f, o with forget bias 1.0; the cell is clipped
+    The input part of every gate, ``x W_x + B``, is one matrix product per block of
+    ``STEPS_PER_BLOCK`` steps (bounding its memory), outside the recurrent product
+    ``h W_h``; the loop stops after the longest sequence. Gates are split as i, j, f, o with forget bias 1.0; the cell is clipped
     to +-cell_clip, the output ``o * tanh(c)`` projected by ``W_P_0`` (when P < D) and
     clipped to +-proj_clip.
 
@@ -120,14 +157,20 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
 
     batch_size, max_time = tf.shape(inputs)[0], tf.shape(inputs)[1]
     n_steps = max_time if lengths is None else tf.minimum(tf.reduce_max(lengths), max_time)
+    n_blocks = (n_steps + STEPS_PER_BLOCK - 1) // STEPS_PER_BLOCK
     time_major = tf.transpose(inputs, [1, 0, 2])[:n_steps]  # (steps, B, P)
-    gates_x = tf.matmul(tf.reshape(time_major, [-1, in_dim]), kernel_x) + bias
-    gates_x = tf.reshape(gates_x, [n_steps, batch_size, 4 * dim])
-    gates_x = tf.TensorArray(DTYPE, size=n_steps, infer_shape=True).unstack(gates_x)
+    time_major = tf.pad(time_major, [[0, n_blocks * STEPS_PER_BLOCK - n_steps], [0, 0], [0, 0]])
     outputs = tf.TensorArray(DTYPE, size=n_steps, element_shape=tf.TensorShape([None, out_dim]))
 
-    def step(t, c_prev, h_prev, outputs):
-        gates = gates_x.read(t) + tf.matmul(h_prev, kernel_h)  # (B, 4D)
+    def input_gates(t):
+        """x W_x + B for steps [t, t + STEPS_PER_BLOCK): (STEPS_PER_BLOCK, B, 4D)."""
+        x = tf.reshape(time_major[t:t + STEPS_PER_BLOCK], [-1, in_dim])
+        return tf.reshape(tf.matmul(x, kernel_x) + bias, [STEPS_PER_BLOCK, batch_size, 4 * dim])
+
+    def step(t, c_prev, h_prev, outputs, block):
+        offset = t % STEPS_PER_BLOCK
+        block = tf.cond(tf.equal(offset, 0), lambda: input_gates(t), lambda: block)
+        gates = block[offset] + tf.matmul(h_prev, kernel_h)  # (B, 4D)
         i, j, f, o = tf.split(gates, 4, axis=1)
         c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
         if cell_clip is not None:
@@ -144,10 +187,12 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
             h = tf.where_v2(live, h, h_prev)
         else:
             out = h
-        return t + 1, c, h, outputs.write(t, out)
+        return t + 1, c, h, outputs.write(t, out), block
 
-    _, c, h, outputs = tf.while_loop(
-        lambda t, *_: t < n_steps, step, (tf.constant(0), initial_state[0], initial_state[1], outputs),
+    empty_block = tf.zeros(tf.stack([STEPS_PER_BLOCK, batch_size, 4 * dim]))
+    _, c, h, outputs, _ = tf.while_loop(
+        lambda t, *_: t < n_steps, step,
+        (tf.constant(0), initial_state[0], initial_state[1], outputs, empty_block),
     )
     outputs = tf.transpose(outputs.stack(), [1, 0, 2])  # (B, steps, P)
     outputs = tf.pad(outputs, [[0, 0], [0, max_time - n_steps], [0, 0]])
