@@ -155,7 +155,10 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
             projection = tf.get_variable("W_P_0", [dim, out_dim], DTYPE, tf.glorot_uniform_initializer())
     kernel_x, kernel_h = kernel[:in_dim], kernel[in_dim:]
 
-    batch_size, max_time = tf.shape(inputs)[0], tf.shape(inputs)[1]
+    batch_size = tf.compat.dimension_value(inputs.shape[0])  # static when known (training)
+    if batch_size is None:
+        batch_size = tf.shape(inputs)[0]
+    max_time = tf.shape(inputs)[1]
     n_steps = max_time if lengths is None else tf.minimum(tf.reduce_max(lengths), max_time)
     n_blocks = (n_steps + STEPS_PER_BLOCK - 1) // STEPS_PER_BLOCK
     time_major = tf.transpose(inputs, [1, 0, 2])[:n_steps]  # (steps, B, P)
