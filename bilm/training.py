@@ -252,6 +252,8 @@ def build_training_graph(options, n_gpus):
             grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=grad_norm)
         train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
         train_perplexity = tf.exp(tf.add_n(losses) / n_gpus)
+        with tf.control_dependencies([train_op]):
+            step_after_update = tf.identity(global_step)
         summaries = tf.summary.merge([
             tf.summary.scalar("train_perplexity", train_perplexity),
             tf.summary.scalar("gradient_norm", grad_norm),
@@ -262,7 +264,7 @@ def build_training_graph(options, n_gpus):
             + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
         )
     return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity,
-            "global_step": global_step, "summaries": summaries, "histograms": histograms}
+            "global_step": global_step, "step_after_update": step_after_update, "summaries": summaries, "histograms": histograms}
 
 
 def _feed(models, batch, char_inputs, bidirectional):
@@ -327,7 +329,7 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
             batches = data.iter_batches(options["batch_size"] * n_gpus, options["unroll_steps"])
             while step < total:
                 batch = next(batches)
-                fetches = [graph["train_op"], graph["train_perplexity"], graph["global_step"]]
+                fetches = [graph["train_op"], graph["train_perplexity"], graph["step_after_update"]]
                 want_summary = (step + 1) % log_every == 0
                 want_histograms = (step + 1) % histogram_every == 0
                 if want_summary:

@@ -1,0 +1,87 @@
+"""The bilm command and the bin/ scripts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bilm.cli import main
+from conftest import REFERENCE_MODEL, REFERENCE_TRAIN, needs_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_ARGS = ["--options", str(REFERENCE_MODEL / "options.json"), "--weights", str(REFERENCE_MODEL / "lm_weights.hdf5"),
+              "--vocab", str(REFERENCE_MODEL / "vocab_test.txt")]
+
+
+def test_vocab_orders_specials_then_by_count(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("b a c a\nc a\n\nd\n", encoding="utf-8")
+    assert main(["vocab", str(corpus), "--output", str(tmp_path / "v.txt")]) == 0
+    assert (tmp_path / "v.txt").read_text().split("\n") == ["<S>", "</S>", "<UNK>", "a", "c", "b", "d", ""]
+    assert main(["vocab", str(corpus), "--output", str(tmp_path / "v2.txt"), "--min-count", "2"]) == 0
+    assert (tmp_path / "v2.txt").read_text().split() == ["<S>", "</S>", "<UNK>", "a", "c"]
+    assert main(["vocab", str(corpus), "--output", str(tmp_path / "v3.txt"), "--max-size", "4"]) == 0
+    assert (tmp_path / "v3.txt").read_text().split() == ["<S>", "</S>", "<UNK>", "a"]
+
+
+@needs_reference
+def test_embed_modes_shards_and_merge(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("The cat sat .\nA dog .\nHello\nSome more words here .\n", encoding="utf-8")
+    out = tmp_path / "out.hdf5"
+    assert main(["--quiet", "embed", str(data), str(out)] + MODEL_ARGS) == 0
+    with h5py.File(out, "r") as fin:
+        assert sorted(fin) == ["0", "1", "2", "3"] and fin["3"].shape == (3, 5, 32)
+        warm = fin["1"][...]
+    for k in range(2):
+        assert main(["--quiet", "embed", str(data), str(tmp_path / f"s{k}.hdf5"), "--shard", f"{k}/2"] + MODEL_ARGS) == 0
+    assert main(["merge", str(tmp_path / "all.hdf5"), str(tmp_path / "s0.hdf5"), str(tmp_path / "s1.hdf5")]) == 0
+    with h5py.File(tmp_path / "all.hdf5", "r") as fin:
+        assert sorted(fin) == ["0", "1", "2", "3"]
+        np.testing.assert_allclose(fin["1"][...], warm, atol=1e-6)
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "st.hdf5"), "--state-mode", "stateful"]
+                + MODEL_ARGS) == 0
+    with h5py.File(tmp_path / "st.hdf5", "r") as fin:
+        assert not np.allclose(fin["1"][1:], warm[1:], atol=1e-6)  # carried states differ from warm ones
+
+
+@needs_reference
+def test_train_test_restart_dump_weights(tmp_path, capsys):
+    save = str(tmp_path / "ckpt")
+    common = ["--train_prefix", str(REFERENCE_TRAIN / "data.txt"), "--vocab_file", str(REFERENCE_TRAIN / "vocab.txt"),
+              "--save_dir", save]
+    small = ["--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1",
+             "--char_embedding_dim", "4", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4",
+             "--n_epochs", "2", "--log_every", "5", "--seed", "0"]
+    assert main(["--quiet", "train"] + common + small) == 0
+    assert sorted(p.name for p in Path(save).glob("model.ckpt-*.index")) == ["model.ckpt-27.index"]  # 2 x 139 // 10
+    assert main(["--quiet", "restart"] + common + ["--n_epochs", "3"]) == 0
+    assert (Path(save) / "model.ckpt-41.index").exists()
+    assert main(["--quiet", "test", "--test_prefix", str(REFERENCE_TRAIN / "data.txt"), "--vocab_file",
+                 str(REFERENCE_TRAIN / "vocab.txt"), "--save_dir", save, "--batch_size", "2"]) == 0
+    assert "perplexity:" in capsys.readouterr().out
+    weights = tmp_path / "w.hdf5"
+    assert main(["dump-weights", "--save_dir", save, "--outfile", str(weights), "--options_outfile",
+                 str(tmp_path / "options.json")]) == 0
+    with h5py.File(weights, "r") as fin:
+        assert fin["char_embed"].shape == (261, 4) and "softmax" not in fin
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    result = _run("-m", "bilm.cli", "embed", "in.txt", str(tmp_path / "o.hdf5"), "--options", "missing.json",
+                  "--weights", "w.hdf5", "--vocab", "v.txt")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "bilm: error: missing.json: options file not found"
+
+
+@pytest.mark.parametrize("script", ["train_elmo.py", "run_test.py", "restart.py", "dump_weights.py"])
+def test_bin_scripts_are_thin_wrappers(script):
+    result = _run(f"bin/{script}", "--help")
+    assert result.returncode == 0 and "--save_dir" in result.stdout
