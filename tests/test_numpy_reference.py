@@ -6,29 +6,15 @@ is skipped when they are absent.
 """
 
 import json
-import sys
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy_bilm  # noqa: E402
-from numpy_bilm import (  # noqa: E402
-    NumpyBiLM,
-    char_ids_for_sentences,
-    load_weight_file,
-    token_ids_for_sentences,
-)
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm-tf"
-MODEL = REFERENCE / "model"
-
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.is_dir(),
-    reason=f"bilm-tf reference data not found at {REFERENCE}",
-)
+import numpy_bilm
+from conftest import REFERENCE_MODEL as MODEL
+from conftest import needs_reference, reference_sentences
+from conftest import reference_top_layer as expected_top_layer
+from numpy_bilm import NumpyBiLM, char_ids_for_sentences, load_weight_file, token_ids_for_sentences
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +31,7 @@ def weights():
 @pytest.fixture(scope="module")
 def batches():
     """The 10 reference batches of 3 tokenised sentences."""
-    with open(MODEL / "lm_embeddings_sentences.json") as fin:
-        lists = json.load(fin)
-    return [[lists[k][i].split() for k in range(3)] for i in range(10)]
-
-
-def expected_top_layer(k, i):
-    """Reference top layer for list k, batch i: (n_tokens, 2P) = [fw, bw]."""
-    with h5py.File(MODEL / f"lm_embeddings_{k}.hdf5", "r") as fin:
-        ref = fin[str(i)][...]  # (2, n_tokens, P)
-    return np.concatenate([ref[0], ref[1]], axis=-1)
+    return reference_sentences()
 
 
 # --------------------------------------------------------------------------
