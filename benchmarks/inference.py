@@ -193,13 +193,13 @@ def main():
     def row(what, result, baseline=None):
         rate = result["tokens"] / result["seconds"]
         cells = [what, f"{rate:,.0f}"]
+        real = result["tokens"] * flops / result["seconds"] / 1e9
         if "positions" in result:
             achieved = result["positions"] * flops / result["seconds"] / 1e9
-            real = result["tokens"] * flops / result["seconds"] / 1e9
-            cells += [f"{result['positions'] / result['tokens']:.2f}", f"{100 * achieved / peak:.0f}%",
-                      f"{100 * real / peak:.0f}%"]
+            cells += [f"{result['positions'] / result['tokens']:.2f}", f"{100 * achieved / peak:.0f}%"]
         else:
-            cells += ["", "", ""]
+            cells += ["", ""]
+        cells.append(f"{100 * real / peak:.0f}%" if "dump_token" not in what else "")
         cells += [f"{result['peak_gb']:.2f}", f"{rate / baseline:.1f}x" if baseline else ""]
         rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)

@@ -339,9 +339,11 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
                 _, perplexity, step, *summaries = sess.run(fetches, _feed(models, batch, char_inputs, bidirectional))
                 for summary in summaries:
                     writer.add_summary(summary, step)
-                if want_summary:
+                if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
+                    start = time.time()
+                if want_summary and step > start_step + 1:
                     elapsed = time.time() - start
-                    rate = (step - start_step) * tokens_per_step / elapsed
+                    rate = (step - start_step - 1) * tokens_per_step / elapsed
                     eta = (total - step) * tokens_per_step / rate
                     logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
                                 step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
