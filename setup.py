@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["bilm", "bilm.*"]),
     include_package_data=True,
-    package_data={"bilm": ["models/*/*"]},
+    package_data={"bilm": ["models/*.txt", "models/*/*"]},
     install_requires=["numpy>=1.23", "h5py>=3.8", "tqdm>=4.60"],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
