@@ -14,7 +14,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from .batching import Batcher, TokenBatcher
 from .elmo import weight_layers
 from .model import BidirectionalLanguageModel
-from .precompute import dump_bilm_embeddings, dump_token_embeddings
+from .precompute import ElmoEmbedder, dump_bilm_embeddings, dump_token_embeddings, merge_shards
 
 __version__ = "0.1.0"
 
@@ -25,4 +25,6 @@ __all__ = [
     "weight_layers",
     "dump_token_embeddings",
     "dump_bilm_embeddings",
+    "ElmoEmbedder",
+    "merge_shards",
 ]
