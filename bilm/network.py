@@ -130,9 +130,9 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
 
     The input part of every gate, ``x W_x + B``, is one matrix product per block of
     ``STEPS_PER_BLOCK`` steps (bounding its memory), outside the recurrent product
-    ``h W_h``; the loop stops after the longest sequence. Gates are split as i, j, f, o with forget bias 1.0; the cell is clipped
-    to +-cell_clip, the output ``o * tanh(c)`` projected by ``W_P_0`` (when P < D) and
-    clipped to +-proj_clip.
+    ``h W_h``; the loop stops after the longest sequence. Gates are split as i, j, f, o
+    with forget bias 1.0; the cell is clipped to +-cell_clip, the output
+    ``o * tanh(c)`` projected by ``W_P_0`` (when P < D) and clipped to +-proj_clip.
 
     Args:
         inputs: float32 (B, T, P).
