@@ -29,7 +29,7 @@ def load_options(options_file):
     return options
 
 
-def _get(options, path, source, kind, required=True, minimum=None):
+def require(options, path, source, kind, required=True, minimum=None):
     """Look up a dotted key path, checking its type (and lower bound)."""
     node = options
     for part in path.split("."):
@@ -62,8 +62,8 @@ def check_options(options, source="options", training=False):
     """
     if not isinstance(options, dict):
         raise OptionsError(f"{source}: options must be a dict, found {type(options).__name__}")
-    dim = _get(options, "lstm.dim", source, int, minimum=1)
-    projection_dim = _get(options, "lstm.projection_dim", source, int, required=False, minimum=1)
+    dim = require(options, "lstm.dim", source, int, minimum=1)
+    projection_dim = require(options, "lstm.projection_dim", source, int, required=False, minimum=1)
     if projection_dim is None:
         projection_dim = dim
     if projection_dim > dim:
@@ -71,20 +71,20 @@ def check_options(options, source="options", training=False):
             f"{source}: lstm.projection_dim ({projection_dim}) is larger than lstm.dim ({dim}); "
             f"the LSTM output is projected down, so expected projection_dim <= dim"
         )
-    _get(options, "lstm.n_layers", source, int, required=False, minimum=1)
-    _get(options, "lstm.cell_clip", source, (int, float), required=False, minimum=0)
-    _get(options, "lstm.proj_clip", source, (int, float), required=False, minimum=0)
-    _get(options, "lstm.use_skip_connections", source, bool, required=False)
+    require(options, "lstm.n_layers", source, int, required=False, minimum=1)
+    require(options, "lstm.cell_clip", source, (int, float), required=False, minimum=0)
+    require(options, "lstm.proj_clip", source, (int, float), required=False, minimum=0)
+    require(options, "lstm.use_skip_connections", source, bool, required=False)
     if "char_cnn" in options:
         _check_char_cnn(options, source, training)
     return options
 
 
 def _check_char_cnn(options, source, training):
-    _get(options, "char_cnn.embedding.dim", source, int, minimum=1)
-    max_chars = _get(options, "char_cnn.max_characters_per_token", source, int, minimum=3)
-    _get(options, "char_cnn.n_highway", source, int, required=False, minimum=0)
-    filters = _get(options, "char_cnn.filters", source, list)
+    require(options, "char_cnn.embedding.dim", source, int, minimum=1)
+    max_chars = require(options, "char_cnn.max_characters_per_token", source, int, minimum=3)
+    require(options, "char_cnn.n_highway", source, int, required=False, minimum=0)
+    filters = require(options, "char_cnn.filters", source, list)
     if not filters:
         raise OptionsError(f"{source}: key 'char_cnn.filters' is empty; expected a list of [width, n_filters]")
     for k, spec in enumerate(filters):
@@ -101,10 +101,10 @@ def _check_char_cnn(options, source, training):
                 f"{source}: key 'char_cnn.filters[{k}]' has width {spec[0]}, wider than "
                 f"max_characters_per_token ({max_chars})"
             )
-    activation = _get(options, "char_cnn.activation", source, str)
+    activation = require(options, "char_cnn.activation", source, str)
     if activation not in ACTIVATIONS:
         raise OptionsError(f"{source}: key 'char_cnn.activation' is {activation!r}; expected one of {ACTIVATIONS}")
-    n_characters = _get(options, "char_cnn.n_characters", source, int)
+    n_characters = require(options, "char_cnn.n_characters", source, int)
     expected = N_CHARACTERS_TRAINING if training else N_CHARACTERS_INFERENCE
     if n_characters != expected:
         raise InvalidNumberOfCharacters(

@@ -29,14 +29,14 @@ def check_training_options(options, source="options"):
     """Check the keys training reads, on top of the network's; return ``options``."""
     opts.check_options(options, source, training=True)
     for key in ("batch_size", "unroll_steps", "n_tokens_vocab", "n_epochs", "n_train_tokens"):
-        opts._get(options, key, source, int, minimum=1)
+        opts.require(options, key, source, int, minimum=1)
     if options.get("sample_softmax", True):
-        opts._get(options, "n_negative_samples_batch", source, int, minimum=1)
-    dropout = opts._get(options, "dropout", source, (int, float), required=False, minimum=0)
+        opts.require(options, "n_negative_samples_batch", source, int, minimum=1)
+    dropout = opts.require(options, "dropout", source, (int, float), required=False, minimum=0)
     if dropout is not None and dropout >= 1:
         raise OptionsError(f"{source}: key 'dropout' is {dropout}; expected a probability in [0, 1)")
-    opts._get(options, "all_clip_norm_val", source, (int, float), required=False, minimum=0)
-    opts._get(options, "learning_rate", source, (int, float), required=False, minimum=0)
+    opts.require(options, "all_clip_norm_val", source, (int, float), required=False, minimum=0)
+    opts.require(options, "learning_rate", source, (int, float), required=False, minimum=0)
     if options.get("share_embedding_softmax") and opts.uses_char_cnn(options):
         raise OptionsError(
             f"{source}: key 'share_embedding_softmax' needs token input; a character model has no token "
