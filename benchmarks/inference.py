@@ -58,11 +58,19 @@ def write_model(directory, seed=0):
     return options_file, weight_file
 
 
+def synthetic_words(rng, n):
+    """n distinct random lower-case words of 1 to 14 letters."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = {}
+    while len(words) < n:
+        words.setdefault("".join(rng.choice(letters, size=rng.integers(1, 15))), None)
+    return list(words)
+
+
 def write_corpus(directory, n_sentences, seed=0):
     """Sentences of Zipf-distributed random words; lengths from a gamma, mean ~27, in [1, 100]."""
     rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    words = ["".join(rng.choice(letters, size=rng.integers(1, 12))) for _ in range(30000)]
+    words = synthetic_words(rng, 30000)
     lengths = np.clip(np.round(rng.gamma(2.5, 27 / 2.5, n_sentences)), 1, 100).astype(int)
     path = os.path.join(directory, "corpus.txt")
     with open(path, "w") as fout:
@@ -113,7 +121,7 @@ def measure_dump(work, mode, n_sentences):
     dataset = os.path.join(work["dir"], f"subset_{n_sentences}.txt")
     with open(work["corpus"]) as fin, open(dataset, "w") as fout:
         fout.writelines(line for _, line in zip(range(n_sentences), fin))
-    out = os.path.join(work["dir"], f"dump_{mode}.hdf5")
+    out = os.path.join(work["dir"], f"dump_{mode}_{n_sentences}.hdf5")
     start = time.perf_counter()
     dump_bilm_embeddings(work["vocab"], dataset, work["options"], work["weights"], out, state_mode=mode)
     elapsed = time.perf_counter() - start
@@ -122,9 +130,9 @@ def measure_dump(work, mode, n_sentences):
 
 def measure_token_dump(work, one_at_a_time, n_tokens):
     vocab = os.path.join(work["dir"], f"vocab_{n_tokens}.txt")
-    with open(work["vocab"]) as fin, open(vocab, "w") as fout:
+    with open(work["token_vocab"]) as fin, open(vocab, "w") as fout:
         fout.writelines(line for _, line in zip(range(n_tokens), fin))
-    out = os.path.join(work["dir"], "tokens.hdf5")
+    out = os.path.join(work["dir"], f"tokens_{one_at_a_time}.hdf5")
     start = time.perf_counter()
     if one_at_a_time:  # the original: one token per session call
         import bilm.precompute as precompute
@@ -217,14 +225,17 @@ def main():
     base_rate = row("dump_bilm_embeddings, sentence at a time (original)", base)
     row(f"dump_bilm_embeddings, batched by length (warm), {max(int(n * scale), 64)} sentences", grouped, base_rate)
 
-    token_vocab = os.path.join(tmp, "token_embeddings.hdf5")
+    token_embeddings_file = os.path.join(tmp, "token_embeddings.hdf5")
     from bilm import dump_token_embeddings
-    dump_token_embeddings(vocab, options_file, weight_file, token_vocab)
-    work["token_embeddings"] = token_vocab
+    dump_token_embeddings(vocab, options_file, weight_file, token_embeddings_file)
+    work["token_embeddings"] = token_embeddings_file
     row("cached token input, batch 64, file order, stateful",
         run("measure_graph", work, batch_size=64, n_sentences=int(256 * scale) or 64, token_input=True))
 
-    n_tokens = min(20000, n_vocab)
+    n_tokens = 20000
+    work["token_vocab"] = os.path.join(tmp, "token_vocab.txt")
+    write_vocabulary(["<S>", "</S>", "<UNK>"] + synthetic_words(np.random.default_rng(1), n_tokens - 3),
+                     work["token_vocab"])
     slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(500 * scale), 50))
     slow_rate = row("dump_token_embeddings, token at a time (original)", slow)
     row(f"dump_token_embeddings, chunks of 512, {n_tokens} tokens", run("measure_token_dump", work,

@@ -21,6 +21,38 @@ def add_model_arguments(parser, vocab=True):
                             help=text + (" (default: the shipped model)" if default else ""))
 
 
+def _int_at_least(minimum, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "positive")
+_non_negative_int = _int_at_least(0, "non-negative")
+
+
+def _json_filters(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected JSON like '[[1,32],[2,64]]', got {text!r}") from None
+
+
+def add_output_arguments(parser, resume=True):
+    """--overwrite (and --resume): what to do when the output exists or a killed run left parts."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one "
+                                                                "is complete)")
+    if resume:
+        group.add_argument("--resume", action="store_true", help="finish the job a killed run left unfinished")
+
+
 def _shard(text):
     """'K/N' -> (K, N)."""
     try:
@@ -35,17 +67,20 @@ def _shard(text):
 def _embed(args):
     from .precompute import dump_bilm_embeddings
     dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
-                         state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard)
+                         state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard,
+                         overwrite=args.overwrite, resume=args.resume, encoding_errors=args.encoding_errors,
+                         empty_lines=args.empty_lines)
 
 
 def _merge(args):
     from .precompute import merge_shards
-    merge_shards(args.shards, args.output)
+    merge_shards(args.shards, args.output, overwrite=args.overwrite)
 
 
 def _dump_token_embeddings(args):
     from .precompute import dump_token_embeddings
-    dump_token_embeddings(args.vocab, args.options, args.weights, args.output)
+    dump_token_embeddings(args.vocab, args.options, args.weights, args.output, overwrite=args.overwrite,
+                          resume=args.resume)
 
 
 def _flag(name):
@@ -63,23 +98,32 @@ def _training_data(options, vocab_file, pattern, test):
     return dataset(pattern, vocab, test=test, shuffle_on_load=not test)
 
 
-def _count_train_tokens(pattern):
+def _count_train_tokens(pattern, vocab):
+    """Tokens per epoch of the training files (the </S> or <S> targets included); warns about vocab order."""
     import glob
 
-    from .vocabulary import count_tokens
+    from .errors import InputError
+    from .vocabulary import count_tokens, frequency_order_warning
 
-    counts, n_sentences = count_tokens(sorted(glob.glob(pattern)))
-    logging.getLogger(__name__).info("counted %d tokens in %d sentences of %s", sum(counts.values()), n_sentences,
-                                     pattern)
-    return sum(counts.values()) + n_sentences  # the </S> (or <S>) targets count too
+    files = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+    if not files:
+        raise InputError(f"no training file matches {pattern!r}; expected a glob of text files")
+    counts, n_sentences = count_tokens(files)
+    logger = logging.getLogger(__name__)
+    logger.info("counted %d tokens in %d sentences of %s", sum(counts.values()), n_sentences, pattern)
+    warning = frequency_order_warning(vocab, counts)
+    if warning:
+        logger.warning(warning)
+    return sum(counts.values()) + n_sentences
 
 
 def _train(args):
     from .training import original_training_options, train
     from .vocabulary import Vocabulary
 
-    n_vocab = Vocabulary(args.vocab_file, validate_file=True).size
-    n_train_tokens = args.n_train_tokens or _count_train_tokens(args.train_prefix)
+    vocab = Vocabulary(args.vocab_file, validate_file=True)
+    n_vocab = vocab.size
+    n_train_tokens = args.n_train_tokens or _count_train_tokens(args.train_prefix, vocab)
     options = original_training_options(n_vocab, n_train_tokens)
     lstm, cnn = options["lstm"], options["char_cnn"]
     for value, (node, key) in [
@@ -99,7 +143,7 @@ def _train(args):
         random.seed(args.seed)
     train(options, _training_data(options, args.vocab_file, args.train_prefix, test=False), args.n_gpus,
           args.save_dir, args.log_dir or args.save_dir, checkpoint_every=args.checkpoint_every,
-          log_every=args.log_every, seed=args.seed)
+          log_every=args.log_every, seed=args.seed, overwrite=args.overwrite)
 
 
 def _restart(args):
@@ -126,7 +170,7 @@ def _test(args):
 def _dump_weights(args):
     from .training import dump_weights
 
-    dump_weights(args.save_dir, args.outfile, options_outfile=args.options_outfile)
+    dump_weights(args.save_dir, args.outfile, options_outfile=args.options_outfile, overwrite=args.overwrite)
 
 
 def _vocab(args):
@@ -134,16 +178,17 @@ def _vocab(args):
 
     counts, n_sentences = count_tokens(args.inputs)
     tokens = build_vocabulary(counts, args.min_count, args.max_size)
-    write_vocabulary(tokens, args.output)
+    write_vocabulary(tokens, args.output, overwrite=args.overwrite)
     logging.getLogger(__name__).info("%d sentences, %d tokens, %d types; wrote %d vocabulary entries to %s",
                                      n_sentences, sum(counts.values()), len(counts), len(tokens), args.output)
 
 
 def _add_training_run_arguments(parser):
-    parser.add_argument(*_flag("n_gpus"), type=int, default=1, help="towers (GPUs; CPU devices without GPUs)")
+    parser.add_argument(*_flag("n_gpus"), type=_positive_int, default=1, help="towers (GPUs; CPU devices without GPUs)")
     parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
-    parser.add_argument(*_flag("checkpoint_every"), type=int, default=1250, help="batches between checkpoints")
-    parser.add_argument(*_flag("log_every"), type=int, default=100, help="batches between progress logs")
+    parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
+                        help="batches between checkpoints")
+    parser.add_argument(*_flag("log_every"), type=_positive_int, default=100, help="batches between progress logs")
 
 
 def _add_training_commands(commands):
@@ -154,21 +199,25 @@ def _add_training_commands(commands):
     train.add_argument(*_flag("train_prefix"), required=True, help="glob of training shards")
     train.add_argument(*_flag("vocab_file"), required=True, help="vocabulary (see `bilm vocab`)")
     train.add_argument(*_flag("save_dir"), required=True, help="checkpoints and options.json go here")
-    train.add_argument(*_flag("n_train_tokens"), type=int, help="tokens per epoch (default: counted from the data)")
-    train.add_argument(*_flag("n_epochs"), type=int)
-    train.add_argument(*_flag("batch_size"), type=int, help="per tower (default 128)")
-    train.add_argument(*_flag("unroll_steps"), type=int)
+    train.add_argument(*_flag("n_train_tokens"), type=_positive_int,
+                       help="tokens per epoch (default: counted from the data)")
+    train.add_argument(*_flag("n_epochs"), type=_positive_int)
+    train.add_argument(*_flag("batch_size"), type=_positive_int, help="per tower (default 128)")
+    train.add_argument(*_flag("unroll_steps"), type=_positive_int)
     train.add_argument("--dropout", type=float)
     train.add_argument(*_flag("learning_rate"), type=float)
-    train.add_argument(*_flag("n_negative_samples"), type=int, help="sampled softmax negatives (default 8192)")
-    train.add_argument(*_flag("lstm_dim"), type=int, help="LSTM cell size (default 4096)")
-    train.add_argument(*_flag("projection_dim"), type=int, help="token and LSTM output size (default 512)")
-    train.add_argument(*_flag("n_layers"), type=int, help="LSTM layers (default 2)")
-    train.add_argument(*_flag("n_highway"), type=int, help="highway layers (default 2)")
-    train.add_argument(*_flag("char_embedding_dim"), type=int, help="character embedding size (default 16)")
-    train.add_argument("--filters", type=json.loads, help="char CNN filters as JSON, e.g. '[[1,32],[2,64]]'")
+    train.add_argument(*_flag("n_negative_samples"), type=_positive_int,
+                       help="sampled softmax negatives (default 8192)")
+    train.add_argument(*_flag("lstm_dim"), type=_positive_int, help="LSTM cell size (default 4096)")
+    train.add_argument(*_flag("projection_dim"), type=_positive_int, help="token and LSTM output size (default 512)")
+    train.add_argument(*_flag("n_layers"), type=_positive_int, help="LSTM layers (default 2)")
+    train.add_argument(*_flag("n_highway"), type=_non_negative_int, help="highway layers (default 2)")
+    train.add_argument(*_flag("char_embedding_dim"), type=_positive_int, help="character embedding size (default 16)")
+    train.add_argument("--filters", type=_json_filters, help="char CNN filters as JSON, e.g. '[[1,32],[2,64]]'")
     train.add_argument(*_flag("token_input"), action="store_true", help="a token-input model (no char CNN)")
     train.add_argument("--seed", type=int, help="seed the shard order, initialisation, dropout and sampling")
+    train.add_argument("--overwrite", action="store_true", help="start a new model in a save_dir that has "
+                                                                "checkpoints (they are removed)")
     _add_training_run_arguments(train)
     train.set_defaults(run=_train)
 
@@ -179,7 +228,7 @@ def _add_training_commands(commands):
     restart.add_argument(*_flag("vocab_file"), required=True)
     restart.add_argument(*_flag("save_dir"), required=True)
     for key in ("n_train_tokens", "n_epochs", "batch_size"):
-        restart.add_argument(*_flag(key), type=int, help="change this option (total batches are recomputed)")
+        restart.add_argument(*_flag(key), type=_positive_int, help="change this option (total batches are recomputed)")
     _add_training_run_arguments(restart)
     restart.set_defaults(run=_restart)
 
@@ -189,7 +238,7 @@ def _add_training_commands(commands):
     test.add_argument(*_flag("test_prefix"), required=True)
     test.add_argument(*_flag("vocab_file"), required=True)
     test.add_argument(*_flag("save_dir"), required=True)
-    test.add_argument(*_flag("batch_size"), type=int, default=256)
+    test.add_argument(*_flag("batch_size"), type=_positive_int, default=256)
     test.set_defaults(run=_test)
 
     dump = commands.add_parser("dump-weights", help="latest checkpoint -> HDF5 weight file (no softmax)",
@@ -198,6 +247,7 @@ def _add_training_commands(commands):
     dump.add_argument(*_flag("save_dir"), required=True)
     dump.add_argument("--outfile", required=True)
     dump.add_argument(*_flag("options_outfile"), help="also write options.json for inference (n_characters 262)")
+    add_output_arguments(dump, resume=False)
     dump.set_defaults(run=_dump_weights)
 
     vocab = commands.add_parser(
@@ -205,8 +255,10 @@ def _add_training_commands(commands):
         epilog="example: bilm vocab data/train/*.txt --output vocab.txt --min-count 3")
     vocab.add_argument("inputs", nargs="+", help="whitespace-tokenized text files")
     vocab.add_argument("--output", required=True)
-    vocab.add_argument(*_flag("min_count"), type=int, default=1)
-    vocab.add_argument(*_flag("max_size"), type=int, help="at most this many entries, special tokens included")
+    vocab.add_argument(*_flag("min_count"), type=_positive_int, default=1)
+    vocab.add_argument(*_flag("max_size"), type=_positive_int,
+                       help="at most this many entries, special tokens included")
+    add_output_arguments(vocab, resume=False)
     vocab.set_defaults(run=_vocab)
 
 
@@ -227,15 +279,21 @@ def build_parser():
                        help="initial LSTM states: 'warm' (default) and 'zero' give each sentence the same start "
                             "(deterministic, batched by length); 'stateful' reproduces the original exactly "
                             "(one sentence at a time, states carried from line to line)")
-    embed.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    embed.add_argument("--batch-size", type=_positive_int, default=64, help="sentences per batch (default 64)")
     embed.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                        help="only lines whose index %% N == K, for N parallel jobs (then `bilm merge`)")
+    embed.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                       help="a line that is not UTF-8 is an error (strict, default) or has its bad bytes replaced")
+    embed.add_argument("--empty-lines", choices=["error", "keep"], default="error",
+                       help="an empty line is an error (default) or gets an empty dataset, as in the original")
+    add_output_arguments(embed)
     embed.set_defaults(run=_embed)
 
     merge = commands.add_parser("merge", help="present `bilm embed --shard` outputs as one HDF5 file (links)",
                                 epilog="example: bilm merge elmo.hdf5 elmo.0.hdf5 elmo.1.hdf5")
     merge.add_argument("output")
     merge.add_argument("shards", nargs="+")
+    add_output_arguments(merge, resume=False)
     merge.set_defaults(run=_merge)
 
     tokens = commands.add_parser(
@@ -243,6 +301,7 @@ def build_parser():
         epilog="example: bilm dump-token-embeddings token_embeddings.hdf5 --vocab vocab.txt")
     tokens.add_argument("output", help="HDF5 file to write (dataset 'embedding')")
     add_model_arguments(tokens)
+    add_output_arguments(tokens)
     tokens.set_defaults(run=_dump_token_embeddings)
     _add_training_commands(commands)
     return parser
@@ -258,6 +317,9 @@ def main(argv=None):
     except (BilmError, OSError) as err:
         print(f"bilm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bilm: interrupted; complete outputs are kept (rerun with --resume to finish a job)", file=sys.stderr)
+        return 130
     return 0
 
 

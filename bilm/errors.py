@@ -32,3 +32,7 @@ class InputError(BilmError, ValueError):
 
 class OutputExistsError(BilmError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class OutputError(BilmError, OSError):
+    """An output cannot be written (missing or unwritable directory, disk full, ...)."""

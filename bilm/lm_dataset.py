@@ -226,6 +226,10 @@ class BidirectionalLMDataset:
         self._data_forward = LMDataset(filepattern, vocab, reverse=False, test=test, shuffle_on_load=shuffle_on_load)
         self._data_reverse = LMDataset(filepattern, vocab, reverse=True, test=test, shuffle_on_load=shuffle_on_load)
 
+    @property
+    def vocab(self):
+        return self._data_forward.vocab
+
     def iter_batches(self, batch_size, num_steps):
         """Generator of the forward batches of ``LMDataset.iter_batches`` plus the
         backward ones under ``token_ids_reverse``, ``tokens_characters_reverse`` and

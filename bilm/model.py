@@ -145,6 +145,9 @@ class BidirectionalLanguageModel:
             what = "(batch, n_tokens + 2, max_characters_per_token) character ids" if rank == 3 \
                 else "(batch, n_tokens + 2) token ids"
             raise InputError(f"ids placeholder has shape {ids.shape}; expected {what}")
+        if self._state_mode == "stateful" and ids.shape.rank and (ids.shape[0] or 0) > self._max_batch_size:
+            raise InputError(f"ids placeholder has batch size {ids.shape[0]}; this model's max_batch_size is "
+                             f"{self._max_batch_size} (pass a larger max_batch_size, or state_mode='warm'/'zero')")
         if rank == 3:
             max_chars = self._options["char_cnn"]["max_characters_per_token"]
             if ids.shape[2] is not None and ids.shape[2] != max_chars:
@@ -158,7 +161,12 @@ class BidirectionalLanguageModel:
             embedding = network.char_cnn_embedding(ids, options, unique_chunk=CNN_CHUNK)
         else:
             real = ids > 0
-            embedding = network.token_embedding(ids, self._n_tokens_vocab, opts.projection_dim(options))
+            in_vocabulary = tf.debugging.assert_less(
+                ids, self._n_tokens_vocab, message=f"token id outside the {self._n_tokens_vocab - 1} rows of "
+                                                   f"{self._embedding_weight_file} (+1 shift): was the TokenBatcher "
+                                                   f"built with the vocabulary this file was dumped for?")
+            with tf.control_dependencies([in_vocabulary, tf.debugging.assert_non_negative(ids)]):
+                embedding = network.token_embedding(ids, self._n_tokens_vocab, opts.projection_dim(options))
         lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)  # (B,) with begin/end
         batch_size = tf.shape(ids)[0]
         if self._state_mode == "stateful":

@@ -29,8 +29,11 @@ def load_options(options_file):
     return options
 
 
-def require(options, path, source, kind, required=True, minimum=None):
-    """Look up a dotted key path, checking its type (and lower bound)."""
+def require(options, path, source, kind, required=True, minimum=None, nullable=False):
+    """Look up a dotted key path, checking its type (and lower bound).
+
+    A missing optional key gives None; an explicit null is accepted only if ``nullable``.
+    """
     node = options
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -38,7 +41,7 @@ def require(options, path, source, kind, required=True, minimum=None):
                 return None
             raise OptionsError(f"{source}: missing key '{path}'")
         node = node[part]
-    if node is None and not required:
+    if node is None and nullable:
         return None
     ok = isinstance(node, kind) and not (kind is not bool and isinstance(node, bool))
     if not ok:
@@ -63,7 +66,7 @@ def check_options(options, source="options", training=False):
     if not isinstance(options, dict):
         raise OptionsError(f"{source}: options must be a dict, found {type(options).__name__}")
     dim = require(options, "lstm.dim", source, int, minimum=1)
-    projection_dim = require(options, "lstm.projection_dim", source, int, required=False, minimum=1)
+    projection_dim = require(options, "lstm.projection_dim", source, int, required=False, minimum=1, nullable=True)
     if projection_dim is None:
         projection_dim = dim
     if projection_dim > dim:
@@ -72,8 +75,8 @@ def check_options(options, source="options", training=False):
             f"the LSTM output is projected down, so expected projection_dim <= dim"
         )
     require(options, "lstm.n_layers", source, int, required=False, minimum=1)
-    require(options, "lstm.cell_clip", source, (int, float), required=False, minimum=0)
-    require(options, "lstm.proj_clip", source, (int, float), required=False, minimum=0)
+    require(options, "lstm.cell_clip", source, (int, float), required=False, minimum=0, nullable=True)
+    require(options, "lstm.proj_clip", source, (int, float), required=False, minimum=0, nullable=True)
     require(options, "lstm.use_skip_connections", source, bool, required=False)
     if "char_cnn" in options:
         _check_char_cnn(options, source, training)
@@ -120,7 +123,7 @@ def projection_dim(options):
 
 
 def n_lstm_layers(options):
-    return options["lstm"].get("n_layers", 1)
+    return options["lstm"].get("n_layers") or 1
 
 
 def n_cnn_filters(options):

@@ -16,12 +16,16 @@ from tqdm import tqdm
 from . import options as opts
 from .batching import Batcher
 from .errors import InputError
-from .model import BidirectionalLanguageModel
+from .model import STATE_MODES, BidirectionalLanguageModel
+from .outputs import PartsJob, atomic_output
 from .vocabulary import UnicodeCharsVocabulary
+from .weights import open_hdf5
 
 logger = logging.getLogger(__name__)
 
 TOKEN_CHUNK = 512
+TOKEN_PART = 16384  # tokens per part file of dump_token_embeddings
+SENTENCE_PART = 4096  # sentences per part file of dump_bilm_embeddings (also its sort-by-length window)
 DEFAULT_STATE_MODE = "warm"
 
 
@@ -49,7 +53,7 @@ class ElmoEmbedder:
     """
 
     def __init__(self, options_file, weight_file, vocab_file=None, state_mode=DEFAULT_STATE_MODE, batch_size=64,
-                 window=4096):
+                 window=SENTENCE_PART):
         options = opts.check_options(opts.load_options(options_file), options_file)
         if not opts.uses_char_cnn(options):
             raise InputError(f"{options_file}: ElmoEmbedder needs a character model (key 'char_cnn')")
@@ -66,6 +70,13 @@ class ElmoEmbedder:
             model = BidirectionalLanguageModel(options_file, weight_file, max_batch_size=self.batch_size,
                                                state_mode=state_mode)
             self._lm_embeddings = model(self._ids)["lm_embeddings"]
+            self._state_variables, self._state_values = [], []
+            if state_mode == "stateful":
+                self._state_variables = [v for direction in model.state_variables(self._ids)
+                                         for layer in direction for v in layer]
+                self._state_values = [tf.placeholder(v.dtype.base_dtype, v.shape) for v in self._state_variables]
+                self._restore_states = tf.group(*[v.assign(value) for v, value in
+                                                  zip(self._state_variables, self._state_values)])
             self._session = tf.Session(config=session_config())
             self._session.run(tf.global_variables_initializer())
 
@@ -87,24 +98,41 @@ class ElmoEmbedder:
             chosen = order[start:start + self.batch_size]
             yield [window[i][0] for i in chosen], [window[i][1] for i in chosen]
 
+    def embed_window(self, window):
+        """Stream ``(index, array)`` for a list of ``(index, tokens)``, in the order computed.
+
+        Arrays are float32 (n_layers + 1, n_tokens, 2P). The window is one sort-by-length
+        unit: the same window always gives the same batches, hence the same numbers.
+        """
+        for indices, batch in self._batches(window):
+            lm_embeddings = self._session.run(self._lm_embeddings, {self._ids: self._batcher.batch_sentences(batch)})
+            for row, (index, sentence) in enumerate(zip(indices, batch)):
+                yield index, lm_embeddings[row, :, : len(sentence)]
+
     def iter_embeddings(self, sentences):
         """Stream ``(index, float32 (n_layers + 1, n_tokens, 2P))`` in input order.
 
         ``sentences`` is an iterable of token lists, or of ``(index, tokens)`` pairs.
+        One window of outputs is held in memory to restore the input order.
         """
         numbered = (item if isinstance(item, tuple) else (i, item) for i, item in enumerate(sentences))
         while True:
             window = list(itertools.islice(numbered, self.window))
             if not window:
                 return
-            done = {}
-            for indices, batch in self._batches(window):
-                lm_embeddings = self._session.run(self._lm_embeddings,
-                                                  {self._ids: self._batcher.batch_sentences(batch)})
-                for row, (index, sentence) in enumerate(zip(indices, batch)):
-                    done[index] = lm_embeddings[row, :, : len(sentence)]
+            done = dict(self.embed_window(window))
             for index, _ in window:
                 yield index, done.pop(index)
+
+    def get_states(self):
+        """The carried LSTM states (stateful mode) as a {name: array} dict."""
+        values = self._session.run(self._state_variables)
+        return {f"state_{k}": value for k, value in enumerate(values)}
+
+    def set_states(self, states):
+        """Restore states saved by ``get_states``."""
+        self._session.run(self._restore_states,
+                          {value: states[f"state_{k}"] for k, value in enumerate(self._state_values)})
 
     def embed_sentences(self, sentences):
         """List of float32 (n_layers + 1, n_tokens, 2P), one per sentence, in input order."""
@@ -115,50 +143,100 @@ class ElmoEmbedder:
         return self.embed_sentences([sentence])[0]
 
 
-def dump_token_embeddings(vocab_file, options_file, weight_file, outfile):
+def _file_fingerprint(path):
+    """What identifies an input file for resuming: absolute path, size, modification time."""
+    if path is None:
+        return None
+    status = os.stat(path)
+    return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
+
+
+def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwrite=False, resume=False,
+                          part_size=TOKEN_PART):
     """Write the context-independent token vectors of every vocabulary token.
 
     Output: HDF5 dataset ``embedding`` float32 (n_vocab, P), row i for line i of the
     vocabulary (``<S>``/``</S>`` get the sentence begin/end vectors). It is the
     ``embedding_weight_file`` of a token-input ``BidirectionalLanguageModel``.
     Tokens are run through the character CNN in chunks of ``TOKEN_CHUNK``.
+
+    Args:
+        overwrite: replace an existing ``outfile`` (once the new one is complete).
+        resume: finish the job a killed run left in ``outfile + ".parts"``.
+        part_size: tokens per part file (the unit of resuming).
     """
     options = opts.check_options(opts.load_options(options_file), options_file)
+    if not opts.uses_char_cnn(options):
+        raise InputError(f"{options_file}: dump_token_embeddings needs a character model (key 'char_cnn')")
     max_chars = options["char_cnn"]["max_characters_per_token"]
     vocab = UnicodeCharsVocabulary(vocab_file, max_chars)
+    settings = {"vocab_file": _file_fingerprint(vocab_file), "options_file": _file_fingerprint(options_file),
+                "weight_file": _file_fingerprint(weight_file), "part_size": part_size}
+    job = PartsJob(outfile, settings, overwrite=overwrite, resume=resume)
+    if job.complete:
+        return
     char_ids = vocab.word_char_ids + 1  # (n_vocab, C), shifted as the Batcher does
 
     with tf.Graph().as_default():
         ids_placeholder = tf.placeholder(tf.int32, shape=(None, None, max_chars))
         model = BidirectionalLanguageModel(options_file, weight_file)
         embedding_op = model(ids_placeholder)["token_embeddings"]  # (n, 1, P); no LSTM runs
-        embeddings = np.zeros((vocab.size, opts.projection_dim(options)), dtype=np.float32)
         with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
-            for start in tqdm(range(0, vocab.size, TOKEN_CHUNK), desc="token embeddings", unit="chunk",
-                              disable=None):
-                chunk = char_ids[start:start + TOKEN_CHUNK, None, :]
-                embeddings[start:start + len(chunk)] = sess.run(embedding_op, {ids_placeholder: chunk})[:, 0]
-    with h5py.File(outfile, "w") as fout:
-        fout.create_dataset("embedding", data=embeddings, dtype="float32")
+            starts = range(0, vocab.size, part_size)
+            for k, part_start in enumerate(tqdm(starts, desc="token embeddings", unit="part", disable=None)):
+                if job.is_done(k):
+                    continue
+                part = char_ids[part_start:part_start + part_size]
+                embeddings = [sess.run(embedding_op, {ids_placeholder: part[start:start + TOKEN_CHUNK, None, :]})[:, 0]
+                              for start in range(0, len(part), TOKEN_CHUNK)]
+                job.write_part(k, {"embedding": np.concatenate(embeddings)})
+    job.finish(concatenate="embedding")
     logger.info("wrote %d token embeddings to %s", vocab.size, outfile)
 
 
-def _numbered_sentences(dataset_file, shard):
-    """(line index, tokens) of the lines of ``dataset_file`` in shard (k, n): index % n == k."""
+def read_sentences(dataset_file, shard=(0, 1), encoding_errors="strict", empty_lines="error"):
+    """Yield ``(line index, tokens)`` of the lines of ``dataset_file`` in shard (k, n): index % n == k.
+
+    Args:
+        encoding_errors: ``"strict"`` (a line that is not UTF-8 is an error naming
+            it) or ``"replace"`` (bad bytes become U+FFFD).
+        empty_lines: ``"error"`` (an empty or whitespace-only line is an error naming
+            it) or ``"keep"`` (it is a sentence of no tokens, as in the original).
+    """
+    if encoding_errors not in ("strict", "replace"):
+        raise InputError(f"encoding_errors is {encoding_errors!r}; expected 'strict' or 'replace'")
+    if empty_lines not in ("error", "keep"):
+        raise InputError(f"empty_lines is {empty_lines!r}; expected 'error' or 'keep'")
+    if not os.path.isfile(dataset_file):
+        raise InputError(f"{dataset_file}: input file not found")
     k, n = shard
-    with open(dataset_file, encoding="utf-8") as fin:
-        for index, line in enumerate(fin):
+    with open(dataset_file, "rb") as fin:
+        for index, raw in enumerate(fin):
+            try:
+                tokens = raw.decode("utf-8", encoding_errors).split()
+            except UnicodeDecodeError as err:
+                raise InputError(
+                    f"{dataset_file}, line {index + 1}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                    f"fix the file or pass encoding_errors='replace' (--encoding-errors replace)"
+                ) from None
+            if not tokens and empty_lines == "error":
+                raise InputError(
+                    f"{dataset_file}, line {index + 1}: empty line; expected a whitespace-tokenized sentence "
+                    f"(pass empty_lines='keep' (--empty-lines keep) to write an empty dataset for it)"
+                )
             if index % n == k:
-                yield index, line.split()
+                yield index, tokens
 
 
 def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, outfile,
-                         state_mode=DEFAULT_STATE_MODE, batch_size=64, shard=(0, 1)):
+                         state_mode=DEFAULT_STATE_MODE, batch_size=64, shard=(0, 1), overwrite=False, resume=False,
+                         encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART):
     """Write every biLM layer of every sentence of a dataset.
 
     ``dataset_file`` has one whitespace-tokenized sentence per line. Output: one HDF5
     dataset per line, keyed ``str(line_index)``, float32 (n_layers + 1, n_tokens, 2P).
+    The whole input is checked (UTF-8, empty lines) before any computing starts.
 
     Args:
         state_mode: ``"warm"`` (default: deterministic, batched by length),
@@ -167,30 +245,61 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
         batch_size: sentences per batch in the deterministic modes.
         shard: ``(k, n)``: only lines whose index % n == k (for n machines or
             processes); ``merge_shards`` presents the n outputs as one file.
+        overwrite: replace an existing ``outfile`` (once the new one is complete).
+        resume: finish the job a killed run left in ``outfile + ".parts"``; the result
+            equals that of an uninterrupted run.
+        encoding_errors, empty_lines: see ``read_sentences``.
+        part_size: sentences per part file: the unit of resuming and of sorting by length.
     """
+    opts.check_options(opts.load_options(options_file), options_file)
     k, n = shard
     if not 0 <= k < n:
         raise InputError(f"shard is {k} of {n}; expected 0 <= k < n")
-    with ElmoEmbedder(options_file, weight_file, vocab_file, state_mode, batch_size) as embedder, \
-            h5py.File(outfile, "w") as fout:
-        progress = tqdm(desc="sentences", unit="sent", disable=None)
-        for index, embeddings in embedder.iter_embeddings(_numbered_sentences(dataset_file, shard)):
-            fout.create_dataset(str(index), data=embeddings, dtype="float32")
-            progress.update()
+    if state_mode not in STATE_MODES:
+        raise InputError(f"state_mode is {state_mode!r}; expected one of {STATE_MODES}")
+    if part_size < 1:
+        raise InputError(f"part_size is {part_size}; expected at least 1")
+    n_sentences = sum(1 for _ in read_sentences(dataset_file, shard, encoding_errors, empty_lines))
+    settings = {"dataset_file": _file_fingerprint(dataset_file), "vocab_file": _file_fingerprint(vocab_file),
+                "options_file": _file_fingerprint(options_file), "weight_file": _file_fingerprint(weight_file),
+                "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "part_size": part_size,
+                "encoding_errors": encoding_errors, "empty_lines": empty_lines}
+    job = PartsJob(outfile, settings, overwrite=overwrite, resume=resume)
+    if job.complete:
+        return
+    sentences = read_sentences(dataset_file, shard, encoding_errors, empty_lines)
+    with ElmoEmbedder(options_file, weight_file, vocab_file, state_mode, batch_size, window=part_size) as embedder:
+        progress = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None)
+        for part in itertools.count():
+            window = list(itertools.islice(sentences, part_size))
+            if not window:
+                break
+            if job.is_done(part):
+                if state_mode == "stateful" and not job.is_done(part + 1):
+                    embedder.set_states(job.read_extra(part))
+                progress.update(len(window))
+                continue
+            with job.writer(part) as fout:
+                for index, embeddings in embedder.embed_window(window):
+                    fout.create_dataset(str(index), data=embeddings)
+                    progress.update()
+                if state_mode == "stateful":  # the states this part ends with, for resuming after it
+                    job.write_extra(part, embedder.get_states())
         progress.close()
-    logger.info("wrote %d sentences to %s", progress.n, outfile)
+    job.finish()
+    logger.info("wrote %d sentences to %s", n_sentences, outfile)
 
 
-def merge_shards(shard_files, outfile):
+def merge_shards(shard_files, outfile, overwrite=False):
     """One HDF5 file presenting the datasets of several shard outputs (external links, no copy).
 
     Shards are linked by path relative to ``outfile``'s directory, so keep them together.
     """
     base = os.path.dirname(os.path.abspath(outfile))
-    with h5py.File(outfile, "w") as fout:
+    with atomic_output(outfile, overwrite) as temporary, h5py.File(temporary, "w") as fout:
         for shard_file in shard_files:
             relative = os.path.relpath(os.path.abspath(shard_file), base)
-            with h5py.File(shard_file, "r") as fin:
+            with open_hdf5(shard_file, "shard output") as fin:
                 for key in fin:
                     if key in fout:
                         raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")

@@ -15,7 +15,8 @@ import tensorflow.compat.v1 as tf
 
 from . import network
 from . import options as opts
-from .errors import OptionsError
+from .errors import OptionsError, OutputError, OutputExistsError
+from .outputs import atomic_output, check_output
 from .vocabulary import UnicodeCharsVocabulary, Vocabulary
 from .weights import expected_weight_shapes
 
@@ -35,7 +36,9 @@ def check_training_options(options, source="options"):
     dropout = opts.require(options, "dropout", source, (int, float), required=False, minimum=0)
     if dropout is not None and dropout >= 1:
         raise OptionsError(f"{source}: key 'dropout' is {dropout}; expected a probability in [0, 1)")
-    opts.require(options, "all_clip_norm_val", source, (int, float), required=False, minimum=0)
+    opts.require(options, "all_clip_norm_val", source, (int, float), required=False, minimum=0, nullable=True)
+    for key in ("bidirectional", "sample_softmax", "share_embedding_softmax"):
+        opts.require(options, key, source, bool, required=False)
     opts.require(options, "learning_rate", source, (int, float), required=False, minimum=0)
     if options.get("share_embedding_softmax") and opts.uses_char_cnn(options):
         raise OptionsError(
@@ -279,6 +282,22 @@ def _feed(models, batch, char_inputs, bidirectional):
     return feed
 
 
+def _prepare_save_dir(tf_save_dir, restart_ckpt_file, overwrite):
+    """Create ``tf_save_dir``; refuse (or with ``overwrite`` clear) earlier checkpoints of a new run."""
+    try:
+        os.makedirs(tf_save_dir, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{tf_save_dir}: cannot create the save directory ({os.strerror(err.errno)})") from None
+    if restart_ckpt_file is not None or tf.train.latest_checkpoint(tf_save_dir) is None:
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{tf_save_dir}: has checkpoints of an earlier run; continue it with restart, or "
+                                f"pass overwrite=True (--overwrite) to start a new model there")
+    for name in os.listdir(tf_save_dir):
+        if name == "checkpoint" or name.startswith("model.ckpt-"):
+            os.remove(os.path.join(tf_save_dir, name))
+
+
 def n_batches_total(options, n_gpus):
     """Training steps: epochs x tokens / tokens per step (all towers)."""
     tokens_per_step = options["batch_size"] * options["unroll_steps"] * n_gpus
@@ -286,7 +305,7 @@ def n_batches_total(options, n_gpus):
 
 
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
-          checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None):
+          checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False):
     """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
     Args:
@@ -300,15 +319,22 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
         restart_ckpt_file: continue from this checkpoint: its global step counts
             toward the total number of batches, its optimizer state is kept.
         seed: graph-level TensorFlow seed (initialisation, dropout, sampling).
+        overwrite: start a new model in a ``tf_save_dir`` that already has checkpoints
+            (their files are removed); without it that is an error (use restart).
     Returns:
         the final training perplexity.
     """
     check_training_options(options)
+    vocab_size = getattr(getattr(data, "vocab", None), "size", None)
+    if vocab_size is not None and vocab_size > options["n_tokens_vocab"]:
+        raise OptionsError(f"options: key 'n_tokens_vocab' is {options['n_tokens_vocab']}; the training "
+                           f"vocabulary has {vocab_size} tokens, so expected at least {vocab_size}")
     bidirectional = options.get("bidirectional", False)
     char_inputs = opts.uses_char_cnn(options)
-    os.makedirs(tf_save_dir, exist_ok=True)
-    with open(os.path.join(tf_save_dir, "options.json"), "w", encoding="utf-8") as fout:
-        json.dump(options, fout, indent=1)
+    _prepare_save_dir(tf_save_dir, restart_ckpt_file, overwrite)
+    with atomic_output(os.path.join(tf_save_dir, "options.json"), overwrite=True) as temporary:
+        with open(temporary, "w", encoding="utf-8") as fout:
+            json.dump(options, fout, indent=1)
 
     total = n_batches_total(options, n_gpus)
     tokens_per_step = options["batch_size"] * options["unroll_steps"] * n_gpus
@@ -379,13 +405,17 @@ def test(options, ckpt_file, data, batch_size=256):
     return perplexity
 
 
-def dump_weights(tf_save_dir, outfile, options_outfile=None):
+def dump_weights(tf_save_dir, outfile, options_outfile=None, overwrite=False):
     """Write the latest checkpoint's weights as an HDF5 weight file (no softmax).
 
     Datasets are the trainable variables, named as in the original's weight files
     (``char_embed`` keeps its 261 rows; token models also get ``embedding``). With
     ``options_outfile``, also write the options for inference (``n_characters`` 262).
+    Existing output files are replaced only with ``overwrite``.
     """
+    check_output(outfile, overwrite)
+    if options_outfile:
+        check_output(options_outfile, overwrite)
     options, ckpt_file = load_options_latest_checkpoint(tf_save_dir)
     with tf.Graph().as_default():
         with tf.variable_scope(SCOPE):
@@ -395,13 +425,13 @@ def dump_weights(tf_save_dir, outfile, options_outfile=None):
             tf.train.Saver(variables).restore(sess, ckpt_file)
             values = sess.run(variables)
     expected = expected_weight_shapes(options, n_directions=2 if options.get("bidirectional") else 1)
-    with h5py.File(outfile, "w") as fout:
+    with atomic_output(outfile, overwrite) as temporary, h5py.File(temporary, "w") as fout:
         for var, value in zip(variables, values):
             name = var.op.name[len(SCOPE) + 1:]
             if name in expected and tuple(value.shape) != expected[name]:
                 raise OptionsError(f"{ckpt_file}: variable {name} has shape {value.shape}, expected {expected[name]}")
             fout.create_dataset(name, data=value, dtype="float32")
     if options_outfile:
-        with open(options_outfile, "w", encoding="utf-8") as fout:
+        with atomic_output(options_outfile, overwrite) as temporary, open(temporary, "w", encoding="utf-8") as fout:
             json.dump(inference_options(options), fout, indent=1)
     logger.info("wrote %d weight datasets to %s", len(variables), outfile)

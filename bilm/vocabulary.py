@@ -4,14 +4,17 @@ A vocabulary file has one token per line; token ids are line numbers, except tha
 line ``!!!MAXTERMID`` is skipped. ``<S>``, ``</S>`` and ``<UNK>`` are the sentence
 begin, sentence end and unknown tokens (training needs all three).
 """
+import logging
 import os
 
 import numpy as np
 
-from .errors import VocabularyError
+from .errors import InputError, VocabularyError
+from .outputs import atomic_output
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<S>", "</S>", "<UNK>"
 _SKIPPED_LINE = "!!!MAXTERMID"
+logger = logging.getLogger(__name__)
 
 # Character ids (before the +1 shift the batchers apply): bytes are 0..255.
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
@@ -61,7 +64,13 @@ class Vocabulary:
         self._word_to_id = {}
         for idx, word in enumerate(self._id_to_word):
             # The first occurrence wins, so ids stay line numbers.
-            self._word_to_id.setdefault(word, idx)
+            first = self._word_to_id.setdefault(word, idx)
+            if first != idx:
+                message = (f"{filename}: token {word!r} is on lines {first + 1} and {idx + 1} (counting "
+                           f"without !!!MAXTERMID); expected each token once")
+                if validate_file:  # training: the softmax would have two rows for one token
+                    raise VocabularyError(message)
+                logger.warning("%s; using the first", message)
         self._bos = self._word_to_id.get(BOS_TOKEN, -1)
         self._eos = self._word_to_id.get(EOS_TOKEN, -1)
         self._unk = self._word_to_id.get(UNK_TOKEN, -1)
@@ -72,6 +81,10 @@ class Vocabulary:
                     f"{filename}: missing special token(s) {', '.join(missing)}; "
                     f"a training vocabulary needs <S>, </S> and <UNK> (case sensitive), one per line"
                 )
+
+    @property
+    def filename(self):
+        return self._filename
 
     @property
     def bos(self):
@@ -182,9 +195,16 @@ def count_tokens(filenames):
 
     counts, n_sentences = Counter(), 0
     for filename in filenames:
-        with open(filename, encoding="utf-8") as fin:
-            for line in fin:
-                tokens = line.split()
+        if not os.path.isfile(filename):
+            raise InputError(f"{filename}: text file not found")
+        with open(filename, "rb") as fin:
+            for line_number, raw in enumerate(fin, start=1):
+                try:
+                    tokens = raw.decode("utf-8").split()
+                except UnicodeDecodeError as err:
+                    raise InputError(
+                        f"{filename}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
+                    ) from None
                 if tokens:
                     counts.update(tokens)
                     n_sentences += 1
@@ -209,7 +229,29 @@ def build_vocabulary(counts, min_count=1, max_size=None):
     return specials + ranked
 
 
-def write_vocabulary(tokens, filename):
-    """One token per line, UTF-8."""
-    with open(filename, "w", encoding="utf-8") as fout:
+def frequency_order_warning(vocab, counts):
+    """A warning message if ``vocab`` is clearly not sorted by descending count, else None.
+
+    The sampled softmax draws negatives assuming ids sorted by frequency (log-uniform).
+    Measured by the rank correlation of token id and count in ``counts`` (from the
+    training data) over the non-special tokens: about -1 when sorted, about 0 when not.
+    """
+    ids = [i for i in range(vocab.size) if i not in (vocab.bos, vocab.eos, vocab.unk)]
+    if len(ids) < 10:
+        return None
+    frequencies = np.array([counts.get(vocab.id_to_word(i), 0) for i in ids], dtype=np.float64)
+    if frequencies.std() == 0:
+        return None
+    count_ranks = frequencies.argsort().argsort().astype(np.float64)
+    correlation = np.corrcoef(np.arange(len(ids)), count_ranks)[0, 1]
+    if correlation > -0.3:
+        return (f"{vocab.filename}: tokens do not look sorted by descending count in the training data "
+                f"(rank correlation of id and count {correlation:.2f}, expected near -1); the sampled softmax "
+                f"assumes frequency order: build the vocabulary with `bilm vocab`")
+    return None
+
+
+def write_vocabulary(tokens, filename, overwrite=False):
+    """One token per line, UTF-8 (``filename`` is replaced only with ``overwrite``)."""
+    with atomic_output(filename, overwrite) as temporary, open(temporary, "w", encoding="utf-8") as fout:
         fout.write("\n".join(tokens) + "\n")

@@ -61,39 +61,58 @@ def open_hdf5(path, what="weight file"):
         raise WeightFileError(f"{path}: {what} not found")
     try:
         return h5py.File(path, "r")
-    except OSError as err:
+    except Exception as err:  # OSError for non-HDF5 files; corrupted ones raise others too
         raise WeightFileError(f"{path}: cannot read as HDF5 ({err}); expected a {what}") from None
 
 
 def check_weight_file(weight_file, options, lstm_only=False):
-    """Check that every dataset the options need exists with the right shape.
+    """Check that every dataset the options need exists with the right shape and can be read.
 
     With ``lstm_only`` (token-input models) the character-CNN datasets are not needed.
+    Reading the last value of each dataset finds a truncated file before any loading.
     """
     expected = expected_weight_shapes(options)
     if lstm_only:
         expected = {name: shape for name, shape in expected.items() if name.startswith("RNN_")}
     with open_hdf5(weight_file) as fin:
         for name, shape in expected.items():
-            if name not in fin or not isinstance(fin[name], h5py.Dataset):
-                raise WeightFileError(f"{weight_file}: missing dataset '{name}' (expected shape {shape})")
-            if tuple(fin[name].shape) != shape:
-                raise WeightFileError(
-                    f"{weight_file}: dataset '{name}' has shape {tuple(fin[name].shape)}; "
-                    f"the options need {shape}"
-                )
+            try:
+                dataset = fin.get(name)
+                if not isinstance(dataset, h5py.Dataset):
+                    raise WeightFileError(f"{weight_file}: missing dataset '{name}' (expected shape {shape})")
+                if tuple(dataset.shape) != shape:
+                    raise WeightFileError(
+                        f"{weight_file}: dataset '{name}' has shape {tuple(dataset.shape)}; the options need {shape}"
+                    )
+                if not np.issubdtype(dataset.dtype, np.floating):
+                    raise WeightFileError(f"{weight_file}: dataset '{name}' has dtype {dataset.dtype}; "
+                                          f"expected floating point")
+                dataset[tuple(n - 1 for n in shape)]
+            except WeightFileError:
+                raise
+            except Exception as err:  # h5py reports corruption as OSError, KeyError, RuntimeError, ...
+                raise WeightFileError(f"{weight_file}: cannot read dataset '{name}' ({err}); "
+                                      f"the file is corrupted or truncated") from None
 
 
 def check_embedding_file(embedding_weight_file, projection_dim):
     """Check a ``dump_token_embeddings`` file; return its vocabulary size."""
     with open_hdf5(embedding_weight_file, "token embedding file") as fin:
-        if TOKEN_EMBEDDING not in fin:
-            raise WeightFileError(f"{embedding_weight_file}: missing dataset 'embedding' (n_vocab, {projection_dim})")
-        shape = tuple(fin[TOKEN_EMBEDDING].shape)
-        if len(shape) != 2 or shape[1] != projection_dim:
-            raise WeightFileError(
-                f"{embedding_weight_file}: dataset 'embedding' has shape {shape}; expected (n_vocab, {projection_dim})"
-            )
+        try:
+            dataset = fin.get(TOKEN_EMBEDDING)
+            if not isinstance(dataset, h5py.Dataset):
+                raise WeightFileError(
+                    f"{embedding_weight_file}: missing dataset 'embedding' (n_vocab, {projection_dim})")
+            shape = tuple(dataset.shape)
+            if len(shape) != 2 or shape[1] != projection_dim or shape[0] < 1:
+                raise WeightFileError(f"{embedding_weight_file}: dataset 'embedding' has shape {shape}; "
+                                      f"expected (n_vocab, {projection_dim})")
+            dataset[shape[0] - 1, shape[1] - 1]
+        except WeightFileError:
+            raise
+        except Exception as err:  # corruption, as in check_weight_file
+            raise WeightFileError(f"{embedding_weight_file}: cannot read dataset 'embedding' ({err}); "
+                                  f"the file is corrupted or truncated") from None
         return shape[0]
 
 
@@ -102,7 +121,9 @@ def read_dataset(path, name, pad_row=False):
     try:
         with open_hdf5(path) as fin:
             values = np.asarray(fin[name][...], dtype=np.float32)
-    except (KeyError, OSError) as err:
+    except WeightFileError:
+        raise
+    except Exception as err:  # missing, or corrupted (h5py raises OSError, KeyError, RuntimeError, ...)
         raise WeightFileError(f"{path}: cannot read dataset '{name}' ({err})") from None
     if pad_row:
         values = np.concatenate([np.zeros((1,) + values.shape[1:], np.float32), values])

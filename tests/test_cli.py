@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bilm.cli import main
-from conftest import REFERENCE_MODEL, REFERENCE_TRAIN, needs_reference
+from conftest import (REFERENCE_MODEL, REFERENCE_TRAIN, make_options, needs_reference,
+                      write_model)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ARGS = ["--options", str(REFERENCE_MODEL / "options.json"), "--weights", str(REFERENCE_MODEL / "lm_weights.hdf5"),
@@ -85,3 +86,69 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_bin_scripts_are_thin_wrappers(script):
     result = _run(f"bin/{script}", "--help")
     assert result.returncode == 0 and "--save_dir" in result.stdout
+
+
+TRAINING = ["--train_prefix", "d.txt", "--vocab_file", "v.txt", "--save_dir", "ckpt"]
+EMBED = ["embed", "in.txt", "o.hdf5"]
+USAGE_ERRORS = [
+    ([], "the following arguments are required: COMMAND"),
+    (["embed"], "the following arguments are required: input, output"),
+    (EMBED + ["--overwrite", "--resume"], "argument --resume: not allowed with argument --overwrite"),
+    (EMBED + ["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (EMBED + ["--shard", "2/2"], "argument --shard: expected 0 <= K < N, got '2/2'"),
+    (EMBED + ["--shard", "half"], "argument --shard: expected K/N (e.g. 0/4), got 'half'"),
+    (EMBED + ["--state-mode", "fresh"], "argument --state-mode: invalid choice: 'fresh'"),
+    (EMBED + ["--empty-lines", "skip"], "argument --empty-lines: invalid choice: 'skip'"),
+    (["merge", "out.hdf5"], "the following arguments are required: shards"),
+    (["merge", "out.hdf5", "a.hdf5", "--resume"], "unrecognized arguments: --resume"),
+    (["dump-token-embeddings"], "the following arguments are required: output"),
+    (["dump-token-embeddings", "t.hdf5", "--resume", "--overwrite"], "not allowed with argument --resume"),
+    (["train"] + TRAINING[2:], "the following arguments are required: --train_prefix"),
+    (["train"] + TRAINING + ["--filters", "[[1,"], "argument --filters: expected JSON"),
+    (["train"] + TRAINING + ["--n_gpus", "0"], "argument --n_gpus/--n-gpus: expected a positive integer, got 0"),
+    (["train"] + TRAINING + ["--batch_size", "x"], "argument --batch_size/--batch-size: expected a positive integer"),
+    (["train"] + TRAINING + ["--n_highway", "-1"], "argument --n_highway/--n-highway: expected a non-negative"),
+    (["restart", "--save_dir", "ckpt"], "required: --train_prefix/--train-prefix, --vocab_file/--vocab-file"),
+    (["test", "--save_dir", "ckpt"], "required: --test_prefix/--test-prefix, --vocab_file/--vocab-file"),
+    (["dump-weights", "--save_dir", "ckpt"], "the following arguments are required: --outfile"),
+    (["vocab", "--output", "v.txt"], "the following arguments are required: inputs"),
+    (["vocab", "a.txt", "--output", "v.txt", "--min-count", "-1"], "argument --min_count/--min-count: expected a"),
+]
+
+
+@pytest.mark.parametrize("argv, message", USAGE_ERRORS, ids=[" ".join(a) or "nothing" for a, _ in USAGE_ERRORS])
+def test_missing_or_contradictory_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("bilm") and message in error
+
+
+def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
+    options_file, weight_file = write_model(tmp_path / "model", make_options())
+    data = tmp_path / "data.txt"
+    data.write_text("a first line\nand a second one\n", encoding="utf-8")
+    out = tmp_path / "out.hdf5"
+    model = ["--options", options_file, "--weights", weight_file]
+    assert main(["--quiet", "embed", str(data), str(out)] + model) == 0
+    first = out.read_bytes()
+    assert main(["--quiet", "embed", str(data), str(out)] + model) == 2
+    expected = f"bilm: error: {out}: already exists; pass overwrite=True (--overwrite) to replace it"
+    assert capsys.readouterr().err.strip() == expected
+    assert out.read_bytes() == first
+    assert main(["--quiet", "embed", str(data), str(out), "--resume"] + model) == 0  # complete: nothing to do
+    assert main(["--quiet", "embed", str(data), str(out), "--overwrite", "--state-mode", "zero"]
+                + model) == 0
+    with h5py.File(out, "r") as fin:
+        assert sorted(fin) == ["0", "1"] and fin["1"].shape == (3, 4, 16)
+    data.write_text("a first line\n\nthird\n", encoding="utf-8")
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "o2.hdf5")] + model) == 2
+    assert f"{data}, line 2: empty line" in capsys.readouterr().err
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "o2.hdf5"), "--empty-lines", "keep"] + model) == 0
+    with h5py.File(tmp_path / "o2.hdf5", "r") as fin:
+        assert fin["1"].shape == (3, 0, 16) and fin["2"].shape == (3, 1, 16)
+    vocab = tmp_path / "vocab.txt"
+    assert main(["vocab", str(data), "--output", str(vocab)]) == 0
+    assert main(["vocab", str(data), "--output", str(vocab)]) == 2
+    assert main(["vocab", str(data), "--output", str(vocab), "--overwrite"]) == 0

@@ -107,11 +107,12 @@ def test_batched_dump_shards_and_merge(model, tmp_path):
     with ElmoEmbedder(options_file, weight_file, state_mode="zero", batch_size=1) as embedder:
         one_by_one = embedder.embed_sentences(sentences)
     whole = tmp_path / "whole.hdf5"
-    dump_bilm_embeddings(None, str(dataset), options_file, weight_file, str(whole), state_mode="zero", batch_size=5)
+    dump_bilm_embeddings(None, str(dataset), options_file, weight_file, str(whole), state_mode="zero", batch_size=5,
+                         empty_lines="keep")
     shards = [tmp_path / f"shard{k}.hdf5" for k in range(3)]
     for k, shard in enumerate(shards):
         dump_bilm_embeddings(None, str(dataset), options_file, weight_file, str(shard), state_mode="zero",
-                             batch_size=4, shard=(k, 3))
+                             batch_size=4, shard=(k, 3), empty_lines="keep")
     merged = tmp_path / "merged.hdf5"
     merge_shards([str(s) for s in shards], str(merged))
     with h5py.File(whole, "r") as w, h5py.File(merged, "r") as m, h5py.File(shards[1], "r") as s1:

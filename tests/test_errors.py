@@ -1,0 +1,424 @@
+"""Every bad input the library handles, in one table: what is wrong, the call, the error.
+
+Each case builds a bad input under ``tmp_path``, calls the library, and expects a
+``bilm`` error class whose one-line message contains the given text (a regular
+expression). The command line's handling of the same errors is in ``test_cli.py``
+and at the end of this file; recovery from interruption is in ``test_recovery.py``.
+"""
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from bilm import Batcher, TokenBatcher
+from bilm.errors import (BilmError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
+                         OutputExistsError, VocabularyError, WeightFileError)
+from bilm.lm_dataset import LMDataset
+from bilm.options import check_options, load_options
+from bilm.outputs import PartsJob, atomic_output
+from bilm.precompute import merge_shards, read_sentences
+from bilm.training import check_training_options, load_vocab
+from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
+from bilm.weights import check_embedding_file, check_weight_file
+from conftest import make_options, random_weight_file
+
+CASES = []
+
+
+def case(error, message):
+    """Register a case: ``function(tmp_path)`` must raise ``error`` with ``message`` in it."""
+    def register(function):
+        CASES.append(pytest.param(function, error, message, id=function.__name__))
+        return function
+    return register
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def options_file(tmp_path, change=None, **kwargs):
+    options = make_options(**kwargs)
+    if change:
+        change(options)
+    return write(tmp_path / "options.json", json.dumps(options))
+
+
+def model_files(tmp_path, **kwargs):
+    options = make_options(**kwargs)
+    weights = tmp_path / "weights.hdf5"
+    random_weight_file(weights, options, seed=0)
+    return options, str(weights)
+
+
+def vocab_file(tmp_path, tokens):
+    return write(tmp_path / "vocab.txt", "\n".join(tokens) + "\n")
+
+
+SPECIALS = ["<S>", "</S>", "<UNK>"]
+
+# --- options.json -------------------------------------------------------------------
+
+
+@case(OptionsError, r"options\.json: options file not found")
+def options_missing_file(tmp_path):
+    load_options(str(tmp_path / "options.json"))
+
+
+@case(OptionsError, r"options\.json: not valid JSON")
+def options_invalid_json(tmp_path):
+    load_options(write(tmp_path / "options.json", '{"lstm": {"dim": 8,}}'))
+
+
+@case(OptionsError, r"expected a JSON object at the top level, found list")
+def options_not_an_object(tmp_path):
+    load_options(write(tmp_path / "options.json", "[1, 2]"))
+
+
+@case(OptionsError, r"options\.json: missing key 'lstm\.dim'")
+def options_missing_key(tmp_path):
+    path = options_file(tmp_path, lambda o: o["lstm"].pop("dim"))
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"key 'lstm\.dim' is '24'; expected int")
+def options_mistyped_key(tmp_path):
+    path = options_file(tmp_path, lambda o: o["lstm"].update(dim="24"))
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"key 'lstm\.n_layers' is 0; expected at least 1")
+def options_zero_size(tmp_path):
+    path = options_file(tmp_path, lambda o: o["lstm"].update(n_layers=0))
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"key 'char_cnn\.embedding\.dim' is -4; expected at least 1")
+def options_negative_size(tmp_path):
+    path = options_file(tmp_path, lambda o: o["char_cnn"]["embedding"].update(dim=-4))
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"lstm\.projection_dim \(32\) is larger than lstm\.dim \(24\)")
+def options_projection_larger_than_dim(tmp_path):
+    path = options_file(tmp_path, projection_dim=32)
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"key 'char_cnn\.activation' is 'gelu'; expected one of \('relu', 'tanh'\)")
+def options_unknown_activation(tmp_path):
+    path = options_file(tmp_path, activation="gelu")
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"key 'char_cnn\.filters\[1\]' is \[2\]; expected \[width, n_filters\]")
+def options_malformed_filter(tmp_path):
+    path = options_file(tmp_path, lambda o: o["char_cnn"]["filters"].__setitem__(1, [2]))
+    check_options(load_options(path), path)
+
+
+@case(OptionsError, r"'char_cnn\.filters\[0\]' has width 9, wider than max_characters_per_token \(5\)")
+def options_filter_wider_than_token(tmp_path):
+    path = options_file(tmp_path, filters=((9, 4),), max_chars=5)
+    check_options(load_options(path), path)
+
+
+@case(InvalidNumberOfCharacters, r"'char_cnn\.n_characters' is 261; expected 262 at inference .*adds id 0")
+def options_261_characters_at_inference(tmp_path):
+    path = options_file(tmp_path, lambda o: o["char_cnn"].update(n_characters=261))
+    check_options(load_options(path), path)
+
+
+@case(InvalidNumberOfCharacters, r"'char_cnn\.n_characters' is 262; expected 261 in training")
+def options_262_characters_in_training(tmp_path):
+    options = make_options()
+    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
+                   n_negative_samples_batch=4)
+    check_training_options(options, "train options")
+
+
+@case(OptionsError, r"'dropout' is 1\.5; expected a probability in \[0, 1\)")
+def options_impossible_dropout(tmp_path):
+    options = make_options()
+    options["char_cnn"]["n_characters"] = 261
+    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
+                   n_negative_samples_batch=4, dropout=1.5)
+    check_training_options(options)
+
+
+@case(OptionsError, r"'share_embedding_softmax' needs token input")
+def options_shared_softmax_with_characters(tmp_path):
+    options = make_options()
+    options["char_cnn"]["n_characters"] = 261
+    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
+                   n_negative_samples_batch=4, share_embedding_softmax=True)
+    check_training_options(options)
+
+
+# --- weight files -------------------------------------------------------------------
+
+
+@case(WeightFileError, r"weights\.hdf5: weight file not found")
+def weights_missing_file(tmp_path):
+    check_weight_file(str(tmp_path / "weights.hdf5"), make_options())
+
+
+@case(WeightFileError, r"weights\.hdf5: cannot read as HDF5 .*expected a weight file")
+def weights_not_hdf5(tmp_path):
+    check_weight_file(write(tmp_path / "weights.hdf5", "not an HDF5 file\n" * 100), make_options())
+
+
+@case(WeightFileError, r"weights\.hdf5: (cannot read|corrupted|truncated)")
+def weights_truncated(tmp_path):
+    options, weights = model_files(tmp_path)
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) * 2 // 3])
+    check_weight_file(weights, options)
+
+
+@case(WeightFileError, r"missing dataset 'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0' \(expected shape \(24, 8\)\)")
+def weights_missing_dataset(tmp_path):
+    options, weights = model_files(tmp_path)
+    with h5py.File(weights, "a") as fout:
+        del fout["RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0"]
+    check_weight_file(weights, options)
+
+
+@case(WeightFileError, r"dataset 'char_embed' has shape \(262, 4\); the options need \(261, 4\)")
+def weights_wrong_shape(tmp_path):
+    options, weights = model_files(tmp_path)
+    with h5py.File(weights, "a") as fout:
+        del fout["char_embed"]
+        fout["char_embed"] = np.zeros((262, 4), np.float32)
+    check_weight_file(weights, options)
+
+
+@case(WeightFileError, r"dataset 'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0' has shape \(16, 96\); "
+                       r"the options need \(16, 128\)")
+def weights_do_not_match_options(tmp_path):
+    _, weights = model_files(tmp_path)
+    check_weight_file(weights, make_options(dim=32))
+
+
+@case(WeightFileError, r"dataset 'CNN/b_cnn_0' has dtype int64; expected floating point")
+def weights_not_floating_point(tmp_path):
+    options, weights = model_files(tmp_path)
+    with h5py.File(weights, "a") as fout:
+        del fout["CNN/b_cnn_0"]
+        fout["CNN/b_cnn_0"] = np.zeros(4, np.int64)
+    check_weight_file(weights, options)
+
+
+@case(WeightFileError, r"tokens\.hdf5: dataset 'embedding' has shape \(5, 7\); expected \(n_vocab, 8\)")
+def token_embedding_file_wrong_width(tmp_path):
+    with h5py.File(tmp_path / "tokens.hdf5", "w") as fout:
+        fout["embedding"] = np.zeros((5, 7), np.float32)
+    check_embedding_file(str(tmp_path / "tokens.hdf5"), 8)
+
+
+# --- vocabulary files ---------------------------------------------------------------
+
+
+@case(VocabularyError, r"vocab\.txt: vocabulary file not found")
+def vocab_missing_file(tmp_path):
+    Vocabulary(str(tmp_path / "vocab.txt"))
+
+
+@case(VocabularyError, r"vocab\.txt: vocabulary file is empty")
+def vocab_empty(tmp_path):
+    Vocabulary(write(tmp_path / "vocab.txt", ""))
+
+
+@case(VocabularyError, r"missing special token\(s\) <UNK>; a training vocabulary needs <S>, </S> and <UNK>")
+def vocab_without_unk_in_training(tmp_path):
+    load_vocab(vocab_file(tmp_path, ["<S>", "</S>", "the", "cat"]), 50)
+
+
+@case(VocabularyError, r"token 'cat' is on lines 5 and 7 .*expected each token once")
+def vocab_duplicate_token_in_training(tmp_path):
+    load_vocab(vocab_file(tmp_path, SPECIALS + ["the", "cat", "sat", "cat"]))
+
+
+@case(VocabularyError, r"vocab\.txt, line 5: not valid UTF-8")
+def vocab_not_utf8(tmp_path):
+    (tmp_path / "vocab.txt").write_bytes(b"<S>\n</S>\n<UNK>\nthe\nca\xfft\n")
+    Vocabulary(str(tmp_path / "vocab.txt"))
+
+
+@case(InputError, r"vocab\.txt: token input needs <S> and </S> in the vocabulary")
+def vocab_without_boundaries_for_token_input(tmp_path):
+    TokenBatcher(vocab_file(tmp_path, ["the", "cat"]))
+
+
+@case(InputError, r"token 'dog' is not in the vocabulary, which has no <UNK>")
+def token_batcher_unknown_token_without_unk(tmp_path):
+    TokenBatcher(vocab_file(tmp_path, ["<S>", "</S>", "the"])).batch_sentences([["the", "dog"]])
+
+
+# --- text inputs --------------------------------------------------------------------
+
+
+@case(InputError, r"data\.txt, line 2: not valid UTF-8 .*encoding_errors='replace'")
+def text_not_utf8(tmp_path):
+    (tmp_path / "data.txt").write_bytes(b"a good line\nbad \xc3\x28 line\n")
+    list(read_sentences(str(tmp_path / "data.txt")))
+
+
+@case(InputError, r"data\.txt, line 3: empty line; expected a whitespace-tokenized sentence")
+def text_empty_line(tmp_path):
+    list(read_sentences(write(tmp_path / "data.txt", "one\ntwo\n\nfour\n")))
+
+
+@case(InputError, r"data\.txt, line 2: empty line")
+def text_whitespace_only_line(tmp_path):
+    list(read_sentences(write(tmp_path / "data.txt", "one\n \t \u3000\nthree\n")))
+
+
+@case(InputError, r"data\.txt: input file not found")
+def text_missing_file(tmp_path):
+    list(read_sentences(str(tmp_path / "data.txt")))
+
+
+@case(InputError, r"batch_sentences got an empty list of sentences")
+def batcher_empty_sentence_list(tmp_path):
+    Batcher(None, 50).batch_sentences([])
+
+
+@case(InputError, r"sentence 1 is a str; expected a list of tokens")
+def batcher_untokenized_sentence(tmp_path):
+    Batcher(None, 50).batch_sentences([["fine"], "not tokenized"])
+
+
+@case(VocabularyError, r"max_characters_per_token is 2; expected at least 3")
+def characters_per_token_too_small(tmp_path):
+    UnicodeCharsVocabulary(vocab_file(tmp_path, SPECIALS), 2)
+
+
+# --- training data ------------------------------------------------------------------
+
+
+@case(InputError, r"no training file matches '.*nothing-\*\.txt'")
+def training_data_empty_pattern(tmp_path):
+    LMDataset(str(tmp_path / "nothing-*.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)))
+
+
+@case(InputError, r"\(2 file\(s\)\) contains no sentences")
+def training_data_empty_shards(tmp_path):
+    write(tmp_path / "shard-1.txt", "")
+    write(tmp_path / "shard-2.txt", "\n  \n")
+    LMDataset(str(tmp_path / "shard-*.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)))
+
+
+@case(InputError, r"shard-1\.txt, line 2: not valid UTF-8")
+def training_data_not_utf8(tmp_path):
+    (tmp_path / "shard-1.txt").write_bytes(b"the cat\nthe \xff\n")
+    data = LMDataset(str(tmp_path / "shard-1.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)), test=True)
+    list(data.iter_batches(1, 2))
+
+
+# --- outputs ------------------------------------------------------------------------
+
+
+@case(OutputExistsError, r"out\.txt: already exists; pass overwrite=True \(--overwrite\)")
+def output_exists(tmp_path):
+    write(tmp_path / "out.txt", "precious")
+    with atomic_output(str(tmp_path / "out.txt")):
+        pass
+
+
+@case(OutputError, r"output directory .*missing does not exist")
+def output_directory_missing(tmp_path):
+    with atomic_output(str(tmp_path / "missing" / "out.txt")):
+        pass
+
+
+@case(OutputError, r"out\.hdf5: is a directory; expected a file name")
+def output_is_a_directory(tmp_path):
+    (tmp_path / "out.hdf5").mkdir()
+    PartsJob(str(tmp_path / "out.hdf5"), {})
+
+
+@case(OutputExistsError, r"out\.hdf5\.parts: an interrupted run left its parts here; pass resume=True")
+def output_parts_left_by_a_killed_run(tmp_path):
+    PartsJob(str(tmp_path / "out.hdf5"), {"a": 1}).write_part(0, {"0": np.zeros(2)})
+    PartsJob(str(tmp_path / "out.hdf5"), {"a": 1})
+
+
+@case(OutputError, r"job\.json: the interrupted run had batch_size=64, this one has 32")
+def output_resume_with_other_settings(tmp_path):
+    PartsJob(str(tmp_path / "out.hdf5"), {"batch_size": 64}).write_part(0, {"0": np.zeros(2)})
+    PartsJob(str(tmp_path / "out.hdf5"), {"batch_size": 32}, resume=True)
+
+
+@case(OutputError, r"overwrite and resume contradict each other")
+def output_overwrite_and_resume(tmp_path):
+    PartsJob(str(tmp_path / "out.hdf5"), {}, overwrite=True, resume=True)
+
+
+@case(InputError, r"b\.hdf5: dataset '1' is also in another shard")
+def merge_overlapping_shards(tmp_path):
+    for name in ("a", "b"):
+        with h5py.File(tmp_path / f"{name}.hdf5", "w") as fout:
+            fout["1"] = np.zeros(3)
+    merge_shards([str(tmp_path / "a.hdf5"), str(tmp_path / "b.hdf5")], str(tmp_path / "all.hdf5"))
+
+
+@pytest.mark.parametrize("make_bad_input, error, message", CASES)
+def test_bad_input_gets_a_clear_error(tmp_path, make_bad_input, error, message):
+    with pytest.raises(error, match=message) as raised:
+        make_bad_input(tmp_path)
+    text = str(raised.value)
+    assert "\n" not in text and isinstance(raised.value, BilmError)
+
+
+def test_a_failed_output_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(target)) as temporary:
+            write(tmp_path / temporary.split("/")[-1], "half")
+            raise RuntimeError("killed half way")
+    assert list(tmp_path.iterdir()) == []
+    write(target, "precious")
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(target), overwrite=True) as temporary:
+            write(tmp_path / temporary.split("/")[-1], "half")
+            raise RuntimeError("killed half way")
+    assert target.read_text() == "precious" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+# --- warnings and lenient choices ---------------------------------------------------
+
+
+def test_duplicate_vocabulary_token_at_inference_is_a_warning(tmp_path, caplog):
+    vocab = Vocabulary(vocab_file(tmp_path, SPECIALS + ["the", "cat", "the"]))
+    assert vocab.word_to_id("the") == 3  # the first line wins; both rows have the same character vectors
+    assert "token 'the' is on lines 4 and 6" in caplog.text
+
+
+def test_unsorted_vocabulary_is_detected_from_the_training_counts(tmp_path):
+    rng = np.random.default_rng(0)
+    words = [f"w{k:03d}" for k in range(200)]
+    counts = {w: int(c) for w, c in zip(words, 1000 / np.arange(1, 201) ** 1.1 + rng.integers(0, 2, 200))}
+    by_count = Vocabulary(vocab_file(tmp_path, SPECIALS + sorted(words, key=lambda w: -counts[w])))
+    assert frequency_order_warning(by_count, counts) is None
+    alphabetical = Vocabulary(vocab_file(tmp_path, SPECIALS + sorted(words, key=lambda w: w[::-1])))
+    warning = frequency_order_warning(alphabetical, counts)
+    assert warning and re.search(r"vocab\.txt: tokens do not look sorted by descending count", warning)
+
+
+def test_replaced_encoding_errors_and_kept_empty_lines(tmp_path):
+    (tmp_path / "data.txt").write_bytes(b"ok line\nbad \xff byte\n\n   \nend\n")
+    lines = list(read_sentences(str(tmp_path / "data.txt"), encoding_errors="replace", empty_lines="keep"))
+    assert lines == [(0, ["ok", "line"]), (1, ["bad", "\ufffd", "byte"]), (2, []), (3, []), (4, ["end"])]
+    assert [i for i, _ in read_sentences(str(tmp_path / "data.txt"), (1, 2), "replace", "keep")] == [1, 3]
+
+
+def test_extremely_long_tokens_and_lines_are_taken(tmp_path):
+    sentence = ["é" * 10_000] + ["word"] * 20_000
+    ids = Batcher(None, 50).batch_sentences([sentence])
+    assert ids.shape == (1, 20_003, 50)
+    # 48 bytes of the token survive (24 two-byte characters), between begin- and end-of-word.
+    assert list(ids[0, 1, :3]) == [259, 0xC3 + 1, 0xA9 + 1] and ids[0, 1, 49] == 260 and ids[0, 1, 48] == 0xA9 + 1

@@ -1,0 +1,154 @@
+"""Nothing is lost: killed dumps resume to the same file, killed training restarts, full disks fail cleanly."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bilm import dump_bilm_embeddings, dump_token_embeddings
+from bilm.cli import main
+from bilm.errors import OutputError, OutputExistsError
+from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+from conftest import make_options, random_sentences, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = "import json, sys, bilm; getattr(bilm, sys.argv[1])(**json.loads(sys.argv[2]))"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A tiny model, 1,500 sentences and their vocabulary."""
+    directory = tmp_path_factory.mktemp("recovery")
+    options_file, weight_file = write_model(directory / "model", make_options(), seed=3)
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(s) + f" w{rng.integers(3000)}" for s in random_sentences(rng, 1500, max_len=12)]
+    data = directory / "data.txt"
+    data.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    vocab = directory / "vocab.txt"
+    write_vocabulary(build_vocabulary(count_tokens([str(data)])[0]), str(vocab))
+    return {"options_file": options_file, "weight_file": weight_file, "vocab_file": str(vocab),
+            "dataset_file": str(data), "dir": directory}
+
+
+def assert_same_file(path, expected_path):
+    with h5py.File(path, "r") as got, h5py.File(expected_path, "r") as expected:
+        assert sorted(got) == sorted(expected)
+        for key in expected:
+            np.testing.assert_array_equal(got[key][...], expected[key][...], err_msg=key)
+
+
+def kill_when(function, kwargs, parts_dir, n_parts, timeout=120):
+    """Run ``bilm.function(**kwargs)`` in a subprocess; SIGKILL it once ``parts_dir`` has n_parts parts
+    (n_parts 0: once ``parts_dir`` exists, while the first part is being written)."""
+    process = subprocess.Popen([sys.executable, "-c", WORKER, function, json.dumps(kwargs)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if os.path.isdir(parts_dir):
+            parts = [n for n in os.listdir(parts_dir) if n.startswith("part-") and n.endswith(".hdf5")]
+            if len(parts) >= n_parts:
+                break
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the job ended before it could be killed"
+
+
+@pytest.mark.parametrize("state_mode, kill_after_parts", [("warm", 0), ("warm", 1), ("warm", 9), ("stateful", 4)])
+def test_killed_dump_bilm_embeddings_resumes_to_the_same_file(job, tmp_path, state_mode, kill_after_parts):
+    common = {k: job[k] for k in ("vocab_file", "dataset_file", "options_file", "weight_file")}
+    common.update(state_mode=state_mode, batch_size=4, part_size=100)
+    expected = tmp_path / "expected.hdf5"
+    dump_bilm_embeddings(outfile=str(expected), **common)
+
+    out = tmp_path / "out.hdf5"
+    kill_when("dump_bilm_embeddings", dict(common, outfile=str(out)), str(out) + ".parts", kill_after_parts)
+    assert not out.exists()  # a killed run never leaves a file that looks complete
+    with pytest.raises(OutputExistsError, match="pass resume=True"):
+        dump_bilm_embeddings(outfile=str(out), **common)
+    dump_bilm_embeddings(outfile=str(out), resume=True, **common)
+    assert_same_file(out, expected)
+    assert not os.path.exists(str(out) + ".parts")
+    dump_bilm_embeddings(outfile=str(out), resume=True, **common)  # complete: nothing to do
+    assert_same_file(out, expected)
+
+
+def test_killed_dump_token_embeddings_resumes_to_the_same_file(job, tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    rng = np.random.default_rng(1)
+    write_vocabulary(["<S>", "</S>", "<UNK>"] + [f"t{k}" + "x" * rng.integers(20) for k in range(30000)], str(vocab))
+    common = {"vocab_file": str(vocab), "options_file": job["options_file"], "weight_file": job["weight_file"],
+              "part_size": 64}
+    expected = tmp_path / "expected.hdf5"
+    dump_token_embeddings(outfile=str(expected), **common)
+    out = tmp_path / "out.hdf5"
+    kill_when("dump_token_embeddings", dict(common, outfile=str(out)), str(out) + ".parts", 50)
+    assert not out.exists()
+    dump_token_embeddings(outfile=str(out), resume=True, **common)
+    assert_same_file(out, expected)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, monkeypatch):
+    common = {k: job[k] for k in ("vocab_file", "dataset_file", "options_file", "weight_file")}
+    common.update(part_size=500)
+    out = tmp_path / "out.hdf5"
+    dump_bilm_embeddings(outfile=str(out), **common)
+    earlier = out.read_bytes()
+
+    calls = {"n": 0}
+    create_dataset = h5py.Group.create_dataset
+
+    def fills_the_disk(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 700:  # during the second part
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return create_dataset(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", fills_the_disk)
+    with pytest.raises(OutputError, match=r"part-000001\.hdf5: cannot write \(No space left on device\); "
+                                          r"complete parts are kept"):
+        dump_bilm_embeddings(outfile=str(out), overwrite=True, **common)
+    assert out.read_bytes() == earlier  # the earlier complete output is untouched
+    assert sorted(os.listdir(str(out) + ".parts")) == ["job.json", "part-000000.hdf5"]  # no half-written part
+    monkeypatch.undo()
+    dump_bilm_embeddings(outfile=str(out), resume=True, **common)
+    expected = tmp_path / "expected.hdf5"
+    dump_bilm_embeddings(outfile=str(expected), **common)
+    assert_same_file(out, expected)
+
+
+def _checkpoint_steps(save_dir):
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in Path(save_dir).glob("model.ckpt-*.index"))
+
+
+def test_killed_training_restarts_from_its_last_complete_checkpoint(job, tmp_path):
+    save = tmp_path / "ckpt"
+    common = ["--train_prefix", job["dataset_file"], "--vocab_file", job["vocab_file"], "--save_dir", str(save)]
+    train = [sys.executable, "-m", "bilm.cli", "--quiet", "train", *common, "--lstm_dim", "16", "--projection_dim",
+             "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1", "--char_embedding_dim", "4", "--batch_size",
+             "4", "--unroll_steps", "5", "--n_negative_samples", "8", "--n_train_tokens", "4000", "--n_epochs", "1",
+             "--checkpoint_every", "4", "--seed", "0"]
+    total = 4000 // (4 * 5)
+    restart = [sys.executable, "-m", "bilm.cli", "--quiet", "restart", *common, "--checkpoint_every", "4"]
+    for command, more_steps in ((train, 4), (restart, 12)):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = max(_checkpoint_steps(save), default=0) + more_steps
+        while process.poll() is None and max(_checkpoint_steps(save), default=0) < target:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL, process.stderr.read()
+        process.stderr.close()
+        steps = _checkpoint_steps(save)
+        assert steps and max(steps) < total
+    # The run is finished by restart: from the saved global step to the total, no more.
+    assert main(["--quiet", "restart", *common, "--checkpoint_every", "4"]) == 0
+    assert max(_checkpoint_steps(save)) == total
+    with pytest.raises(SystemExit):
+        main(["--quiet", "train", *common[:4]])  # --save_dir missing: a usage error
+    assert main(["--quiet", "train", *common, "--n_train_tokens", "100"]) == 2  # checkpoints exist: refused
