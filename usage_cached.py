@@ -11,12 +11,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py  # noqa: E402
 
 from bilm import dump_bilm_embeddings  # noqa: E402
-from bilm.cli import add_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
 parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temp dir)")
-args = parser.parse_args()
+args = resolve_model_arguments(parser, parser.parse_args())
 workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_cached_")
 
 raw_context = [

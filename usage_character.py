@@ -14,11 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from bilm import Batcher, BidirectionalLanguageModel, weight_layers  # noqa: E402
-from bilm.cli import add_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
-args = parser.parse_args()
+args = resolve_model_arguments(parser, parser.parse_args())
 
 raw_context = [
     "Pretrained biLMs compute representations useful for NLP tasks .",

@@ -14,12 +14,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from bilm import BidirectionalLanguageModel, TokenBatcher, dump_token_embeddings, weight_layers  # noqa: E402
-from bilm.cli import add_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser, vocab=False)
 parser.add_argument("--workdir", help="where to write the vocabulary and token embeddings (default: a temp dir)")
-args = parser.parse_args()
+args = resolve_model_arguments(parser, parser.parse_args())
 workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_token_")
 
 raw_context = [

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bilm.cli import add_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 from bilm.precompute import ElmoEmbedder  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "heldout_sample.txt"
@@ -39,7 +39,7 @@ def main():
     parser.add_argument("--dataset", default=str(SAMPLE))
     parser.add_argument("--sentences", type=int, default=500)
     add_model_arguments(parser)
-    args = parser.parse_args()
+    args = resolve_model_arguments(parser, parser.parse_args())
     with open(args.dataset, encoding="utf-8") as fin:
         sentences = [line.split() for line in fin if line.split()][: args.sentences]
 

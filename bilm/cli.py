@@ -7,18 +7,33 @@ import os
 import sys
 
 from .errors import BilmError
-from .models import default_model_files
 
 
 def add_model_arguments(parser, vocab=True):
-    """--options/--weights (and --vocab), defaulting to the shipped model when it is installed."""
-    defaults = default_model_files() or (None, None, None)
-    arguments = [("--options", "the model's options.json"), ("--weights", "the model's HDF5 weight file")]
+    """--model NAME, or --options/--weights (and --vocab) paths; see ``resolve_model_arguments``."""
+    parser.add_argument("--model", default="default",
+                        help="model name: 'default' (shipped with bilm) or a downloaded one (see `bilm download "
+                             "--list`); --options/--weights/--vocab override its files")
+    parser.add_argument("--options", help="the model's options.json")
+    parser.add_argument("--weights", help="the model's HDF5 weight file")
     if vocab:
-        arguments.append(("--vocab", "vocabulary file, one token per line"))
-    for (flag, text), default in zip(arguments, defaults):
-        parser.add_argument(flag, default=default, required=default is None,
-                            help=text + (" (default: the shipped model)" if default else ""))
+        parser.add_argument("--vocab", help="vocabulary file, one token per line (optional for character models)")
+
+
+def resolve_model_arguments(parser, args):
+    """Fill --options/--weights/--vocab from --model where not given; a usage error if impossible."""
+    if args.options and args.weights:
+        return args
+    from .download import model_files
+
+    try:
+        options, weights, vocab = model_files(args.model)
+    except BilmError as err:
+        parser.error(f"{err} (or give --options and --weights)")
+    args.options, args.weights = args.options or options, args.weights or weights
+    if hasattr(args, "vocab") and args.vocab is None:
+        args.vocab = vocab
+    return args
 
 
 def _int_at_least(minimum, what):
@@ -69,7 +84,8 @@ def _embed(args):
     dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
                          state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard,
                          overwrite=args.overwrite, resume=args.resume, encoding_errors=args.encoding_errors,
-                         empty_lines=args.empty_lines)
+                         empty_lines=args.empty_lines, layers=args.layers, mix_weights=args.mix_weights,
+                         sentence_to_index=True)
 
 
 def _merge(args):
@@ -78,9 +94,36 @@ def _merge(args):
 
 
 def _dump_token_embeddings(args):
+    from .errors import InputError
     from .precompute import dump_token_embeddings
+
+    if args.vocab is None:
+        raise InputError(f"model {args.model!r} has no vocabulary file; give the tokens to embed with --vocab")
     dump_token_embeddings(args.vocab, args.options, args.weights, args.output, overwrite=args.overwrite,
                           resume=args.resume)
+
+
+def _export(args):
+    from .export import export_saved_model
+    export_saved_model(args.options, args.weights, args.output, state_mode=args.state_mode, overwrite=args.overwrite)
+
+
+def _download(args):
+    from .download import catalogue, download
+
+    if args.list or not args.name:
+        for name, entry in sorted(catalogue().items()):
+            print(f"{name:16} {entry.get('parameters', ''):>7}  {entry.get('description', '')}")
+        return
+    for role, path in download(args.name, cache=args.cache_dir, progress=not args.quiet).items():
+        print(f"{role}: {path}")
+
+
+def _floats(text):
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.2,0.3,0.5, got {text!r}") from None
 
 
 def _flag(name):
@@ -263,7 +306,7 @@ def _add_training_commands(commands):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="bilm", description="ELMo biLM: embed text, dump token embeddings.")
+    parser = argparse.ArgumentParser(prog="bilm", description="ELMo biLMs: embed text, train, export, download.")
     parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -286,6 +329,11 @@ def build_parser():
                        help="a line that is not UTF-8 is an error (strict, default) or has its bad bytes replaced")
     embed.add_argument("--empty-lines", choices=["error", "keep"], default="error",
                        help="an empty line is an error (default) or gets an empty dataset, as in the original")
+    embed.add_argument("--layers", choices=["all", "top", "average", "mix"], default="all",
+                       help="all layers, (n_layers + 1, n_tokens, 2P) per line as the original (default); or one "
+                            "(n_tokens, 2P) array: the top layer, the average of the layers, or their mix")
+    embed.add_argument("--mix-weights", type=_floats, metavar="W0,W1,...",
+                       help="with --layers mix: one weight per layer, used as given")
     add_output_arguments(embed)
     embed.set_defaults(run=_embed)
 
@@ -303,12 +351,40 @@ def build_parser():
     add_model_arguments(tokens)
     add_output_arguments(tokens)
     tokens.set_defaults(run=_dump_token_embeddings)
+
+    export = commands.add_parser(
+        "export", help="write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
+        description="Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
+                    "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
+                    "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
+        epilog="example: bilm export elmo_savedmodel --model default")
+    export.add_argument("output", help="directory to write")
+    add_model_arguments(export, vocab=False)
+    export.add_argument("--state-mode", choices=["warm", "zero"], default="warm",
+                        help="the LSTM states every sentence starts from (default: warm)")
+    add_output_arguments(export, resume=False)
+    export.set_defaults(run=_export)
+
+    download = commands.add_parser(
+        "download", help="download a published pretrained model into the cache (then use it with --model NAME)",
+        description="Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), plus any "
+                    "listed in the JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. "
+                    "A partial download resumes; files are checked against their size and a SHA-256 recorded "
+                    "on the first download.",
+        epilog="example: bilm download small && bilm embed sentences.txt elmo.hdf5 --model small")
+    download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
+    download.add_argument("--list", action="store_true", help="list the catalogue")
+    download.add_argument("--cache-dir", help="cache directory (default: $BILM_CACHE or ~/.cache/bilm)")
+    download.set_defaults(run=_download)
     _add_training_commands(commands)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "options"):
+        resolve_model_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"

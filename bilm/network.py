@@ -26,8 +26,8 @@ def char_cnn_embedding(char_ids, options, unique_chunk=None):
         char_ids: int32 (B, T, C), values in [0, ``n_characters``).
         options: model options (``char_cnn`` and ``lstm.projection_dim`` are read).
         unique_chunk: None computes every position. A number computes each distinct
-            token of the batch once (padding included, once), ``unique_chunk`` tokens at
-            a time, which bounds the memory of the convolutions (inference only: the
+            token of the batch once (padding included, once), in equal chunks of at most
+            ``unique_chunk`` tokens, which bounds the memory of the convolutions (inference only: the
             chunk loop is not meant for back-propagation).
     Returns:
         float32 (B, T, P).
@@ -45,9 +45,11 @@ def char_cnn_embedding(char_ids, options, unique_chunk=None):
         n_unique = tf.size(unique_keys)
         first = tf.math.unsorted_segment_min(tf.range(tf.shape(flat_ids)[0]), index, n_unique)
         unique_ids = tf.gather(flat_ids, first)  # (U, C)
+        # Equal chunks of at most unique_chunk tokens: fewer than n_chunks padding rows.
         n_chunks = (n_unique + unique_chunk - 1) // unique_chunk
-        padded = tf.pad(unique_ids, [[0, n_chunks * unique_chunk - n_unique], [0, 0]])
-        chunks = tf.reshape(padded, [n_chunks, unique_chunk, max_chars])
+        chunk = (n_unique + n_chunks - 1) // n_chunks
+        padded = tf.pad(unique_ids, [[0, n_chunks * chunk - n_unique], [0, 0]])
+        chunks = tf.reshape(padded, [n_chunks, chunk, max_chars])
         vectors = tf.map_fn(embed_tokens, chunks, fn_output_signature=DTYPE, parallel_iterations=1)
         flat = tf.gather(tf.reshape(vectors, [-1, opts.projection_dim(options)]), index)  # (N, P)
     shape = tf.concat([tf.shape(char_ids)[:2], [opts.projection_dim(options)]], axis=0)

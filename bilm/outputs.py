@@ -75,6 +75,13 @@ def _hdf5_writer(path):
             os.remove(temporary)
 
 
+def _add_datasets(fout, datasets):
+    for name, value in datasets.items():
+        if name in fout:
+            del fout[name]
+        fout.create_dataset(name, data=value)
+
+
 class PartsJob:
     """The resumable output of a long job that produces HDF5 datasets part by part.
 
@@ -192,17 +199,20 @@ class PartsJob:
         with h5py.File(self._extra_path(k), "r") as fin:
             return {name: fin[name][...] for name in fin}
 
-    def finish(self, concatenate=None):
+    def finish(self, concatenate=None, add=None):
         """Assemble ``outfile`` from the parts, in part order, then remove the parts.
 
         Every dataset of every part is copied under its name; with ``concatenate``
         (a dataset name), that dataset's rows are concatenated across parts instead.
-        With one part and no ``concatenate``, the part becomes the output (no copy).
+        ``add``: {name: array} datasets written beside them. With one part and no
+        ``concatenate``, the part becomes the output (no copy).
         """
         parts = self._part_files()
         temporary = self.outfile + ".tmp"
         try:
             if len(parts) == 1 and concatenate is None:
+                with h5py.File(parts[0], "a") as fout:
+                    _add_datasets(fout, add or {})
                 os.replace(parts[0], self.outfile)
             else:
                 with h5py.File(temporary, "w") as fout:
@@ -213,6 +223,7 @@ class PartsJob:
                             with h5py.File(part, "r") as fin:
                                 for name in fin:
                                     fout.create_dataset(name, data=fin[name][...])
+                    _add_datasets(fout, add or {})
                 os.replace(temporary, self.outfile)
         except OSError as err:
             if os.path.exists(temporary):

@@ -5,6 +5,7 @@ little padding is computed) and are returned or written in input order. Only a
 window of the input is in memory at a time.
 """
 import itertools
+import json
 import logging
 import os
 
@@ -18,6 +19,7 @@ from .batching import Batcher
 from .errors import InputError
 from .model import STATE_MODES, BidirectionalLanguageModel
 from .outputs import PartsJob, atomic_output
+from .pooling import select_layers
 from .vocabulary import UnicodeCharsVocabulary
 from .weights import open_hdf5
 
@@ -27,6 +29,8 @@ TOKEN_CHUNK = 512
 TOKEN_PART = 16384  # tokens per part file of dump_token_embeddings
 SENTENCE_PART = 4096  # sentences per part file of dump_bilm_embeddings (also its sort-by-length window)
 DEFAULT_STATE_MODE = "warm"
+LAYER_CHOICES = ("all", "top", "average", "mix")
+SENTENCE_TO_INDEX = "sentence_to_index"
 
 
 def session_config():
@@ -231,7 +235,8 @@ def read_sentences(dataset_file, shard=(0, 1), encoding_errors="strict", empty_l
 
 def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, outfile,
                          state_mode=DEFAULT_STATE_MODE, batch_size=64, shard=(0, 1), overwrite=False, resume=False,
-                         encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART):
+                         encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART, layers="all",
+                         mix_weights=None, sentence_to_index=False):
     """Write every biLM layer of every sentence of a dataset.
 
     ``dataset_file`` has one whitespace-tokenized sentence per line. Output: one HDF5
@@ -250,8 +255,14 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
             equals that of an uninterrupted run.
         encoding_errors, empty_lines: see ``read_sentences``.
         part_size: sentences per part file: the unit of resuming and of sorting by length.
+        layers: ``"all"`` (the original's layout), or ``"top"``, ``"average"``, ``"mix"``
+            (with ``mix_weights``, one per layer): one (n_tokens, 2P) array per line
+            (see ``bilm.pooling.select_layers``).
+        sentence_to_index: also write ``sentence_to_index``, a (1,) string dataset
+            holding the JSON {sentence (tokens joined by spaces): line index}, as
+            ``allennlp elmo`` does (a repeated sentence maps to its last line).
     """
-    opts.check_options(opts.load_options(options_file), options_file)
+    options = opts.check_options(opts.load_options(options_file), options_file)
     k, n = shard
     if not 0 <= k < n:
         raise InputError(f"shard is {k} of {n}; expected 0 <= k < n")
@@ -259,11 +270,21 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
         raise InputError(f"state_mode is {state_mode!r}; expected one of {STATE_MODES}")
     if part_size < 1:
         raise InputError(f"part_size is {part_size}; expected at least 1")
-    n_sentences = sum(1 for _ in read_sentences(dataset_file, shard, encoding_errors, empty_lines))
+    if layers not in LAYER_CHOICES:
+        raise InputError(f"layers is {layers!r}; expected one of {LAYER_CHOICES}")
+    if layers == "mix" and (mix_weights is None or len(mix_weights) != opts.n_lstm_layers(options) + 1):
+        raise InputError(f"layers='mix' needs {opts.n_lstm_layers(options) + 1} mix_weights (one per layer), "
+                         f"got {mix_weights!r}")
+    n_sentences, index_of = 0, {}
+    for index, tokens in read_sentences(dataset_file, shard, encoding_errors, empty_lines):
+        n_sentences += 1
+        if sentence_to_index:
+            index_of[" ".join(tokens)] = str(index)
     settings = {"dataset_file": _file_fingerprint(dataset_file), "vocab_file": _file_fingerprint(vocab_file),
                 "options_file": _file_fingerprint(options_file), "weight_file": _file_fingerprint(weight_file),
                 "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "part_size": part_size,
-                "encoding_errors": encoding_errors, "empty_lines": empty_lines}
+                "encoding_errors": encoding_errors, "empty_lines": empty_lines, "layers": layers,
+                "mix_weights": None if mix_weights is None else [float(w) for w in mix_weights]}
     job = PartsJob(outfile, settings, overwrite=overwrite, resume=resume)
     if job.complete:
         return
@@ -281,12 +302,15 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                 continue
             with job.writer(part) as fout:
                 for index, embeddings in embedder.embed_window(window):
-                    fout.create_dataset(str(index), data=embeddings)
+                    fout.create_dataset(str(index), data=select_layers(embeddings, layers, mix_weights))
                     progress.update()
                 if state_mode == "stateful":  # the states this part ends with, for resuming after it
                     job.write_extra(part, embedder.get_states())
         progress.close()
-    job.finish()
+    record = {}
+    if sentence_to_index:
+        record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+    job.finish(add=record)
     logger.info("wrote %d sentences to %s", n_sentences, outfile)
 
 
@@ -294,14 +318,24 @@ def merge_shards(shard_files, outfile, overwrite=False):
     """One HDF5 file presenting the datasets of several shard outputs (external links, no copy).
 
     Shards are linked by path relative to ``outfile``'s directory, so keep them together.
+    Their ``sentence_to_index`` records, if any, are merged into one (a small copy).
     """
     base = os.path.dirname(os.path.abspath(outfile))
+    index_of = None
     with atomic_output(outfile, overwrite) as temporary, h5py.File(temporary, "w") as fout:
         for shard_file in shard_files:
             relative = os.path.relpath(os.path.abspath(shard_file), base)
             with open_hdf5(shard_file, "shard output") as fin:
                 for key in fin:
+                    if key == SENTENCE_TO_INDEX:  # a repeated sentence keeps its last line
+                        index_of = index_of or {}
+                        for sentence, index in json.loads(fin[key][0]).items():
+                            if int(index) > int(index_of.get(sentence, -1)):
+                                index_of[sentence] = index
+                        continue
                     if key in fout:
                         raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")
                     fout[key] = h5py.ExternalLink(relative, key)
+        if index_of is not None:
+            fout.create_dataset(SENTENCE_TO_INDEX, data=np.array([json.dumps(index_of)], dtype=h5py.string_dtype()))
     logger.info("linked %d shards into %s", len(shard_files), outfile)

@@ -34,13 +34,13 @@ def test_embed_modes_shards_and_merge(tmp_path):
     out = tmp_path / "out.hdf5"
     assert main(["--quiet", "embed", str(data), str(out)] + MODEL_ARGS) == 0
     with h5py.File(out, "r") as fin:
-        assert sorted(fin) == ["0", "1", "2", "3"] and fin["3"].shape == (3, 5, 32)
+        assert sorted(fin) == ["0", "1", "2", "3", "sentence_to_index"] and fin["3"].shape == (3, 5, 32)
         warm = fin["1"][...]
     for k in range(2):
         assert main(["--quiet", "embed", str(data), str(tmp_path / f"s{k}.hdf5"), "--shard", f"{k}/2"] + MODEL_ARGS) == 0
     assert main(["merge", str(tmp_path / "all.hdf5"), str(tmp_path / "s0.hdf5"), str(tmp_path / "s1.hdf5")]) == 0
     with h5py.File(tmp_path / "all.hdf5", "r") as fin:
-        assert sorted(fin) == ["0", "1", "2", "3"]
+        assert sorted(fin) == ["0", "1", "2", "3", "sentence_to_index"]
         np.testing.assert_allclose(fin["1"][...], warm, atol=1e-6)
     assert main(["--quiet", "embed", str(data), str(tmp_path / "st.hdf5"), "--state-mode", "stateful"]
                 + MODEL_ARGS) == 0
@@ -141,7 +141,7 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
     assert main(["--quiet", "embed", str(data), str(out), "--overwrite", "--state-mode", "zero"]
                 + model) == 0
     with h5py.File(out, "r") as fin:
-        assert sorted(fin) == ["0", "1"] and fin["1"].shape == (3, 4, 16)
+        assert sorted(fin) == ["0", "1", "sentence_to_index"] and fin["1"].shape == (3, 4, 16)
     data.write_text("a first line\n\nthird\n", encoding="utf-8")
     assert main(["--quiet", "embed", str(data), str(tmp_path / "o2.hdf5")] + model) == 2
     assert f"{data}, line 2: empty line" in capsys.readouterr().err

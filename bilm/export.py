@@ -1,0 +1,133 @@
+"""Export a biLM as a TensorFlow SavedModel with TF Hub ELMo-like signatures.
+
+The SavedModel holds the weights, the character encoding of tokens (in the graph, so
+it takes strings) and an ELMo mix (``ELMo_W``, ``ELMo_gamma`` as variables). A TF2
+user loads it in eager mode::
+
+    elmo = tf.saved_model.load("elmo_savedmodel")
+    out = elmo.signatures["default"](tf.constant(["the cat sat", "hello"]))
+    out["elmo"]     # (2, 3, 2P), out["default"]: (2, 2P) mean over the real tokens
+    out = elmo.signatures["tokens"](tokens=tf.constant([["the", "cat", ""]]),
+                                    sequence_len=tf.constant([2]))
+
+Signatures:
+
+- ``default``: ``strings`` (B,) of space-separated tokens -> ``elmo`` (B, T, 2P),
+  ``default`` (B, 2P);
+- ``tokens``: ``tokens`` (B, T) strings (padding ignored past ``sequence_len``) and
+  ``sequence_len`` (B,) int32 -> ``word_emb`` (B, T, P), ``lstm_outputs1`` ..
+  ``lstm_outputs{L}`` (B, T, 2P), ``elmo`` (B, T, 2P), ``default`` (B, 2P).
+
+Every sentence starts from the same LSTM states (``state_mode`` ``"warm"`` or
+``"zero"``), so outputs do not depend on the batch. Values past a sentence's length
+are zeros.
+"""
+import logging
+import os
+import shutil
+
+import tensorflow.compat.v1 as tf
+
+from . import options as opts
+from .elmo import weight_layers
+from .errors import InputError, OutputExistsError
+from .model import BidirectionalLanguageModel
+from .outputs import check_output
+from .pooling import masked_mean
+from .vocabulary import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, PAD_CHAR
+
+logger = logging.getLogger(__name__)
+
+
+def token_char_ids_op(tokens, lengths, max_chars):
+    """Character ids in the graph, as ``Batcher`` makes them.
+
+    Args:
+        tokens: string (B, T); entries at or past ``lengths`` are ignored.
+        lengths: int32 (B,) tokens per sentence.
+        max_chars: ``max_characters_per_token``.
+    Returns:
+        int32 (B, T + 2, max_chars): begin, the tokens, end, then zeros (padding).
+    """
+    batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
+    n_bytes = max_chars - 2
+    cut = tf.strings.substr(tokens, 0, n_bytes, unit="BYTE")
+    token_bytes = tf.raw_ops.DecodePaddedRaw(input_bytes=cut, fixed_length=n_bytes, out_type=tf.uint8)  # zero-padded
+    n_token_bytes = tf.strings.length(cut)[..., None]  # (B, T, 1)
+    position = tf.range(n_bytes)[None, None, :]
+    body = tf.where_v2(position < n_token_bytes, tf.cast(token_bytes, tf.int32),
+                    tf.where_v2(tf.equal(position, n_token_bytes), EOW_CHAR, PAD_CHAR))
+    last = tf.where_v2(tf.equal(n_token_bytes, n_bytes), EOW_CHAR, PAD_CHAR)  # the end-of-word of a full-length token
+    words = tf.concat([tf.fill([batch, width, 1], BOW_CHAR), body, last], axis=2)
+
+    def boundary(mark):
+        row = tf.constant([BOW_CHAR, mark, EOW_CHAR] + [PAD_CHAR] * (max_chars - 3), tf.int32)
+        return tf.tile(row[None, None, :], [batch, 1, 1])
+
+    # Put </S> right after each sentence's last token: shift rows by one where t >= length.
+    with_begin = tf.concat([boundary(BOS_CHAR), words, tf.zeros([batch, 1, max_chars], tf.int32)], axis=1)
+    t = tf.range(width + 2)[None, :, None]
+    ends = lengths[:, None, None] + 1
+    char_ids = tf.where_v2(t < ends, with_begin + 1, tf.where_v2(tf.equal(t, ends), boundary(EOS_CHAR) + 1, 0))
+    return char_ids
+
+
+def _outputs(model, tokens, lengths, max_chars):
+    """The signature outputs for a padded batch of tokens."""
+    ops = model(token_char_ids_op(tokens, lengths, max_chars))
+    mask = ops["mask"]
+    zero_padding = tf.cast(mask, tf.float32)[..., None]
+    layers = ops["lm_embeddings"]  # (B, L, T, 2P)
+    with tf.variable_scope("", reuse=tf.AUTO_REUSE):
+        elmo = weight_layers("export", ops)["weighted_op"] * zero_padding
+    outputs = {
+        "word_emb": ops["token_embeddings"][:, 1:-1] * zero_padding,
+        "elmo": elmo,
+        "default": masked_mean(elmo, mask),
+    }
+    for layer in range(1, int(layers.shape[1])):
+        outputs[f"lstm_outputs{layer}"] = layers[:, layer] * zero_padding
+    return outputs
+
+
+def export_saved_model(options_file, weight_file, export_dir, state_mode="warm", overwrite=False):
+    """Write a SavedModel of the biLM with the ``default`` and ``tokens`` signatures (see the module doc)."""
+    options = opts.check_options(opts.load_options(options_file), options_file)
+    if not opts.uses_char_cnn(options):
+        raise InputError(f"{options_file}: export needs a character model (key 'char_cnn')")
+    if state_mode not in ("warm", "zero"):
+        raise InputError(f"state_mode is {state_mode!r}; an exported model needs 'warm' or 'zero'")
+    if os.path.exists(export_dir):
+        if not overwrite:
+            raise OutputExistsError(f"{export_dir}: already exists; pass overwrite=True (--overwrite) to replace it")
+    else:
+        check_output(export_dir)
+    max_chars = options["char_cnn"]["max_characters_per_token"]
+    temporary = export_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    with tf.Graph().as_default():
+        model = BidirectionalLanguageModel(options_file, weight_file, state_mode=state_mode)
+        strings = tf.placeholder(tf.string, [None], name="strings")
+        split = tf.strings.split(strings, result_type="RaggedTensor")  # (B, None) tokens
+        default = _outputs(model, split.to_tensor(""), tf.cast(split.row_lengths(), tf.int32), max_chars)
+        tokens = tf.placeholder(tf.string, [None, None], name="tokens")
+        sequence_len = tf.placeholder(tf.int32, [None], name="sequence_len")
+        by_tokens = _outputs(model, tokens, sequence_len, max_chars)
+        info = tf.saved_model.utils.build_tensor_info
+        signatures = {
+            "default": tf.saved_model.signature_def_utils.build_signature_def(
+                {"strings": info(strings)}, {k: info(default[k]) for k in ("elmo", "default")}, "tensorflow/serving/predict"),
+            "tokens": tf.saved_model.signature_def_utils.build_signature_def(
+                {"tokens": info(tokens), "sequence_len": info(sequence_len)},
+                {k: info(v) for k, v in by_tokens.items()}, "tensorflow/serving/predict"),
+        }
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            builder = tf.saved_model.Builder(temporary)
+            builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
+                                                 signature_def_map=signatures, strip_default_attrs=True)
+            builder.save()
+    if os.path.exists(export_dir):
+        shutil.rmtree(export_dir)
+    os.replace(temporary, export_dir)
+    logger.info("exported %s to %s (signatures: default, tokens)", weight_file, export_dir)
