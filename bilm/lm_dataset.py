@@ -29,23 +29,16 @@ import random
 import numpy as np
 
 from .errors import InputError, VocabularyError
-from .vocabulary import BOS_TOKEN, EOS_TOKEN, UNK_TOKEN
+from .vocabulary import BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, read_text_lines
 
 logger = logging.getLogger(__name__)
 
 
 def _read_sentences(path):
     """Yield the non-blank lines of shard ``path`` as str, reading it line by line."""
-    with open(path, "rb") as fin:
-        for line_number, raw in enumerate(fin, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(
-                    f"{path}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                ) from None
-            if line and not line.isspace():
-                yield line
+    for _, line in read_text_lines(path, "training file"):
+        if line and not line.isspace():
+            yield line
 
 
 def _has_sentence(path):

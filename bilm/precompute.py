@@ -20,7 +20,7 @@ from .errors import InputError
 from .model import STATE_MODES, BidirectionalLanguageModel
 from .outputs import PartsJob, atomic_output
 from .pooling import select_layers
-from .vocabulary import UnicodeCharsVocabulary
+from .vocabulary import UnicodeCharsVocabulary, read_text_lines
 from .weights import open_hdf5
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class ElmoEmbedder:
 
 def _file_fingerprint(path):
     """What identifies an input file for resuming: absolute path, size, modification time."""
-    if path is None:
+    if path is None or not os.path.exists(path):  # a missing file gets its own error later
         return None
     status = os.stat(path)
     return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
@@ -212,25 +212,17 @@ def read_sentences(dataset_file, shard=(0, 1), encoding_errors="strict", empty_l
         raise InputError(f"encoding_errors is {encoding_errors!r}; expected 'strict' or 'replace'")
     if empty_lines not in ("error", "keep"):
         raise InputError(f"empty_lines is {empty_lines!r}; expected 'error' or 'keep'")
-    if not os.path.isfile(dataset_file):
-        raise InputError(f"{dataset_file}: input file not found")
     k, n = shard
-    with open(dataset_file, "rb") as fin:
-        for index, raw in enumerate(fin):
-            try:
-                tokens = raw.decode("utf-8", encoding_errors).split()
-            except UnicodeDecodeError as err:
-                raise InputError(
-                    f"{dataset_file}, line {index + 1}: not valid UTF-8 ({err.reason} at byte {err.start}); "
-                    f"fix the file or pass encoding_errors='replace' (--encoding-errors replace)"
-                ) from None
-            if not tokens and empty_lines == "error":
-                raise InputError(
-                    f"{dataset_file}, line {index + 1}: empty line; expected a whitespace-tokenized sentence "
-                    f"(pass empty_lines='keep' (--empty-lines keep) to write an empty dataset for it)"
-                )
-            if index % n == k:
-                yield index, tokens
+    hint = "; fix the file or pass encoding_errors='replace' (--encoding-errors replace)"
+    for line_number, line in read_text_lines(dataset_file, "input file", InputError, encoding_errors, hint):
+        tokens = line.split()
+        if not tokens and empty_lines == "error":
+            raise InputError(
+                f"{dataset_file}, line {line_number}: empty line; expected a whitespace-tokenized sentence "
+                f"(pass empty_lines='keep' (--empty-lines keep) to write an empty dataset for it)"
+            )
+        if (line_number - 1) % n == k:
+            yield line_number - 1, tokens
 
 
 def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, outfile,

@@ -20,21 +20,28 @@ logger = logging.getLogger(__name__)
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
 
 
-def read_vocabulary_file(filename):
-    """Return the list of tokens of a vocabulary file (``!!!MAXTERMID`` skipped)."""
-    if not os.path.isfile(filename):
-        raise VocabularyError(f"{filename}: vocabulary file not found")
-    tokens = []
-    with open(filename, "rb") as fin:
+def read_text_lines(path, what="text file", error=InputError, encoding_errors="strict", hint=""):
+    """Yield ``(line number from 1, line)`` of a UTF-8 text file, read line by line.
+
+    A missing file or a line that is not UTF-8 (with ``encoding_errors="strict"``)
+    raises ``error`` naming the file and line; ``hint`` is appended to that message.
+    A byte-order mark at the start is dropped.
+    """
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} not found")
+    with open(path, "rb") as fin:
         for line_number, raw in enumerate(fin, start=1):
             try:
-                token = raw.decode("utf-8").strip()
+                yield line_number, raw.decode("utf-8-sig" if line_number == 1 else "utf-8", encoding_errors)
             except UnicodeDecodeError as err:
-                raise VocabularyError(
-                    f"{filename}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                ) from None
-            if token != _SKIPPED_LINE:
-                tokens.append(token)
+                raise error(f"{path}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start}){hint}"
+                            ) from None
+
+
+def read_vocabulary_file(filename):
+    """Return the list of tokens of a vocabulary file (``!!!MAXTERMID`` skipped)."""
+    tokens = [line.strip() for _, line in read_text_lines(filename, "vocabulary file", VocabularyError)]
+    tokens = [token for token in tokens if token != _SKIPPED_LINE]
     if not tokens:
         raise VocabularyError(f"{filename}: vocabulary file is empty; expected one token per line")
     return tokens
@@ -195,19 +202,11 @@ def count_tokens(filenames):
 
     counts, n_sentences = Counter(), 0
     for filename in filenames:
-        if not os.path.isfile(filename):
-            raise InputError(f"{filename}: text file not found")
-        with open(filename, "rb") as fin:
-            for line_number, raw in enumerate(fin, start=1):
-                try:
-                    tokens = raw.decode("utf-8").split()
-                except UnicodeDecodeError as err:
-                    raise InputError(
-                        f"{filename}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                    ) from None
-                if tokens:
-                    counts.update(tokens)
-                    n_sentences += 1
+        for _, line in read_text_lines(filename):
+            tokens = line.split()
+            if tokens:
+                counts.update(tokens)
+                n_sentences += 1
     return counts, n_sentences
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bilm.lm_dataset as lm_dataset
+import bilm.vocabulary as vocabulary
 from bilm.errors import BilmError, InputError, VocabularyError
 from bilm.lm_dataset import BidirectionalLMDataset, LMDataset
 from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary
@@ -367,7 +367,7 @@ def test_only_one_shard_is_open_at_a_time(tmp_path, monkeypatch):
         opened.append(f)
         return f
 
-    monkeypatch.setattr(lm_dataset, "open", tracking_open, raising=False)
+    monkeypatch.setattr(vocabulary, "open", tracking_open, raising=False)  # shards are read there
     for shuffle_on_load in (False, True):
         random.seed(0)
         opened.clear()
@@ -399,7 +399,7 @@ def test_shards_are_streamed_and_char_ids_computed_per_sentence(tmp_path, monkey
         opened.append(open(*args, **kwargs))
         return opened[-1]
 
-    monkeypatch.setattr(lm_dataset, "open", tracking_open, raising=False)
+    monkeypatch.setattr(vocabulary, "open", tracking_open, raising=False)  # shards are read there
 
     data = LMDataset(pattern, vocab, test=True)
     sentences = data.get_sentence()
