@@ -152,3 +152,18 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
     assert main(["vocab", str(data), "--output", str(vocab)]) == 0
     assert main(["vocab", str(data), "--output", str(vocab)]) == 2
     assert main(["vocab", str(data), "--output", str(vocab), "--overwrite"]) == 0
+
+
+def test_dump_token_embeddings_command_gives_layer_zero_of_embed(tmp_path):
+    options_file, weight_file = write_model(tmp_path / "model", make_options(), seed=7)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("<S>\n</S>\n<UNK>\nthe\ncat\nnaïve\n", encoding="utf-8")
+    model = ["--options", options_file, "--weights", weight_file, "--vocab", str(vocab)]
+    assert main(["--quiet", "dump-token-embeddings", str(tmp_path / "tokens.hdf5")] + model) == 0
+    data = tmp_path / "data.txt"
+    data.write_text("naïve cat the\n", encoding="utf-8")
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "out.hdf5"), "--state-mode", "zero"] + model) == 0
+    with h5py.File(tmp_path / "tokens.hdf5", "r") as tokens, h5py.File(tmp_path / "out.hdf5", "r") as out:
+        assert tokens["embedding"].shape == (6, 8)
+        layer0 = out["0"][0, :, :8]  # layer 0 is [token embedding, token embedding]
+        np.testing.assert_allclose(tokens["embedding"][...][[5, 4, 3]], layer0, atol=1e-6)
