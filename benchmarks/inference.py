@@ -125,6 +125,14 @@ def _original_computation():
     bilm.model.CNN_CHUNK = None
 
 
+def _first_lines(source, n, directory):
+    """A file of the first n lines of ``source``, and a fresh output path beside it."""
+    path = os.path.join(directory, f"first_{n}_{os.path.basename(source)}")
+    with open(source) as fin, open(path, "w") as fout:
+        fout.writelines(line for _, line in zip(range(n), fin))
+    return path, os.path.join(directory, f"out_{time.time()}.hdf5")
+
+
 def _steady(run_job, n_small, n_large):
     """Time run_job(n) for a small and a large n; the difference excludes the set-up both pay
     (graph building, weight loading). Returns the large run's figures with that time."""
@@ -141,10 +149,7 @@ def measure_dump(work, mode, n_sentences):
         mode = "stateful"
 
     def job(n):
-        dataset = os.path.join(work["dir"], f"subset_{n}.txt")
-        with open(work["corpus"]) as fin, open(dataset, "w") as fout:
-            fout.writelines(line for _, line in zip(range(n), fin))
-        out = os.path.join(work["dir"], f"dump_{mode}_{n}_{time.time()}.hdf5")
+        dataset, out = _first_lines(work["corpus"], n, work["dir"])
         start = time.perf_counter()
         dump_bilm_embeddings(work["vocab"], dataset, work["options"], work["weights"], out, state_mode=mode)
         return {"seconds": time.perf_counter() - start, "tokens": sum(len(s) for s in read_corpus(dataset))}
@@ -160,10 +165,7 @@ def measure_token_dump(work, one_at_a_time, n_tokens):
         _original_computation()
 
     def job(n):
-        vocab = os.path.join(work["dir"], f"vocab_{n}.txt")
-        with open(work["token_vocab"]) as fin, open(vocab, "w") as fout:
-            fout.writelines(line for _, line in zip(range(n), fin))
-        out = os.path.join(work["dir"], f"tokens_{one_at_a_time}_{n}_{time.time()}.hdf5")
+        vocab, out = _first_lines(work["token_vocab"], n, work["dir"])
         start = time.perf_counter()
         precompute.dump_token_embeddings(vocab, work["options"], work["weights"], out)
         return {"seconds": time.perf_counter() - start, "tokens": n}
@@ -272,7 +274,7 @@ def main():
     work["token_vocab"] = os.path.join(tmp, "token_vocab.txt")
     write_vocabulary(["<S>", "</S>", "<UNK>"] + synthetic_words(np.random.default_rng(1), n_tokens - 3),
                      work["token_vocab"])
-    slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(500 * scale), 50))
+    slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(500 * scale), 300))
     slow_rate = row("dump_token_embeddings, token at a time, the original's computation", slow)
     row(f"dump_token_embeddings, chunks of 512, {n_tokens} tokens", run("measure_token_dump", work,
                                                                         one_at_a_time=False, n_tokens=n_tokens),
