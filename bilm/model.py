@@ -16,7 +16,7 @@ from .vocabulary import BOS_CHAR, EOS_CHAR, token_char_ids
 
 SCOPE = "bilm"
 STATE_MODES = ("stateful", "zero", "warm")
-CNN_CHUNK = 512  # distinct tokens per char-CNN step: bounds the memory of the convolutions
+CNN_CHUNK = 256  # distinct tokens per char-CNN step: bounds the memory of the convolutions
 WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
 
 
