@@ -1,6 +1,6 @@
 """Precompute every biLM layer for a dataset to HDF5; downstream code needs no TensorFlow.
 
-    python usage_cached.py [--options OPTIONS --weights WEIGHTS --vocab VOCAB] [--workdir DIR]
+    python usage_cached.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB] [--workdir DIR]
 """
 import argparse
 import os

@@ -1,6 +1,6 @@
 """ELMo from raw tokens (character input), the most general way to use a biLM.
 
-    python usage_character.py [--options OPTIONS --weights WEIGHTS --vocab VOCAB]
+    python usage_character.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB]
 
 Builds a question/context reading-comprehension style graph: one biLM, two inputs,
 ELMo at both the input and the output of a task model, weights shared between

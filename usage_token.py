@@ -1,6 +1,6 @@
 """ELMo from cached token embeddings: faster, for a fixed vocabulary.
 
-    python usage_token.py [--options OPTIONS --weights WEIGHTS] [--workdir DIR]
+    python usage_token.py [--model NAME | --options OPTIONS --weights WEIGHTS] [--workdir DIR]
 
 The context-independent token vectors of every token of the data are computed once
 (``dump_token_embeddings``); the biLM then only runs its LSTMs on token ids.

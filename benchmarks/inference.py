@@ -256,10 +256,10 @@ def main():
         row(f"char input, batch {batch_size}, file order, stateful", run("measure_graph", work, batch_size=batch_size,
                                                                        n_sentences=count))
     grouped = run("measure_dump", work, mode="warm", n_sentences=max(int(n * scale), 64))
-    base = run("measure_dump", work, mode="original", n_sentences=max(int(100 * scale), 10))
+    base = run("measure_dump", work, mode="original", n_sentences=max(int(300 * scale), 10))
     base_rate = row("dump_bilm_embeddings, sentence at a time, the original's computation", base)
     row("dump_bilm_embeddings, sentence at a time, bilm stateful", run("measure_dump", work, mode="stateful",
-                                                                         n_sentences=max(int(100 * scale), 10)),
+                                                                         n_sentences=max(int(300 * scale), 10)),
         base_rate)
     row(f"dump_bilm_embeddings, batched by length (warm), {max(int(n * scale), 64)} sentences", grouped, base_rate)
 
@@ -274,7 +274,7 @@ def main():
     work["token_vocab"] = os.path.join(tmp, "token_vocab.txt")
     write_vocabulary(["<S>", "</S>", "<UNK>"] + synthetic_words(np.random.default_rng(1), n_tokens - 3),
                      work["token_vocab"])
-    slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(500 * scale), 300))
+    slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(4000 * scale), 300))
     slow_rate = row("dump_token_embeddings, token at a time, the original's computation", slow)
     row(f"dump_token_embeddings, chunks of 512, {n_tokens} tokens", run("measure_token_dump", work,
                                                                         one_at_a_time=False, n_tokens=n_tokens),

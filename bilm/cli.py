@@ -377,6 +377,9 @@ def build_parser():
     download.add_argument("--cache-dir", help="cache directory (default: $BILM_CACHE or ~/.cache/bilm)")
     download.set_defaults(run=_download)
     _add_training_commands(commands)
+    for command in commands.choices.values():  # --quiet also after the command
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="log warnings only, no progress bars")
     return parser
 
 

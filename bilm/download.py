@@ -91,9 +91,13 @@ def _sha256(path):
 
 
 def _remote_size(url):
+    """The size the server announces for ``url``, or None if it does not say (or refuses HEAD)."""
     request = urllib.request.Request(url, method="HEAD")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        length = response.headers.get("Content-Length")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            length = response.headers.get("Content-Length")
+    except urllib.error.HTTPError:
+        return None
     return int(length) if length is not None else None
 
 

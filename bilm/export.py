@@ -105,6 +105,23 @@ def export_saved_model(options_file, weight_file, export_dir, state_mode="warm",
     max_chars = options["char_cnn"]["max_characters_per_token"]
     temporary = export_dir.rstrip("/") + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        _build_and_save(options_file, weight_file, temporary, state_mode, max_chars)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if os.path.exists(export_dir):  # keep the earlier export until the new one is in place
+        previous = export_dir.rstrip("/") + ".old"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(export_dir, previous)
+        os.replace(temporary, export_dir)
+        shutil.rmtree(previous)
+    else:
+        os.replace(temporary, export_dir)
+    logger.info("exported %s to %s (signatures: default, tokens)", weight_file, export_dir)
+
+
+def _build_and_save(options_file, weight_file, export_dir, state_mode, max_chars):
     with tf.Graph().as_default():
         model = BidirectionalLanguageModel(options_file, weight_file, state_mode=state_mode)
         strings = tf.placeholder(tf.string, [None], name="strings")
@@ -114,20 +131,19 @@ def export_saved_model(options_file, weight_file, export_dir, state_mode="warm",
         sequence_len = tf.placeholder(tf.int32, [None], name="sequence_len")
         by_tokens = _outputs(model, tokens, sequence_len, max_chars)
         info = tf.saved_model.utils.build_tensor_info
+
+        def signature(inputs, outputs):
+            return tf.saved_model.signature_def_utils.build_signature_def(
+                {k: info(v) for k, v in inputs.items()}, {k: info(v) for k, v in outputs.items()},
+                tf.saved_model.signature_constants.PREDICT_METHOD_NAME)
+
         signatures = {
-            "default": tf.saved_model.signature_def_utils.build_signature_def(
-                {"strings": info(strings)}, {k: info(default[k]) for k in ("elmo", "default")}, "tensorflow/serving/predict"),
-            "tokens": tf.saved_model.signature_def_utils.build_signature_def(
-                {"tokens": info(tokens), "sequence_len": info(sequence_len)},
-                {k: info(v) for k, v in by_tokens.items()}, "tensorflow/serving/predict"),
+            "default": signature({"strings": strings}, {k: default[k] for k in ("elmo", "default")}),
+            "tokens": signature({"tokens": tokens, "sequence_len": sequence_len}, by_tokens),
         }
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            builder = tf.saved_model.Builder(temporary)
+            builder = tf.saved_model.Builder(export_dir)
             builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
                                                  signature_def_map=signatures, strip_default_attrs=True)
             builder.save()
-    if os.path.exists(export_dir):
-        shutil.rmtree(export_dir)
-    os.replace(temporary, export_dir)
-    logger.info("exported %s to %s (signatures: default, tokens)", weight_file, export_dir)

@@ -267,7 +267,8 @@ def build_training_graph(options, n_gpus):
             + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
         )
     return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity,
-            "global_step": global_step, "step_after_update": step_after_update, "summaries": summaries, "histograms": histograms}
+            "global_step": global_step, "step_after_update": step_after_update, "summaries": summaries,
+            "histograms": histograms}
 
 
 def _feed(models, batch, char_inputs, bidirectional):

@@ -137,7 +137,7 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
     expected = f"bilm: error: {out}: already exists; pass overwrite=True (--overwrite) to replace it"
     assert capsys.readouterr().err.strip() == expected
     assert out.read_bytes() == first
-    assert main(["--quiet", "embed", str(data), str(out), "--resume"] + model) == 0  # complete: nothing to do
+    assert main(["embed", str(data), str(out), "--resume", "--quiet"] + model) == 0  # complete: nothing to do
     assert main(["--quiet", "embed", str(data), str(out), "--overwrite", "--state-mode", "zero"]
                 + model) == 0
     with h5py.File(out, "r") as fin:
