@@ -422,3 +422,43 @@ def test_extremely_long_tokens_and_lines_are_taken(tmp_path):
     assert ids.shape == (1, 20_003, 50)
     # 48 bytes of the token survive (24 two-byte characters), between begin- and end-of-word.
     assert list(ids[0, 1, :3]) == [259, 0xC3 + 1, 0xA9 + 1] and ids[0, 1, 49] == 260 and ids[0, 1, 48] == 0xA9 + 1
+
+
+# --- checks at graph building and inside the graph ----------------------------------
+
+
+def test_batch_larger_than_max_batch_size(tmp_path):
+    import tensorflow.compat.v1 as tf
+
+    from bilm import BidirectionalLanguageModel
+    options, weights = model_files(tmp_path)
+    options_path = write(tmp_path / "options.json", json.dumps(options))
+    with tf.Graph().as_default():
+        model = BidirectionalLanguageModel(options_path, weights, max_batch_size=2)
+        with pytest.raises(InputError, match=r"batch size 3; this model's max_batch_size is 2"):
+            model(tf.placeholder(tf.int32, (3, None, 50)))
+        ids = tf.placeholder(tf.int32, (None, None, 50))
+        ops = model(ids)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            with pytest.raises(tf.errors.InvalidArgumentError, match="batch larger than max_batch_size=2"):
+                sess.run(ops["lm_embeddings"], {ids: Batcher(None, 50).batch_sentences([["a"], ["b"], ["c"]])})
+
+
+def test_token_ids_outside_the_embedding_file(tmp_path):
+    import tensorflow.compat.v1 as tf
+
+    from bilm import BidirectionalLanguageModel
+    options, weights = model_files(tmp_path)
+    options_path = write(tmp_path / "options.json", json.dumps(options))
+    with h5py.File(tmp_path / "tokens.hdf5", "w") as fout:
+        fout["embedding"] = np.ones((4, 8), np.float32)
+    with tf.Graph().as_default():
+        ids = tf.placeholder(tf.int32, (None, None))
+        ops = BidirectionalLanguageModel(options_path, weights, use_character_inputs=False,
+                                         embedding_weight_file=str(tmp_path / "tokens.hdf5"))(ids)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(ops["lm_embeddings"], {ids: [[1, 2, 4]]})  # ids 1..4 are rows 0..3 (+1 shift)
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r"token id outside the 4 rows of .*tokens\.hdf5"):
+                sess.run(ops["lm_embeddings"], {ids: [[1, 5, 2]]})
