@@ -2,6 +2,8 @@
 import errno
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -123,8 +125,12 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, mon
     assert_same_file(out, expected)
 
 
-def _checkpoint_steps(save_dir):
-    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in Path(save_dir).glob("model.ckpt-*.index"))
+def _latest_step(save_dir):
+    """The global step of the latest complete checkpoint (the one TensorFlow's `checkpoint` file names), or 0."""
+    state = Path(save_dir) / "checkpoint"
+    match = re.search(r'^model_checkpoint_path: ".*model\.ckpt-(\d+)"', state.read_text(), re.M) \
+        if state.exists() else None
+    return int(match.group(1)) if match else 0
 
 
 def test_killed_training_restarts_from_its_last_complete_checkpoint(job, tmp_path):
@@ -136,19 +142,21 @@ def test_killed_training_restarts_from_its_last_complete_checkpoint(job, tmp_pat
              "--checkpoint_every", "4", "--seed", "0"]
     total = 4000 // (4 * 5)
     restart = [sys.executable, "-m", "bilm.cli", "--quiet", "restart", *common, "--checkpoint_every", "4"]
+    delays = random.Random(0)
     for command, more_steps in ((train, 4), (restart, 12)):
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        target = max(_checkpoint_steps(save), default=0) + more_steps
-        while process.poll() is None and max(_checkpoint_steps(save), default=0) < target:
+        target = _latest_step(save) + more_steps
+        while process.poll() is None and _latest_step(save) < target:
             time.sleep(0.002)
+        time.sleep(delays.uniform(0, 0.2))  # then kill at any moment, perhaps while saving
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL, process.stderr.read()
         process.stderr.close()
-        steps = _checkpoint_steps(save)
-        assert steps and max(steps) < total
+        assert 4 <= _latest_step(save) < total
     # The run is finished by restart: from the saved global step to the total, no more.
     assert main(["--quiet", "restart", *common, "--checkpoint_every", "4"]) == 0
-    assert max(_checkpoint_steps(save)) == total
+    assert _latest_step(save) == total
+    assert (save / f"model.ckpt-{total}.index").exists()
     with pytest.raises(SystemExit):
         main(["--quiet", "train", *common[:4]])  # --save_dir missing: a usage error
     assert main(["--quiet", "train", *common, "--n_train_tokens", "100"]) == 2  # checkpoints exist: refused
