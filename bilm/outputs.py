@@ -158,6 +158,8 @@ class PartsJob:
         return os.path.join(self.directory, f"part-{k:06d}.hdf5")
 
     def _part_files(self):
+        if not os.path.isdir(self.directory):  # nothing written yet
+            return []
         names = sorted(n for n in os.listdir(self.directory) if re.fullmatch(r"part-\d{6}\.hdf5", n))
         return [os.path.join(self.directory, name) for name in names]
 
@@ -230,7 +232,7 @@ class PartsJob:
                 os.remove(temporary)
             raise _write_error(self.outfile, err, f"; the parts are kept in {self.directory}: make room and "
                                                   f"rerun with resume=True (--resume)") from None
-        shutil.rmtree(self.directory)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     @staticmethod
     def _concatenate(parts, name, fout):

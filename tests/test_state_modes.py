@@ -123,3 +123,16 @@ def test_batched_dump_shards_and_merge(model, tmp_path):
             np.testing.assert_allclose(w[str(i)][...], expected, atol=1e-6)
             np.testing.assert_array_equal(m[str(i)][...], h5py.File(shards[i % 3], "r")[str(i)][...])
     assert merged.stat().st_size < 100_000  # links, not a copy
+
+
+def test_an_empty_input_or_shard_gives_an_empty_file(model, tmp_path):
+    _, options_file, weight_file = model
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "two.txt").write_text("one line\nanother line\n")
+    dump_bilm_embeddings(None, str(tmp_path / "empty.txt"), options_file, weight_file, str(tmp_path / "a.hdf5"))
+    dump_bilm_embeddings(None, str(tmp_path / "two.txt"), options_file, weight_file, str(tmp_path / "b.hdf5"),
+                         shard=(2, 3))
+    for name in ("a.hdf5", "b.hdf5"):
+        with h5py.File(tmp_path / name, "r") as fin:
+            assert list(fin) == []
+        assert not (tmp_path / (name + ".parts")).exists()
