@@ -67,7 +67,7 @@ def main():
     tokens = args.steps * OPTIONS["batch_size"] * OPTIONS["unroll_steps"]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"| path | tokens/s | peak RSS |\n|---|---|---|\n| bilm train (1 tower, CPU) | {tokens / elapsed:,.0f} | {peak_gb:.2f} GB |")
-    print(f"reference: original bilm-tf ~1,430 tokens/s on this machine type; target >= 1,860")
+    print("reference: original bilm-tf ~1,430 tokens/s on this machine type; target >= 1,860")
 
 
 if __name__ == "__main__":

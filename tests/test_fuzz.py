@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from bilm import Batcher, TokenBatcher
 from bilm.errors import BilmError, OptionsError, WeightFileError
 from bilm.options import check_options, load_options
-from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, token_char_ids
+from bilm.vocabulary import UnicodeCharsVocabulary, token_char_ids
 from bilm.weights import check_weight_file, expected_weight_shapes, read_dataset
 from conftest import make_options, random_weight_file
 
