@@ -11,8 +11,9 @@ import re
 import h5py
 import numpy as np
 import pytest
+import tensorflow.compat.v1 as tf
 
-from bilm import Batcher, TokenBatcher
+from bilm import Batcher, BidirectionalLanguageModel, TokenBatcher
 from bilm.errors import (BilmError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
                          OutputExistsError, VocabularyError, WeightFileError)
 from bilm.lm_dataset import LMDataset
@@ -22,13 +23,15 @@ from bilm.precompute import merge_shards, read_sentences
 from bilm.training import check_training_options, load_vocab
 from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.weights import check_embedding_file, check_weight_file
-from conftest import make_options, random_weight_file
+from conftest import make_options, random_weight_file, write_model
 
 CASES = []
 
 
 def case(error, message):
     """Register a case: ``function(tmp_path)`` must raise ``error`` with ``message`` in it."""
+    assert issubclass(error, BilmError)
+
     def register(function):
         CASES.append(pytest.param(function, error, message, id=function.__name__))
         return function
@@ -45,6 +48,21 @@ def options_file(tmp_path, change=None, **kwargs):
     if change:
         change(options)
     return write(tmp_path / "options.json", json.dumps(options))
+
+
+def check_options_file(tmp_path, change=None, **kwargs):
+    """Write make_options(**kwargs), changed by ``change``, and check it as a file."""
+    path = options_file(tmp_path, change, **kwargs)
+    check_options(load_options(path), path)
+
+
+def training_options(n_characters=261, **extra):
+    """Complete training options of a tiny character model, with ``extra`` keys."""
+    options = make_options()
+    options["char_cnn"]["n_characters"] = n_characters
+    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
+                   n_negative_samples_batch=4, **extra)
+    return options
 
 
 def model_files(tmp_path, **kwargs):
@@ -80,82 +98,62 @@ def options_not_an_object(tmp_path):
 
 @case(OptionsError, r"options\.json: missing key 'lstm\.dim'")
 def options_missing_key(tmp_path):
-    path = options_file(tmp_path, lambda o: o["lstm"].pop("dim"))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["lstm"].pop("dim"))
 
 
 @case(OptionsError, r"key 'lstm\.dim' is '24'; expected int")
 def options_mistyped_key(tmp_path):
-    path = options_file(tmp_path, lambda o: o["lstm"].update(dim="24"))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["lstm"].update(dim="24"))
 
 
 @case(OptionsError, r"key 'lstm\.n_layers' is 0; expected at least 1")
 def options_zero_size(tmp_path):
-    path = options_file(tmp_path, lambda o: o["lstm"].update(n_layers=0))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["lstm"].update(n_layers=0))
 
 
 @case(OptionsError, r"key 'char_cnn\.embedding\.dim' is -4; expected at least 1")
 def options_negative_size(tmp_path):
-    path = options_file(tmp_path, lambda o: o["char_cnn"]["embedding"].update(dim=-4))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["char_cnn"]["embedding"].update(dim=-4))
 
 
 @case(OptionsError, r"lstm\.projection_dim \(32\) is larger than lstm\.dim \(24\)")
 def options_projection_larger_than_dim(tmp_path):
-    path = options_file(tmp_path, projection_dim=32)
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, projection_dim=32)
 
 
 @case(OptionsError, r"key 'char_cnn\.activation' is 'gelu'; expected one of \('relu', 'tanh'\)")
 def options_unknown_activation(tmp_path):
-    path = options_file(tmp_path, activation="gelu")
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, activation="gelu")
 
 
 @case(OptionsError, r"key 'char_cnn\.filters\[1\]' is \[2\]; expected \[width, n_filters\]")
 def options_malformed_filter(tmp_path):
-    path = options_file(tmp_path, lambda o: o["char_cnn"]["filters"].__setitem__(1, [2]))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["char_cnn"]["filters"].__setitem__(1, [2]))
 
 
 @case(OptionsError, r"'char_cnn\.filters\[0\]' has width 9, wider than max_characters_per_token \(5\)")
 def options_filter_wider_than_token(tmp_path):
-    path = options_file(tmp_path, filters=((9, 4),), max_chars=5)
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, filters=((9, 4),), max_chars=5)
 
 
 @case(InvalidNumberOfCharacters, r"'char_cnn\.n_characters' is 261; expected 262 at inference .*adds id 0")
 def options_261_characters_at_inference(tmp_path):
-    path = options_file(tmp_path, lambda o: o["char_cnn"].update(n_characters=261))
-    check_options(load_options(path), path)
+    check_options_file(tmp_path, lambda o: o["char_cnn"].update(n_characters=261))
 
 
 @case(InvalidNumberOfCharacters, r"'char_cnn\.n_characters' is 262; expected 261 in training")
 def options_262_characters_in_training(tmp_path):
-    options = make_options()
-    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
-                   n_negative_samples_batch=4)
-    check_training_options(options, "train options")
+    check_training_options(training_options(n_characters=262), "train options")
 
 
 @case(OptionsError, r"'dropout' is 1\.5; expected a probability in \[0, 1\)")
 def options_impossible_dropout(tmp_path):
-    options = make_options()
-    options["char_cnn"]["n_characters"] = 261
-    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
-                   n_negative_samples_batch=4, dropout=1.5)
-    check_training_options(options)
+    check_training_options(training_options(dropout=1.5))
 
 
 @case(OptionsError, r"'share_embedding_softmax' needs token input")
 def options_shared_softmax_with_characters(tmp_path):
-    options = make_options()
-    options["char_cnn"]["n_characters"] = 261
-    options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
-                   n_negative_samples_batch=4, share_embedding_softmax=True)
-    check_training_options(options)
+    check_training_options(training_options(share_embedding_softmax=True))
 
 
 # --- weight files -------------------------------------------------------------------
@@ -371,7 +369,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, make_bad_input, error, message):
     with pytest.raises(error, match=message) as raised:
         make_bad_input(tmp_path)
     text = str(raised.value)
-    assert "\n" not in text and isinstance(raised.value, BilmError)
+    assert "\n" not in text
 
 
 def test_a_failed_output_leaves_no_file_and_keeps_an_existing_one(tmp_path):
@@ -428,11 +426,7 @@ def test_extremely_long_tokens_and_lines_are_taken(tmp_path):
 
 
 def test_batch_larger_than_max_batch_size(tmp_path):
-    import tensorflow.compat.v1 as tf
-
-    from bilm import BidirectionalLanguageModel
-    options, weights = model_files(tmp_path)
-    options_path = write(tmp_path / "options.json", json.dumps(options))
+    options_path, weights = write_model(tmp_path, make_options())
     with tf.Graph().as_default():
         model = BidirectionalLanguageModel(options_path, weights, max_batch_size=2)
         with pytest.raises(InputError, match=r"batch size 3; this model's max_batch_size is 2"):
@@ -446,11 +440,7 @@ def test_batch_larger_than_max_batch_size(tmp_path):
 
 
 def test_token_ids_outside_the_embedding_file(tmp_path):
-    import tensorflow.compat.v1 as tf
-
-    from bilm import BidirectionalLanguageModel
-    options, weights = model_files(tmp_path)
-    options_path = write(tmp_path / "options.json", json.dumps(options))
+    options_path, weights = write_model(tmp_path, make_options())
     with h5py.File(tmp_path / "tokens.hdf5", "w") as fout:
         fout["embedding"] = np.ones((4, 8), np.float32)
     with tf.Graph().as_default():

@@ -121,7 +121,7 @@ def test_batched_dump_shards_and_merge(model, tmp_path):
         for i, expected in enumerate(one_by_one):
             assert w[str(i)].shape == (3, len(sentences[i]), 16)
             np.testing.assert_allclose(w[str(i)][...], expected, atol=1e-6)
-            np.testing.assert_array_equal(m[str(i)][...], h5py.File(shards[i % 3], "r")[str(i)][...])
+            np.testing.assert_allclose(m[str(i)][...], expected, atol=1e-6)  # each shard's lines, through links
     assert merged.stat().st_size < 100_000  # links, not a copy
 
 
