@@ -6,7 +6,8 @@ Both batchers add the sentence begin and end tokens and shift every id by +1, so
 import numpy as np
 
 from .errors import InputError
-from .vocabulary import BOS_CHAR, EOS_CHAR, EOW_CHAR, UnicodeCharsVocabulary, Vocabulary, token_char_ids
+from .vocabulary import (BOS_CHAR, EOS_CHAR, UnicodeCharsVocabulary, Vocabulary, boundary_char_ids,
+                         token_char_ids)
 
 
 def _check_sentences(sentences):
@@ -34,9 +35,7 @@ class Batcher:
     def __init__(self, lm_vocab_file, max_token_length):
         self._lm_vocab = UnicodeCharsVocabulary(lm_vocab_file, max_token_length) if lm_vocab_file else None
         self._max_token_length = max_token_length
-        self._boundaries = [token_char_ids("", max_token_length) for _ in range(2)]
-        for code, mark in zip(self._boundaries, (BOS_CHAR, EOS_CHAR)):
-            code[1:3] = (mark, EOW_CHAR)
+        self._boundaries = [boundary_char_ids(mark, max_token_length) for mark in (BOS_CHAR, EOS_CHAR)]
 
     @property
     def vocab(self):

@@ -12,7 +12,7 @@ from . import network
 from . import options as opts
 from . import weights
 from .errors import InputError, InvalidNumberOfCharacters, OptionsError  # noqa: F401 (re-export)
-from .vocabulary import BOS_CHAR, EOS_CHAR, token_char_ids
+from .batching import Batcher
 
 SCOPE = "bilm"
 STATE_MODES = ("stateful", "zero", "warm")
@@ -22,13 +22,9 @@ WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
 
 def warmup_char_ids(max_chars, text_file=WARMUP_TEXT):
     """The warm-up text as a list of (1, n + 2, max_chars) char-id batches, one per sentence."""
-    boundary = {mark: np.array([258, mark, 259] + [260] * (max_chars - 3), np.int32) for mark in (BOS_CHAR, EOS_CHAR)}
-    batches = []
-    for line in Path(text_file).read_text(encoding="utf-8").splitlines():
-        if line.split():
-            rows = [boundary[BOS_CHAR]] + [token_char_ids(t, max_chars) for t in line.split()] + [boundary[EOS_CHAR]]
-            batches.append(np.stack(rows)[None] + 1)
-    return batches
+    batcher = Batcher(None, max_chars)
+    lines = Path(text_file).read_text(encoding="utf-8").splitlines()
+    return [batcher.batch_sentences([line.split()]) for line in lines if line.split()]
 
 
 def _file_initializer(path, name, pad_row, after=None):

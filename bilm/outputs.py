@@ -167,34 +167,30 @@ class PartsJob:
         return os.path.isfile(self.part_path(k))
 
     @contextlib.contextmanager
-    def writer(self, k):
-        """An h5py.File to fill with part ``k``: the part exists once the block completes."""
+    def writer(self, k, path=None):
+        """An h5py.File to fill with part ``k`` (or another file of the job, ``path``); it
+        exists once the block completes."""
         self._start()
+        path = path or self.part_path(k)
         try:
-            with _hdf5_writer(self.part_path(k)) as fout:
+            with _hdf5_writer(path) as fout:
                 yield fout
         except OSError as err:
-            raise _write_error(self.part_path(k), err, f"; complete parts are kept in {self.directory}: "
-                                                       f"make room and rerun with resume=True (--resume)") from None
+            raise _write_error(path, err, f"; complete parts are kept in {self.directory}: "
+                                          f"make room and rerun with resume=True (--resume)") from None
 
     def write_part(self, k, datasets):
         """Write part ``k`` from {name: array}."""
         with self.writer(k) as fout:
-            for name, value in datasets.items():
-                fout.create_dataset(name, data=value)
+            _add_datasets(fout, datasets)
 
     def _extra_path(self, k):
         return os.path.join(self.directory, f"extra-{k:06d}.hdf5")
 
     def write_extra(self, k, datasets):
         """Save {name: array} that resuming after part ``k`` needs; call it before part ``k`` completes."""
-        self._start()
-        try:
-            with _hdf5_writer(self._extra_path(k)) as fout:
-                for name, value in datasets.items():
-                    fout.create_dataset(name, data=value)
-        except OSError as err:
-            raise _write_error(self._extra_path(k), err) from None
+        with self.writer(k, self._extra_path(k)) as fout:
+            _add_datasets(fout, datasets)
 
     def read_extra(self, k):
         """The datasets ``write_extra`` saved with part ``k``, as {name: array}."""
@@ -210,26 +206,22 @@ class PartsJob:
         ``concatenate``, the part becomes the output (no copy).
         """
         parts = self._part_files()
-        temporary = self.outfile + ".tmp"
         try:
             if len(parts) == 1 and concatenate is None:
                 with h5py.File(parts[0], "a") as fout:
                     _add_datasets(fout, add or {})
                 os.replace(parts[0], self.outfile)
             else:
-                with h5py.File(temporary, "w") as fout:
+                with _hdf5_writer(self.outfile) as fout:
                     if concatenate is not None:
                         self._concatenate(parts, concatenate, fout)
                     else:
                         for part in parts:
                             with h5py.File(part, "r") as fin:
                                 for name in fin:
-                                    fout.create_dataset(name, data=fin[name][...])
+                                    fin.copy(name, fout)
                     _add_datasets(fout, add or {})
-                os.replace(temporary, self.outfile)
         except OSError as err:
-            if os.path.exists(temporary):
-                os.remove(temporary)
             raise _write_error(self.outfile, err, f"; the parts are kept in {self.directory}: make room and "
                                                   f"rerun with resume=True (--resume)") from None
         shutil.rmtree(self.directory, ignore_errors=True)

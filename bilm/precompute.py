@@ -183,10 +183,11 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
 
     with tf.Graph().as_default():
         ids_placeholder = tf.placeholder(tf.int32, shape=(None, None, max_chars))
-        model = BidirectionalLanguageModel(options_file, weight_file)
+        model = BidirectionalLanguageModel(options_file, weight_file, state_mode="zero")
         embedding_op = model(ids_placeholder)["token_embeddings"]  # (n, 1, P); no LSTM runs
+        cnn_variables = [v for v in tf.global_variables() if "/RNN_" not in v.name]
         with tf.Session(config=session_config()) as sess:
-            sess.run(tf.global_variables_initializer())
+            sess.run(tf.variables_initializer(cnn_variables))  # the LSTM weights are never read
             starts = range(0, vocab.size, part_size)
             for k, part_start in enumerate(tqdm(starts, desc="token embeddings", unit="part", disable=None)):
                 if job.is_done(k):

@@ -47,6 +47,13 @@ def read_vocabulary_file(filename):
     return tokens
 
 
+def boundary_char_ids(mark, max_word_length):
+    """int32 (max_word_length,) of a sentence boundary: ``[bow, mark, eow, pad...]``; mark BOS_CHAR or EOS_CHAR."""
+    code = np.full(max_word_length, PAD_CHAR, dtype=np.int32)
+    code[:3] = (BOW_CHAR, mark, EOW_CHAR)
+    return code
+
+
 def token_char_ids(token, max_word_length):
     """int32 (max_word_length,): ``[bow, UTF-8 bytes (cut to max_word_length - 2), eow, pad...]``."""
     code = np.full(max_word_length, PAD_CHAR, dtype=np.int32)
@@ -152,8 +159,8 @@ class UnicodeCharsVocabulary(Vocabulary):
         self._max_word_length = max_word_length
         self.bos_char, self.eos_char = BOS_CHAR, EOS_CHAR
         self.bow_char, self.eow_char, self.pad_char = BOW_CHAR, EOW_CHAR, PAD_CHAR
-        self.bos_chars = self._boundary_char_ids(BOS_CHAR)
-        self.eos_chars = self._boundary_char_ids(EOS_CHAR)
+        self.bos_chars = boundary_char_ids(BOS_CHAR, max_word_length)
+        self.eos_chars = boundary_char_ids(EOS_CHAR, max_word_length)
         self._word_char_ids = np.stack([self._convert_word_to_char_ids(w) for w in self._id_to_word])
         if self.bos >= 0:
             self._word_char_ids[self.bos] = self.bos_chars
@@ -168,11 +175,6 @@ class UnicodeCharsVocabulary(Vocabulary):
     @property
     def max_word_length(self):
         return self._max_word_length
-
-    def _boundary_char_ids(self, char):
-        code = np.full(self._max_word_length, PAD_CHAR, dtype=np.int32)
-        code[:3] = (BOW_CHAR, char, EOW_CHAR)
-        return code
 
     def _convert_word_to_char_ids(self, word):
         return token_char_ids(word, self._max_word_length)
