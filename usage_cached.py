@@ -18,6 +18,7 @@ add_model_arguments(parser)
 parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temp dir)")
 args = resolve_model_arguments(parser, parser.parse_args())
 workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_cached_")
+os.makedirs(workdir, exist_ok=True)
 
 raw_context = [
     "Pretrained biLMs compute representations useful for NLP tasks .",
@@ -32,7 +33,7 @@ with open(dataset_file, "w", encoding="utf-8") as fout:
         fout.write(sentence + "\n")
 
 embedding_file = os.path.join(workdir, "elmo_embeddings.hdf5")
-dump_bilm_embeddings(args.vocab, dataset_file, args.options, args.weights, embedding_file)
+dump_bilm_embeddings(args.vocab, dataset_file, args.options, args.weights, embedding_file, overwrite=True)
 
 # Read back with h5py only: dataset str(i) holds line i, (n_layers + 1, n_tokens, 2 x projection_dim).
 with h5py.File(embedding_file, "r") as fin:

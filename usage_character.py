@@ -15,6 +15,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 from bilm import Batcher, BidirectionalLanguageModel, weight_layers  # noqa: E402
 from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
+from bilm.options import load_options  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
@@ -28,7 +29,7 @@ tokenized_context = [sentence.split() for sentence in raw_context]
 tokenized_question = ["What are biLMs useful for ?".split()]
 
 # Map text to character ids; tokens outside the vocabulary are fine.
-max_chars = 50
+max_chars = load_options(args.options)["char_cnn"]["max_characters_per_token"]  # 50 for published models
 batcher = Batcher(args.vocab, max_chars)
 
 with tf.Graph().as_default():

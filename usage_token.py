@@ -21,6 +21,7 @@ add_model_arguments(parser, vocab=False)
 parser.add_argument("--workdir", help="where to write the vocabulary and token embeddings (default: a temp dir)")
 args = resolve_model_arguments(parser, parser.parse_args())
 workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_token_")
+os.makedirs(workdir, exist_ok=True)
 
 raw_context = [
     "Pretrained biLMs compute representations useful for NLP tasks .",
@@ -37,7 +38,7 @@ with open(vocab_file, "w", encoding="utf-8") as fout:
 
 # 2. Its token embeddings, computed once by the character CNN.
 token_embedding_file = os.path.join(workdir, "elmo_token_embeddings.hdf5")
-dump_token_embeddings(vocab_file, args.options, args.weights, token_embedding_file)
+dump_token_embeddings(vocab_file, args.options, args.weights, token_embedding_file, overwrite=True)
 
 # 3. The biLM on token ids.
 batcher = TokenBatcher(vocab_file)

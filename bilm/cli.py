@@ -131,12 +131,14 @@ def _flag(name):
     return ("--" + name, "--" + name.replace("_", "-")) if "_" in name else ("--" + name,)
 
 
-def _training_data(options, vocab_file, pattern, test):
+def _training_data(options, vocab, pattern, test):
+    """The dataset of ``pattern`` for these options; ``vocab``: a loaded vocabulary or a vocabulary file."""
     from .lm_dataset import BidirectionalLMDataset, LMDataset
+    from .options import uses_char_cnn
     from .training import load_vocab
 
-    max_chars = options["char_cnn"]["max_characters_per_token"] if "char_cnn" in options else None
-    vocab = load_vocab(vocab_file, max_chars)
+    if isinstance(vocab, str):
+        vocab = load_vocab(vocab, options["char_cnn"]["max_characters_per_token"] if uses_char_cnn(options) else None)
     dataset = BidirectionalLMDataset if options.get("bidirectional") else LMDataset
     return dataset(pattern, vocab, test=test, shuffle_on_load=not test)
 
@@ -161,13 +163,11 @@ def _count_train_tokens(pattern, vocab):
 
 
 def _train(args):
-    from .training import original_training_options, train
-    from .vocabulary import Vocabulary
+    from .training import load_vocab, original_training_options, train
 
-    vocab = Vocabulary(args.vocab_file, validate_file=True)
-    n_vocab = vocab.size
+    vocab = load_vocab(args.vocab_file, None if args.token_input else 50)  # the original's 50 characters
     n_train_tokens = args.n_train_tokens or _count_train_tokens(args.train_prefix, vocab)
-    options = original_training_options(n_vocab, n_train_tokens)
+    options = original_training_options(vocab.size, n_train_tokens)
     lstm, cnn = options["lstm"], options["char_cnn"]
     for value, (node, key) in [
         (args.batch_size, (options, "batch_size")), (args.n_epochs, (options, "n_epochs")),
@@ -184,7 +184,7 @@ def _train(args):
         del options["char_cnn"]
     if args.seed is not None:
         random.seed(args.seed)
-    train(options, _training_data(options, args.vocab_file, args.train_prefix, test=False), args.n_gpus,
+    train(options, _training_data(options, vocab, args.train_prefix, test=False), args.n_gpus,
           args.save_dir, args.log_dir or args.save_dir, checkpoint_every=args.checkpoint_every,
           log_every=args.log_every, seed=args.seed, overwrite=args.overwrite)
 

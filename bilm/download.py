@@ -129,6 +129,18 @@ def _fetch(url, path, progress):
     return size
 
 
+def _read_manifest(path):
+    """{role: {url, size, sha256}} recorded by earlier downloads."""
+    try:
+        with open(path, encoding="utf-8") as fin:
+            manifest = json.load(fin)
+    except (OSError, ValueError) as err:
+        raise DownloadError(f"{path}: unreadable download record ({err}); delete it and download again") from None
+    if not isinstance(manifest, dict):
+        raise DownloadError(f"{path}: expected a JSON object of downloaded files; delete it and download again")
+    return manifest
+
+
 def download(name, cache=None, progress=True):
     """Download model ``name`` (see ``catalogue()``) into the cache; return {role: path}.
 
@@ -139,10 +151,7 @@ def download(name, cache=None, progress=True):
     directory = os.path.join(cache or cache_dir(), name)
     os.makedirs(directory, exist_ok=True)
     manifest_path = os.path.join(directory, MANIFEST)
-    manifest = {}
-    if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as fin:
-            manifest = json.load(fin)
+    manifest = _read_manifest(manifest_path) if os.path.exists(manifest_path) else {}
     paths = {}
     for role, url in entry["files"].items():
         path = os.path.join(directory, FILE_NAMES.get(role, role))
@@ -175,8 +184,7 @@ def model_files(name, cache=None):
     manifest_path = os.path.join(directory, MANIFEST)
     if not os.path.exists(manifest_path):
         raise InputError(f"model {name!r} is not downloaded to {directory}; run `bilm download {name}`")
-    with open(manifest_path, encoding="utf-8") as fin:
-        manifest = json.load(fin)
+    manifest = _read_manifest(manifest_path)
     paths = {}
     for role in ("options", "weights", "vocab"):
         if role not in manifest:

@@ -204,11 +204,11 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
     return tf.ensure_shape(outputs, inputs.shape[:2].concatenate([out_dim])), (c, h)
 
 
-def lstm_stack(inputs, initial_states, options, direction, lengths=None, keep_prob=None):
+def lstm_stack(inputs, initial_states, options, direction, lengths=None, dropout=None):
     """The stacked LSTM of one direction: ``RNN_{direction}/RNN/MultiRNNCell/Cell{l}``.
 
     Layer l > 0 adds its input to its output when ``lstm.use_skip_connections`` (the
-    recurrent state is not changed). With ``keep_prob`` (training), each layer's input
+    recurrent state is not changed). With a ``dropout`` rate (training), each layer's input
     is dropped out first.
 
     Args:
@@ -223,8 +223,8 @@ def lstm_stack(inputs, initial_states, options, direction, lengths=None, keep_pr
     outputs, finals = [], []
     layer_input = inputs
     for layer, state in enumerate(initial_states):
-        if keep_prob is not None:
-            layer_input = tf.nn.dropout(layer_input, rate=1.0 - keep_prob)
+        if dropout is not None:
+            layer_input = tf.nn.dropout(layer_input, rate=dropout)
         with tf.variable_scope(f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}"):
             output, final = lstm_layer(layer_input, state, options, lengths)
         if skip and layer > 0:

@@ -268,11 +268,6 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
     if layers == "mix" and (mix_weights is None or len(mix_weights) != opts.n_lstm_layers(options) + 1):
         raise InputError(f"layers='mix' needs {opts.n_lstm_layers(options) + 1} mix_weights (one per layer), "
                          f"got {mix_weights!r}")
-    n_sentences, index_of = 0, {}
-    for index, tokens in read_sentences(dataset_file, shard, encoding_errors, empty_lines):
-        n_sentences += 1
-        if sentence_to_index:
-            index_of[" ".join(tokens)] = str(index)
     settings = {"dataset_file": _file_fingerprint(dataset_file), "vocab_file": _file_fingerprint(vocab_file),
                 "options_file": _file_fingerprint(options_file), "weight_file": _file_fingerprint(weight_file),
                 "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "part_size": part_size,
@@ -281,6 +276,11 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
     job = PartsJob(outfile, settings, overwrite=overwrite, resume=resume)
     if job.complete:
         return
+    n_sentences, index_of = 0, {}
+    for index, tokens in read_sentences(dataset_file, shard, encoding_errors, empty_lines):  # checked first
+        n_sentences += 1
+        if sentence_to_index:
+            index_of[" ".join(tokens)] = str(index)
     sentences = read_sentences(dataset_file, shard, encoding_errors, empty_lines)
     with ElmoEmbedder(options_file, weight_file, vocab_file, state_mode, batch_size, window=part_size) as embedder:
         progress = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None)

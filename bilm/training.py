@@ -83,8 +83,8 @@ class LanguageModel:
     Placeholders (B = ``batch_size``, T = ``unroll_steps``, C = max characters):
     ``token_ids`` (B, T) or ``tokens_characters`` (B, T, C), ``next_token_id`` (B, T),
     and the same with ``_reverse`` when ``bidirectional``. The LSTM states are carried
-    from batch to batch in local variables (``state_update_op`` writes them;
-    ``reset_state_op`` zeroes them); back-propagation stops at the window.
+    from batch to batch in local variables (``state_update_op`` writes them; the local
+    variables initializer zeroes them); back-propagation stops at the window.
 
     Attributes: ``total_loss`` (mean over tokens, mean of the directions),
     ``individual_losses``, ``lstm_outputs`` ([direction][layer] (B, T, P)).
@@ -96,8 +96,7 @@ class LanguageModel:
         self.bidirectional = options.get("bidirectional", False)
         self.char_inputs = opts.uses_char_cnn(options)
         self.share_embedding_softmax = options.get("share_embedding_softmax", False)
-        if self.char_inputs and self.share_embedding_softmax:
-            raise OptionsError("options: 'share_embedding_softmax' needs token input (no 'char_cnn')")
+        check_training_options(options)
         self.sample_softmax = options.get("sample_softmax", True)
         self._build()
 
@@ -121,8 +120,7 @@ class LanguageModel:
 
     def _build(self):
         options = self.options
-        dropout = options.get("dropout", 0.0) if self.is_training else 0.0
-        keep_prob = 1.0 - dropout if dropout > 0 else None
+        dropout = (options.get("dropout") or None) if self.is_training else None  # a rate, or no dropout
         suffixes = ["", "_reverse"] if self.bidirectional else [""]
 
         self.states = network.CarriedStates(options, options["batch_size"], [tf.GraphKeys.LOCAL_VARIABLES])
@@ -136,15 +134,14 @@ class LanguageModel:
                         self.embedding_weights = tf.get_variable("embedding")  # (n_vocab, P)
             outputs, finals = network.lstm_stack(
                 embedding, self.states.read(direction, options["batch_size"]), options, direction,
-                keep_prob=keep_prob)
+                dropout=dropout)
             self.lstm_outputs.append(outputs)
             updates += self.states.write(direction, finals, options["batch_size"])
             top = outputs[-1]
-            if keep_prob is not None:
+            if dropout is not None:
                 top = tf.nn.dropout(top, rate=dropout)
             self.individual_losses.append(self._softmax_loss(top, next_ids, reuse=direction > 0))
         self.state_update_op = tf.group(*updates)
-        self.reset_state_op = self.states.reset()
         with tf.control_dependencies([self.state_update_op]):
             self.total_loss = tf.add_n(self.individual_losses) / len(self.individual_losses)
 
@@ -263,7 +260,7 @@ def build_training_graph(options, n_gpus):
             tf.summary.scalar("gradient_norm_clipped", tf.global_norm(grads)),
         ])
         histograms = tf.summary.merge(
-            [tf.summary.histogram(v.op.name.replace(":", "_"), v) for v in variables]
+            [tf.summary.histogram(v.op.name, v) for v in variables]
             + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
         )
     return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity,

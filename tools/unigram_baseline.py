@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bilm.vocabulary import read_vocabulary_file  # noqa: E402
+from bilm.vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, count_tokens, read_text_lines,  # noqa: E402
+                             read_vocabulary_file)
 
 
 def main():
@@ -25,26 +26,20 @@ def main():
     parser.add_argument("--vocab", required=True)
     args = parser.parse_args()
     vocab = set(read_vocabulary_file(args.vocab))
-
-    def sentences(path):
-        with open(path, encoding="utf-8") as fin:
-            for line in fin:
-                tokens = line.split()
-                if tokens:
-                    yield [t if t in vocab else "<UNK>" for t in tokens]
-
+    word_counts, n_sentences = count_tokens(args.train)
     counts = Counter()
-    for path in args.train:
-        for tokens in sentences(path):
-            counts.update(tokens)
-            counts["</S>"] += 1  # the boundary target of each direction
+    for word, count in word_counts.items():
+        counts[word if word in vocab else UNK_TOKEN] += count
+    counts[EOS_TOKEN] += n_sentences  # the boundary target of each direction
     total = sum(counts.values()) + len(vocab)
     log_prob = {t: math.log((counts[t] + 1) / total) for t in vocab}
-    log_prob["<S>"] = log_prob["</S>"]
+    log_prob[BOS_TOKEN] = log_prob[EOS_TOKEN]
     nll, n = 0.0, 0
-    for tokens in sentences(args.heldout):
-        nll -= sum(log_prob[t] for t in tokens) + log_prob["</S>"]
-        n += len(tokens) + 1
+    for _, line in read_text_lines(args.heldout):
+        tokens = [t if t in vocab else UNK_TOKEN for t in line.split()]
+        if tokens:
+            nll -= sum(log_prob[t] for t in tokens) + log_prob[EOS_TOKEN]
+            n += len(tokens) + 1
     print(f"unigram perplexity: {math.exp(nll / n):.3f} over {n} held-out targets per direction")
 
 
