@@ -59,10 +59,10 @@ def main():
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             fetch = [graph["train_op"], graph["train_perplexity"]]
             for i in range(args.warmup):
-                sess.run(fetch, _feed(graph["models"], batches[i % 8], True, True))
+                sess.run(fetch, _feed(graph["models"], batches[i % 8]))
             start = time.perf_counter()
             for i in range(args.steps):
-                sess.run(fetch, _feed(graph["models"], batches[i % 8], True, True))
+                sess.run(fetch, _feed(graph["models"], batches[i % 8]))
             elapsed = time.perf_counter() - start
     tokens = args.steps * OPTIONS["batch_size"] * OPTIONS["unroll_steps"]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

@@ -98,19 +98,21 @@ class LanguageModel:
         self.share_embedding_softmax = options.get("share_embedding_softmax", False)
         check_training_options(options)
         self.sample_softmax = options.get("sample_softmax", True)
+        self.placeholders = {}  # batch key (as LMDataset names it) -> placeholder
         self._build()
 
     def _inputs(self, suffix):
         batch_size, unroll_steps = self.options["batch_size"], self.options["unroll_steps"]
         if self.char_inputs:
             max_chars = self.options["char_cnn"]["max_characters_per_token"]
-            ids = tf.placeholder(tf.int32, (batch_size, unroll_steps, max_chars), name="tokens_characters" + suffix)
-            setattr(self, "tokens_characters" + suffix, ids)
+            name, shape = "tokens_characters" + suffix, (batch_size, unroll_steps, max_chars)
         else:
-            ids = tf.placeholder(tf.int32, (batch_size, unroll_steps), name="token_ids" + suffix)
-            setattr(self, "token_ids" + suffix, ids)
+            name, shape = "token_ids" + suffix, (batch_size, unroll_steps)
+        ids = tf.placeholder(tf.int32, shape, name=name)
         next_ids = tf.placeholder(tf.int32, (batch_size, unroll_steps), name="next_token_id" + suffix)
-        setattr(self, "next_token_id" + suffix, next_ids)
+        for placeholder_name, placeholder in ((name, ids), ("next_token_id" + suffix, next_ids)):
+            self.placeholders[placeholder_name] = placeholder
+            setattr(self, placeholder_name, placeholder)  # the original's attribute names
         return ids, next_ids
 
     def _embed(self, ids):
@@ -268,15 +270,12 @@ def build_training_graph(options, n_gpus):
             "histograms": histograms}
 
 
-def _feed(models, batch, char_inputs, bidirectional):
+def _feed(models, batch):
     """Split a (n_towers * B, ...) batch into the towers' placeholders."""
     feed = {}
     for k, model in enumerate(models):
         rows = slice(k * model.options["batch_size"], (k + 1) * model.options["batch_size"])
-        for suffix in ("", "_reverse") if bidirectional else ("",):
-            inputs = "tokens_characters" if char_inputs else "token_ids"
-            feed[getattr(model, inputs + suffix)] = batch[inputs + suffix][rows]
-            feed[getattr(model, "next_token_id" + suffix)] = batch["next_token_id" + suffix][rows]
+        feed.update({placeholder: batch[name][rows] for name, placeholder in model.placeholders.items()})
     return feed
 
 
@@ -327,8 +326,6 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
     if vocab_size is not None and vocab_size > options["n_tokens_vocab"]:
         raise OptionsError(f"options: key 'n_tokens_vocab' is {options['n_tokens_vocab']}; the training "
                            f"vocabulary has {vocab_size} tokens, so expected at least {vocab_size}")
-    bidirectional = options.get("bidirectional", False)
-    char_inputs = opts.uses_char_cnn(options)
     _prepare_save_dir(tf_save_dir, restart_ckpt_file, overwrite)
     with atomic_output(os.path.join(tf_save_dir, "options.json"), overwrite=True) as temporary:
         with open(temporary, "w", encoding="utf-8") as fout:
@@ -360,7 +357,7 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
                     fetches.append(graph["summaries"])
                 if want_histograms:
                     fetches.append(graph["histograms"])
-                _, perplexity, step, *summaries = sess.run(fetches, _feed(models, batch, char_inputs, bidirectional))
+                _, perplexity, step, *summaries = sess.run(fetches, _feed(models, batch))
                 for summary in summaries:
                     writer.add_summary(summary, step)
                 if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
@@ -384,8 +381,6 @@ def test(options, ckpt_file, data, batch_size=256):
     incomplete batch is not counted. Returns exp(mean batch loss).
     """
     test_options = dict(options, batch_size=batch_size, unroll_steps=1)
-    bidirectional = options.get("bidirectional", False)
-    char_inputs = opts.uses_char_cnn(options)
     with tf.Graph().as_default():
         with tf.variable_scope(SCOPE):
             model = LanguageModel(test_options, is_training=False)
@@ -394,7 +389,7 @@ def test(options, ckpt_file, data, batch_size=256):
             tf.train.Saver(tf.global_variables()).restore(sess, ckpt_file)
             losses = []
             for batch in data.iter_batches(batch_size, 1):
-                losses.append(sess.run(model.total_loss, _feed([model], batch, char_inputs, bidirectional)))
+                losses.append(sess.run(model.total_loss, _feed([model], batch)))
     if not losses:
         raise OptionsError(f"the test data has fewer than batch_size={batch_size} token streams' worth of "
                            f"tokens; use a smaller batch_size")

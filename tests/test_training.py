@@ -93,7 +93,7 @@ def _one_update(options, n_towers, batch, initial):
                 return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
             for v in variables:
                 v.load(initial[v.op.name], sess)
-            sess.run(graph["train_op"], _feed(graph["models"], batch, True, True))
+            sess.run(graph["train_op"], _feed(graph["models"], batch))
             devices = {op.device for op in tf.get_default_graph().get_operations() if "tower_1" in op.name}
             return {v.op.name: value for v, value in zip(variables, sess.run(variables))}, devices
 
