@@ -1,40 +1,26 @@
-"""The ``bilm`` command: argument parsing and a call into the library, nothing else."""
+"""The ``bilm`` command: argument parsing and a call into the library, nothing else.
+
+TensorFlow is imported only once the arguments are parsed, with its start-up lines
+silenced unless ``--verbose``; Ctrl-C and SIGTERM end any command with one line and
+a non-zero status (130, 143) after the running job has saved what it completed.
+"""
 import argparse
+import contextlib
 import json
 import logging
-import random
+import math
 import os
+import signal
 import sys
 
-from .errors import BilmError
+from . import __version__
+from .errors import BilmError, speak_in_flags
+
+logger = logging.getLogger("bilm")
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
-def add_model_arguments(parser, vocab=True):
-    """--model NAME, or --options/--weights (and --vocab) paths; see ``resolve_model_arguments``."""
-    parser.add_argument("--model", default="default",
-                        help="model name: 'default' (shipped with bilm) or a downloaded one (see `bilm download "
-                             "--list`); --options/--weights/--vocab override its files")
-    parser.add_argument("--options", help="the model's options.json")
-    parser.add_argument("--weights", help="the model's HDF5 weight file")
-    if vocab:
-        parser.add_argument("--vocab", help="vocabulary file, one token per line (optional for character models)")
-
-
-def resolve_model_arguments(parser, args):
-    """Fill --options/--weights/--vocab from --model where not given; a usage error if impossible."""
-    if args.options and args.weights:
-        return args
-    from .download import model_files
-
-    try:
-        options, weights, vocab = model_files(args.model)
-    except BilmError as err:
-        parser.error(f"{err} (or give --options and --weights)")
-    args.options, args.weights = args.options or options, args.weights or weights
-    if hasattr(args, "vocab") and args.vocab is None:
-        args.vocab = vocab
-    return args
-
+# -- argument types ----------------------------------------------------------------------------------
 
 def _int_at_least(minimum, what):
     def parse(text):
@@ -52,20 +38,25 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
+def _number(low, high=None, what="number"):
+    """A finite float in [low, high) (``high`` None: no upper bound)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {text!r}") from None
+        if not (math.isfinite(value) and value >= low and (high is None or value < high)):
+            bounds = f"in [{low}, {high})" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected a {what} {bounds}, got {text!r}")
+        return value
+    return parse
+
+
 def _json_filters(text):
     try:
         return json.loads(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected JSON like '[[1,32],[2,64]]', got {text!r}") from None
-
-
-def add_output_arguments(parser, resume=True):
-    """--overwrite (and --resume): what to do when the output exists or a killed run left parts."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one "
-                                                                "is complete)")
-    if resume:
-        group.add_argument("--resume", action="store_true", help="finish the job a killed run left unfinished")
 
 
 def _shard(text):
@@ -79,23 +70,100 @@ def _shard(text):
     return k, n
 
 
+def _floats(text):
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.2,0.3,0.5, got {text!r}") from None
+
+
+def _flag(name):
+    """Both spellings of a flag: ``--save_dir`` (the original scripts') and ``--save-dir``."""
+    name = name.replace("-", "_")
+    return ("--" + name, "--" + name.replace("_", "-")) if "_" in name else ("--" + name,)
+
+
+# -- shared argument groups --------------------------------------------------------------------------
+
+MODEL_RULE = ("A model is --model NAME (default: the model shipped with bilm), or --options and --weights "
+              "together; --vocab may be added to either.")
+
+
+def add_model_arguments(parser, vocab=True):
+    """--model NAME, or --options and --weights (and --vocab); see ``resolve_model_arguments``."""
+    group = parser.add_argument_group("model", MODEL_RULE)
+    group.add_argument("--model", help="model name: 'default' (shipped with bilm) or a downloaded one "
+                                       "(`bilm download --list`)")
+    group.add_argument("--options", help="the model's options.json (with --weights)")
+    group.add_argument("--weights", help="the model's HDF5 weight file (with --options)")
+    if vocab:
+        group.add_argument("--vocab", help="vocabulary file, one token per line (optional for character models: "
+                                           "its tokens' character ids are cached)")
+
+
+def resolve_model_arguments(parser, args):
+    """Fill --options/--weights/--vocab from --model; a usage error for a partial or contradictory set."""
+    given = [f"--{name}" for name in ("options", "weights") if getattr(args, name)]
+    if len(given) == 1:
+        missing = "--weights" if given == ["--options"] else "--options"
+        parser.error(f"{given[0]} needs {missing} too: {MODEL_RULE}")
+    if given and args.model:
+        parser.error(f"give --model or --options/--weights, not both: {MODEL_RULE}")
+    if given:
+        return args
+    from .download import model_files
+
+    args.model = args.model or "default"
+    try:
+        options, weights, vocab = model_files(args.model)
+    except BilmError as err:
+        parser.error(f"{err} (or give --options and --weights)")
+    args.options, args.weights = options, weights
+    if getattr(args, "vocab", False) is None:
+        args.vocab = vocab
+    return args
+
+
+def add_output_arguments(parser, resume=True):
+    """--overwrite (and --resume): what to do when the output exists or an interrupted run left parts."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one "
+                                                                "is complete)")
+    if resume:
+        group.add_argument("--resume", action="store_true", help="finish the job an interrupted or killed run "
+                                                                 "left unfinished (same inputs and settings)")
+
+
+def _add_text_arguments(parser):
+    parser.add_argument(*_flag("encoding"), default="utf-8",
+                        help="the input's text encoding (default utf-8; e.g. latin-1)")
+    parser.add_argument(*_flag("encoding-errors"), choices=["strict", "replace"], default="strict",
+                        help="bytes not in the encoding are an error (strict, default) or replaced by U+FFFD")
+    parser.add_argument(*_flag("tokenize"), choices=["moses"],
+                        help="tokenize each line with the Moses tokenizer (as the published models' training text "
+                             "was; needs `pip install 'bilm[tokenize]'`); default: the input is already tokenized "
+                             "and split on whitespace")
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
 def _embed(args):
-    from .precompute import dump_bilm_embeddings
+    from .dumps import dump_bilm_embeddings
     dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
                          state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard,
-                         overwrite=args.overwrite, resume=args.resume, encoding_errors=args.encoding_errors,
-                         empty_lines=args.empty_lines, layers=args.layers, mix_weights=args.mix_weights,
-                         sentence_to_index=True)
+                         overwrite=args.overwrite, resume=args.resume, encoding=args.encoding,
+                         encoding_errors=args.encoding_errors, empty_lines=args.empty_lines, tokenize=args.tokenize,
+                         layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True)
 
 
 def _merge(args):
-    from .precompute import merge_shards
+    from .dumps import merge_shards
     merge_shards(args.shards, args.output, overwrite=args.overwrite)
 
 
 def _dump_token_embeddings(args):
+    from .dumps import dump_token_embeddings
     from .errors import InputError
-    from .precompute import dump_token_embeddings
 
     if args.vocab is None:
         raise InputError(f"model {args.model!r} has no vocabulary file; give the tokens to embed with --vocab")
@@ -119,99 +187,57 @@ def _download(args):
         print(f"{role}: {path}")
 
 
-def _floats(text):
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.2,0.3,0.5, got {text!r}") from None
+def _sample_corpus(args):
+    from .models import write_sample_corpus
+
+    for path in write_sample_corpus(args.directory, overwrite=args.overwrite):
+        print(path)
 
 
-def _flag(name):
-    """Both spellings of a flag: the original scripts' ``--save_dir`` and ``--save-dir``."""
-    return ("--" + name, "--" + name.replace("_", "-")) if "_" in name else ("--" + name,)
-
-
-def _training_data(options, vocab, pattern, test):
-    """The dataset of ``pattern`` for these options; ``vocab``: a loaded vocabulary or a vocabulary file."""
-    from .lm_dataset import BidirectionalLMDataset, LMDataset
-    from .options import uses_char_cnn
-    from .training import load_vocab
-
-    if isinstance(vocab, str):
-        vocab = load_vocab(vocab, options["char_cnn"]["max_characters_per_token"] if uses_char_cnn(options) else None)
-    dataset = BidirectionalLMDataset if options.get("bidirectional") else LMDataset
-    return dataset(pattern, vocab, test=test, shuffle_on_load=not test)
-
-
-def _count_train_tokens(pattern, vocab):
-    """Tokens per epoch of the training files (the </S> or <S> targets included); warns about vocab order."""
-    import glob
-
-    from .errors import InputError
-    from .vocabulary import count_tokens, frequency_order_warning
-
-    files = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
-    if not files:
-        raise InputError(f"no training file matches {pattern!r}; expected a glob of text files")
-    counts, n_sentences = count_tokens(files)
-    logger = logging.getLogger(__name__)
-    logger.info("counted %d tokens in %d sentences of %s", sum(counts.values()), n_sentences, pattern)
-    warning = frequency_order_warning(vocab, counts)
-    if warning:
-        logger.warning(warning)
-    return sum(counts.values()) + n_sentences
+# Training flags -> option paths (None: not an option).
+TRAINING_FLAGS = {
+    "batch_size": "batch_size", "n_epochs": "n_epochs", "unroll_steps": "unroll_steps", "dropout": "dropout",
+    "learning_rate": "learning_rate", "n_negative_samples": "n_negative_samples_batch", "lstm_dim": "lstm.dim",
+    "projection_dim": "lstm.projection_dim", "n_layers": "lstm.n_layers", "n_highway": "char_cnn.n_highway",
+    "char_embedding_dim": "char_cnn.embedding.dim", "filters": "char_cnn.filters",
+}
 
 
 def _train(args):
-    from .training import load_vocab, original_training_options, train
+    from .trainer import train_new_model
 
-    vocab = load_vocab(args.vocab_file, None if args.token_input else 50)  # the original's 50 characters
-    n_train_tokens = args.n_train_tokens or _count_train_tokens(args.train_prefix, vocab)
-    options = original_training_options(vocab.size, n_train_tokens)
-    lstm, cnn = options["lstm"], options["char_cnn"]
-    for value, (node, key) in [
-        (args.batch_size, (options, "batch_size")), (args.n_epochs, (options, "n_epochs")),
-        (args.unroll_steps, (options, "unroll_steps")), (args.dropout, (options, "dropout")),
-        (args.learning_rate, (options, "learning_rate")),
-        (args.n_negative_samples, (options, "n_negative_samples_batch")),
-        (args.lstm_dim, (lstm, "dim")), (args.projection_dim, (lstm, "projection_dim")),
-        (args.n_layers, (lstm, "n_layers")), (args.n_highway, (cnn, "n_highway")),
-        (args.char_embedding_dim, (cnn["embedding"], "dim")), (args.filters, (cnn, "filters")),
-    ]:
-        if value is not None:
-            node[key] = value
-    if args.token_input:
-        del options["char_cnn"]
-    if args.seed is not None:
-        random.seed(args.seed)
-    train(options, _training_data(options, vocab, args.train_prefix, test=False), args.n_gpus,
-          args.save_dir, args.log_dir or args.save_dir, checkpoint_every=args.checkpoint_every,
-          log_every=args.log_every, seed=args.seed, overwrite=args.overwrite)
+    changes = {path: getattr(args, name) for name, path in TRAINING_FLAGS.items()}
+    train_new_model(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
+                    n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
+                    overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                    **changes)
+    _next_steps(args)
 
 
 def _restart(args):
-    from .training import load_options_latest_checkpoint, train
+    from .trainer import restart_training
 
-    options, ckpt_file = load_options_latest_checkpoint(args.save_dir)
-    for key in ("n_train_tokens", "n_epochs", "batch_size"):
-        if getattr(args, key):
-            options[key] = getattr(args, key)
-    train(options, _training_data(options, args.vocab_file, args.train_prefix, test=False), args.n_gpus,
-          args.save_dir, args.log_dir or args.save_dir, restart_ckpt_file=ckpt_file,
-          checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
+                     checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                     n_train_tokens=args.n_train_tokens, n_epochs=args.n_epochs, batch_size=args.batch_size)
+    _next_steps(args)
+
+
+def _next_steps(args):
+    logger.info("next: `bilm test --save_dir %s --vocab_file %s --test_prefix HELDOUT` to evaluate, "
+                "`bilm dump-weights --save_dir %s --outfile weights.hdf5 --options_outfile options.json` to export",
+                args.save_dir, args.vocab_file, args.save_dir)
 
 
 def _test(args):
-    from .training import load_options_latest_checkpoint, test
+    from .evaluation import evaluate_checkpoint
 
-    options, ckpt_file = load_options_latest_checkpoint(args.save_dir)
-    perplexity = test(options, ckpt_file, _training_data(options, args.vocab_file, args.test_prefix, test=True),
-                      batch_size=args.batch_size)
+    perplexity = evaluate_checkpoint(args.save_dir, args.test_prefix, args.vocab_file, args.batch_size)
     print(f"perplexity: {perplexity:.3f}")
 
 
 def _dump_weights(args):
-    from .training import dump_weights
+    from .checkpoints import dump_weights
 
     dump_weights(args.save_dir, args.outfile, options_outfile=args.options_outfile, overwrite=args.overwrite)
 
@@ -221,184 +247,300 @@ def _vocab(args):
 
     counts, n_sentences = count_tokens(args.inputs)
     tokens = build_vocabulary(counts, args.min_count, args.max_size)
-    write_vocabulary(tokens, args.output, overwrite=args.overwrite)
-    logging.getLogger(__name__).info("%d sentences, %d tokens, %d types; wrote %d vocabulary entries to %s",
-                                     n_sentences, sum(counts.values()), len(counts), len(tokens), args.output)
+    write_vocabulary(tokens, args.output, overwrite=args.overwrite, inputs=args.inputs)
+    logger.info("%d sentences, %d tokens, %d types; wrote %d vocabulary entries to %s",
+                n_sentences, sum(counts.values()), len(counts), len(tokens), args.output)
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+def _command(commands, name, help_text, description, example, run):
+    parser = commands.add_parser(name, help=help_text, description=description, epilog=f"example: {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def _add_training_run_arguments(parser):
-    parser.add_argument(*_flag("n_gpus"), type=_positive_int, default=1, help="towers (GPUs; CPU devices without GPUs)")
+    parser.add_argument(*_flag("n_gpus"), type=_positive_int, default=1,
+                        help="towers (data-parallel replicas): GPUs, or CPU devices without GPUs (default 1)")
     parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
     parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
-                        help="batches between checkpoints")
-    parser.add_argument(*_flag("log_every"), type=_positive_int, default=100, help="batches between progress logs")
+                        help="batches between checkpoints (default 1250); one is always written at the end")
+    parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,
+                        help="batches between progress lines and TensorBoard summaries, at most (default 100; "
+                             "short runs log about 10 times)")
 
 
 def _add_training_commands(commands):
-    train = commands.add_parser(
-        "train", help="train a biLM (the original ELMo hyperparameters unless changed)",
-        epilog="example: bilm train --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt "
-               "--lstm_dim 512 --projection_dim 128 --batch_size 32")
-    train.add_argument(*_flag("train_prefix"), required=True, help="glob of training shards")
-    train.add_argument(*_flag("vocab_file"), required=True, help="vocabulary (see `bilm vocab`)")
+    from .options import ELMO_ORIGINAL
+
+    lstm, cnn = ELMO_ORIGINAL["lstm"], ELMO_ORIGINAL["char_cnn"]
+    train = _command(
+        commands, "train", "train a new biLM (the original ELMo hyperparameters unless changed)",
+        "Train a new biLM on sharded text (one whitespace-tokenized sentence per line) into --save_dir: "
+        "checkpoints, options.json and TensorBoard events. Every model option defaults to the original ELMo "
+        "model's. Refuses a --save_dir that has checkpoints (continue it with `bilm restart`, or --overwrite).",
+        "bilm train --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt "
+        "--lstm_dim 512 --projection_dim 128 --batch_size 32", _train)
+    train.add_argument(*_flag("train_prefix"), required=True, help="glob of the training files (quote it)")
+    train.add_argument(*_flag("vocab_file"), required=True, help="vocabulary: <S>, </S>, <UNK>, then tokens by "
+                                                                 "descending count (see `bilm vocab`)")
     train.add_argument(*_flag("save_dir"), required=True, help="checkpoints and options.json go here")
     train.add_argument(*_flag("n_train_tokens"), type=_positive_int,
                        help="tokens per epoch (default: counted from the data)")
-    train.add_argument(*_flag("n_epochs"), type=_positive_int)
-    train.add_argument(*_flag("batch_size"), type=_positive_int, help="per tower (default 128)")
-    train.add_argument(*_flag("unroll_steps"), type=_positive_int)
-    train.add_argument("--dropout", type=float)
-    train.add_argument(*_flag("learning_rate"), type=float)
+    train.add_argument(*_flag("n_epochs"), type=_positive_int, help=f"default {ELMO_ORIGINAL['n_epochs']}")
+    train.add_argument(*_flag("batch_size"), type=_positive_int,
+                       help=f"sentences streams per tower (default {ELMO_ORIGINAL['batch_size']})")
+    train.add_argument(*_flag("unroll_steps"), type=_positive_int,
+                       help=f"tokens per stream per batch: back-propagation length "
+                            f"(default {ELMO_ORIGINAL['unroll_steps']})")
+    train.add_argument("--dropout", type=_number(0, 1, "dropout rate"),
+                       help=f"dropout rate (the share of units dropped, not a keep probability; "
+                            f"default {ELMO_ORIGINAL['dropout']})")
+    train.add_argument(*_flag("learning_rate"), type=_number(1e-12, what="learning rate"),
+                       help="Adagrad learning rate (default 0.2)")
     train.add_argument(*_flag("n_negative_samples"), type=_positive_int,
-                       help="sampled softmax negatives (default 8192)")
-    train.add_argument(*_flag("lstm_dim"), type=_positive_int, help="LSTM cell size (default 4096)")
-    train.add_argument(*_flag("projection_dim"), type=_positive_int, help="token and LSTM output size (default 512)")
-    train.add_argument(*_flag("n_layers"), type=_positive_int, help="LSTM layers (default 2)")
-    train.add_argument(*_flag("n_highway"), type=_non_negative_int, help="highway layers (default 2)")
-    train.add_argument(*_flag("char_embedding_dim"), type=_positive_int, help="character embedding size (default 16)")
-    train.add_argument("--filters", type=_json_filters, help="char CNN filters as JSON, e.g. '[[1,32],[2,64]]'")
+                       help=f"sampled softmax negatives per batch, at most the vocabulary size "
+                            f"(default {ELMO_ORIGINAL['n_negative_samples_batch']})")
+    train.add_argument(*_flag("lstm_dim"), type=_positive_int, help=f"LSTM cell size (default {lstm['dim']})")
+    train.add_argument(*_flag("projection_dim"), type=_positive_int,
+                       help=f"token and LSTM output size (default {lstm['projection_dim']})")
+    train.add_argument(*_flag("n_layers"), type=_positive_int, help=f"LSTM layers (default {lstm['n_layers']})")
+    train.add_argument(*_flag("n_highway"), type=_non_negative_int,
+                       help=f"highway layers (default {cnn['n_highway']})")
+    train.add_argument(*_flag("char_embedding_dim"), type=_positive_int,
+                       help=f"character embedding size (default {cnn['embedding']['dim']})")
+    train.add_argument("--filters", type=_json_filters,
+                       help=f"char CNN [width, n_filters] pairs as JSON (default {json.dumps(cnn['filters'])})")
     train.add_argument(*_flag("token_input"), action="store_true", help="a token-input model (no char CNN)")
     train.add_argument("--seed", type=int, help="seed the shard order, initialisation, dropout and sampling")
-    train.add_argument("--overwrite", action="store_true", help="start a new model in a save_dir that has "
-                                                                "checkpoints (they are removed)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a new model in a save_dir that has checkpoints (they and the earlier TensorBoard "
+                            "events are removed)")
     _add_training_run_arguments(train)
-    train.set_defaults(run=_train)
 
-    restart = commands.add_parser(
-        "restart", help="continue training from the latest checkpoint of --save_dir (or fine-tune on new data)",
-        epilog="example: bilm restart --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt")
-    restart.add_argument(*_flag("train_prefix"), required=True)
-    restart.add_argument(*_flag("vocab_file"), required=True)
-    restart.add_argument(*_flag("save_dir"), required=True)
-    for key in ("n_train_tokens", "n_epochs", "batch_size"):
-        restart.add_argument(*_flag(key), type=_positive_int, help="change this option (total batches are recomputed)")
+    restart = _command(
+        commands, "restart", "continue training from the latest checkpoint of --save_dir",
+        "Restore the latest checkpoint of --save_dir (weights, optimizer state, global step) and train until "
+        "the run's total number of batches (epochs x tokens per epoch / tokens per batch) is reached. "
+        "Changing --n_epochs or --n_train_tokens changes that total; changing --batch_size changes the tokens "
+        "per batch, so the total is recomputed in batches of the new size.",
+        "bilm restart --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt", _restart)
+    restart.add_argument(*_flag("train_prefix"), required=True, help="glob of the training files (quote it)")
+    restart.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
+    restart.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
+    restart.add_argument(*_flag("n_train_tokens"), type=_positive_int, help="change the tokens per epoch")
+    restart.add_argument(*_flag("n_epochs"), type=_positive_int, help="change the number of epochs")
+    restart.add_argument(*_flag("batch_size"), type=_positive_int, help="change the streams per tower")
     _add_training_run_arguments(restart)
-    restart.set_defaults(run=_restart)
 
-    test = commands.add_parser("test", help="perplexity of the latest checkpoint on held-out data",
-                               epilog="example: bilm test --test_prefix heldout.txt --vocab_file vocab.txt "
-                                      "--save_dir ckpt --batch_size 64")
-    test.add_argument(*_flag("test_prefix"), required=True)
-    test.add_argument(*_flag("vocab_file"), required=True)
-    test.add_argument(*_flag("save_dir"), required=True)
-    test.add_argument(*_flag("batch_size"), type=_positive_int, default=256)
-    test.set_defaults(run=_test)
+    test = _command(
+        commands, "test", "perplexity of the latest checkpoint on held-out data",
+        "Evaluate the latest checkpoint of --save_dir on held-out text: full softmax, LSTM states carried, one "
+        "token per stream per step as the original; prints the perplexity (forward and backward averaged).",
+        "bilm test --test_prefix heldout.txt --vocab_file vocab.txt --save_dir ckpt --batch_size 64", _test)
+    test.add_argument(*_flag("test_prefix"), required=True, help="glob of the held-out files")
+    test.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
+    test.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
+    test.add_argument(*_flag("batch_size"), type=_positive_int, default=256,
+                      help="parallel token streams (default 256; at most about tokens / 2 of the held-out text)")
 
-    dump = commands.add_parser("dump-weights", help="latest checkpoint -> HDF5 weight file (no softmax)",
-                               epilog="example: bilm dump-weights --save_dir ckpt --outfile weights.hdf5 "
-                                      "--options_outfile options.json")
-    dump.add_argument(*_flag("save_dir"), required=True)
-    dump.add_argument("--outfile", required=True)
-    dump.add_argument(*_flag("options_outfile"), help="also write options.json for inference (n_characters 262)")
+    dump = _command(
+        commands, "dump-weights", "latest checkpoint -> HDF5 weight file (no softmax)",
+        "Write the latest checkpoint of --save_dir as a weight file with the original's dataset names (loads in "
+        "bilm and in AllenNLP), and optionally the options.json for inference (n_characters 262).",
+        "bilm dump-weights --save_dir ckpt --outfile weights.hdf5 --options_outfile options.json", _dump_weights)
+    dump.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
+    dump.add_argument("--outfile", required=True, help="the HDF5 weight file to write")
+    dump.add_argument(*_flag("options_outfile"), help="also write options.json for inference here")
     add_output_arguments(dump, resume=False)
-    dump.set_defaults(run=_dump_weights)
 
-    vocab = commands.add_parser(
-        "vocab", help="build a vocabulary: <S>, </S>, <UNK>, then tokens by descending count",
-        epilog="example: bilm vocab data/train/*.txt --output vocab.txt --min-count 3")
+    vocab = _command(
+        commands, "vocab", "build a vocabulary: <S>, </S>, <UNK>, then tokens by descending count",
+        "Count the tokens of whitespace-tokenized text files and write a training vocabulary, in the order "
+        "the sampled softmax assumes.",
+        "bilm vocab data/train/*.txt --output vocab.txt --min-count 3", _vocab)
     vocab.add_argument("inputs", nargs="+", help="whitespace-tokenized text files")
-    vocab.add_argument("--output", required=True)
-    vocab.add_argument(*_flag("min_count"), type=_positive_int, default=1)
+    vocab.add_argument("--output", required=True, help="the vocabulary file to write")
+    vocab.add_argument(*_flag("min_count"), type=_positive_int, default=1,
+                       help="drop tokens seen fewer times (default 1)")
     vocab.add_argument(*_flag("max_size"), type=_positive_int,
                        help="at most this many entries, special tokens included")
     add_output_arguments(vocab, resume=False)
-    vocab.set_defaults(run=_vocab)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bilm", description="ELMo biLMs: embed text, train, export, download.")
+    parser.add_argument("--version", action="version", version=f"bilm {__version__}")
     parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    embed = commands.add_parser(
-        "embed", help="every biLM layer of every sentence of a text file -> HDF5",
-        description="Write one dataset per input line, keyed by its 0-based line number, of shape "
-                    "(n_layers + 1, n_tokens, 2 * projection_dim), like the original dump_bilm_embeddings.",
-        epilog="example: bilm embed sentences.txt elmo.hdf5")
-    embed.add_argument("input", help="text file, one whitespace-tokenized sentence per line")
+    embed = _command(
+        commands, "embed", "every biLM layer of every sentence of a text file -> HDF5",
+        "Write one dataset per input line, keyed by its 0-based line number, of shape "
+        "(n_layers + 1, n_tokens, 2 * projection_dim) as the original's dump_bilm_embeddings (or one layer "
+        "with --layers), and a sentence_to_index record {line: index} as `allennlp elmo` (a sentence on "
+        "several lines maps to the last). An interrupted job keeps what it computed: finish it with --resume.",
+        "bilm embed sentences.txt elmo.hdf5", _embed)
+    embed.add_argument("input", help="text file, one sentence per line (whitespace-tokenized, or see --tokenize)")
     embed.add_argument("output", help="HDF5 file to write")
     add_model_arguments(embed)
-    embed.add_argument("--state-mode", choices=["warm", "zero", "stateful"], default="warm",
+    embed.add_argument(*_flag("state_mode"), choices=["warm", "zero", "stateful"], default="warm",
                        help="initial LSTM states: 'warm' (default) and 'zero' give each sentence the same start "
                             "(deterministic, batched by length); 'stateful' reproduces the original exactly "
                             "(one sentence at a time, states carried from line to line)")
-    embed.add_argument("--batch-size", type=_positive_int, default=64, help="sentences per batch (default 64)")
+    embed.add_argument(*_flag("batch_size"), type=_positive_int, default=64, help="sentences per batch (default 64)")
     embed.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                        help="only lines whose index %% N == K, for N parallel jobs (then `bilm merge`)")
-    embed.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
-                       help="a line that is not UTF-8 is an error (strict, default) or has its bad bytes replaced")
-    embed.add_argument("--empty-lines", choices=["error", "keep"], default="error",
+    _add_text_arguments(embed)
+    embed.add_argument(*_flag("empty_lines"), choices=["error", "keep"], default="error",
                        help="an empty line is an error (default) or gets an empty dataset, as in the original")
     embed.add_argument("--layers", choices=["all", "top", "average", "mix"], default="all",
                        help="all layers, (n_layers + 1, n_tokens, 2P) per line as the original (default); or one "
                             "(n_tokens, 2P) array: the top layer, the average of the layers, or their mix")
-    embed.add_argument("--mix-weights", type=_floats, metavar="W0,W1,...",
-                       help="with --layers mix: one weight per layer, used as given")
+    embed.add_argument(*_flag("mix_weights"), type=_floats, metavar="W0,W1,...",
+                       help="with --layers mix (only): one weight per layer, used as given")
     add_output_arguments(embed)
-    embed.set_defaults(run=_embed)
 
-    merge = commands.add_parser("merge", help="present `bilm embed --shard` outputs as one HDF5 file (links)",
-                                epilog="example: bilm merge elmo.hdf5 elmo.0.hdf5 elmo.1.hdf5")
-    merge.add_argument("output")
-    merge.add_argument("shards", nargs="+")
+    merge = _command(
+        commands, "merge", "present `bilm embed --shard` outputs as one HDF5 file (links)",
+        "Write an HDF5 file whose datasets are external links to the datasets of the shard files (no copy; keep "
+        "the shards beside it), with their sentence_to_index records merged.",
+        "bilm merge elmo.hdf5 elmo.0.hdf5 elmo.1.hdf5", _merge)
+    merge.add_argument("output", help="the HDF5 file to write")
+    merge.add_argument("shards", nargs="+", help="the outputs of `bilm embed --shard K/N`")
     add_output_arguments(merge, resume=False)
-    merge.set_defaults(run=_merge)
 
-    tokens = commands.add_parser(
-        "dump-token-embeddings", help="context-independent vectors of a vocabulary -> HDF5 (token input)",
-        epilog="example: bilm dump-token-embeddings token_embeddings.hdf5 --vocab vocab.txt")
+    tokens = _command(
+        commands, "dump-token-embeddings", "context-independent vectors of a vocabulary -> HDF5 (token input)",
+        "Run every token of --vocab through the char CNN once; the output (dataset 'embedding') is the "
+        "embedding_weight_file of a token-input BidirectionalLanguageModel.",
+        "bilm dump-token-embeddings token_embeddings.hdf5 --vocab vocab.txt", _dump_token_embeddings)
     tokens.add_argument("output", help="HDF5 file to write (dataset 'embedding')")
     add_model_arguments(tokens)
     add_output_arguments(tokens)
-    tokens.set_defaults(run=_dump_token_embeddings)
 
-    export = commands.add_parser(
-        "export", help="write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
-        description="Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
-                    "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
-                    "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
-        epilog="example: bilm export elmo_savedmodel --model default")
+    export = _command(
+        commands, "export", "write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
+        "Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
+        "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
+        "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
+        "bilm export elmo_savedmodel --model default", _export)
     export.add_argument("output", help="directory to write")
     add_model_arguments(export, vocab=False)
-    export.add_argument("--state-mode", choices=["warm", "zero"], default="warm",
+    export.add_argument(*_flag("state_mode"), choices=["warm", "zero"], default="warm",
                         help="the LSTM states every sentence starts from (default: warm)")
     add_output_arguments(export, resume=False)
-    export.set_defaults(run=_export)
 
-    download = commands.add_parser(
-        "download", help="download a published pretrained model into the cache (then use it with --model NAME)",
-        description="Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), plus any "
-                    "listed in the JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. "
-                    "A partial download resumes; files are checked against their size and a SHA-256 recorded "
-                    "on the first download.",
-        epilog="example: bilm download small && bilm embed sentences.txt elmo.hdf5 --model small")
+    download = _command(
+        commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
+        "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), plus any listed in the "
+        "JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. A partial download resumes; "
+        "files are checked against their size and a SHA-256 recorded on the first download.",
+        "bilm download small && bilm embed sentences.txt elmo.hdf5 --model small", _download)
     download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
     download.add_argument("--list", action="store_true", help="list the catalogue")
-    download.add_argument("--cache-dir", help="cache directory (default: $BILM_CACHE or ~/.cache/bilm)")
-    download.set_defaults(run=_download)
+    download.add_argument(*_flag("cache_dir"), help="cache directory (default: $BILM_CACHE or ~/.cache/bilm)")
+
+    sample = _command(
+        commands, "sample-corpus", "write a small public-domain English corpus to try training on",
+        "Write DIRECTORY/corpus.txt (2,000 sentences) and DIRECTORY/heldout.txt (200 sentences): tokenized "
+        "public-domain English from the default model's training corpus (see the README).",
+        "bilm sample-corpus . && bilm vocab corpus.txt --output vocab.txt", _sample_corpus)
+    sample.add_argument("directory", help="where to write corpus.txt and heldout.txt (created)")
+    sample.add_argument("--overwrite", action="store_true", help="replace existing files")
+
     _add_training_commands(commands)
-    for command in commands.choices.values():  # --quiet also after the command
+    for command in commands.choices.values():  # also after the command
         command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                              help="log warnings only, no progress bars")
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="also show TensorFlow's own messages (start-up lines, INFO logs)")
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if hasattr(args, "options"):
-        resolve_model_arguments(parser, args)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+# -- running -------------------------------------------------------------------------------------------
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that jobs save what they completed, as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _handle_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); return the previous one."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+@contextlib.contextmanager
+def _silenced_stderr(on):
+    """Redirect file descriptor 2 to /dev/null (TensorFlow's C++ start-up lines bypass Python)."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _configure_output(args):
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.getLogger("bilm").setLevel(level)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    speak_in_flags(True)
+
+
+def _import_tensorflow(verbose):
+    with _silenced_stderr(not verbose):
+        import tensorflow  # noqa: F401
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
+    if not verbose:
+        tf_logger.setLevel(logging.ERROR)
+
+
+def main(argv=None):
+    """Run the ``bilm`` command; returns the exit status (0, 2 on an error, 130/143 when interrupted)."""
+    previous = _handle_sigterm(_on_sigterm)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _configure_output(args)
+        if hasattr(args, "options"):
+            resolve_model_arguments(parser, args)
+        if args.command not in ("download", "sample-corpus", "vocab", "merge"):
+            _import_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
         print(f"bilm: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bilm: interrupted; complete outputs are kept (rerun with --resume to finish a job)", file=sys.stderr)
-        return 130
+        return EXIT_ERROR
+    except KeyboardInterrupt as err:
+        note = getattr(err, "bilm_note", None) or "nothing was left half-written"
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"bilm: {what}; {note}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    finally:
+        speak_in_flags(False)
+        _handle_sigterm(previous)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Each subclasses :class:`BilmError` and, where it fits, ``ValueError`` or ``OSError``,
 so ``except ValueError`` in existing code keeps working. Messages are one line and
-name the file, line or key, what was found and what was expected.
+name the file, line or key, what was found and what was expected. A message that
+suggests a setting names it as the caller knows it: a Python keyword argument, or a
+flag of the ``bilm`` command (``flag``).
 """
 
 
@@ -22,12 +24,20 @@ class WeightFileError(BilmError, ValueError):
     """A weight HDF5 file is missing, unreadable, or does not match the options."""
 
 
+class CheckpointError(BilmError, ValueError):
+    """A training checkpoint or save directory is missing, incomplete, or does not match the options."""
+
+
 class VocabularyError(BilmError, ValueError):
-    """A vocabulary file is missing, empty or malformed."""
+    """A vocabulary file is missing, empty or malformed, or not the model's."""
 
 
 class InputError(BilmError, ValueError):
-    """Text or id input that the model cannot take (empty batch, too large, ...)."""
+    """Text, ids or arguments that the job cannot take (empty batch, bad setting, ...)."""
+
+
+class TrainingError(BilmError, RuntimeError):
+    """Training stopped: it diverged, or was interrupted (what was saved is named)."""
 
 
 class OutputExistsError(BilmError, FileExistsError):
@@ -35,4 +45,21 @@ class OutputExistsError(BilmError, FileExistsError):
 
 
 class OutputError(BilmError, OSError):
-    """An output cannot be written (missing or unwritable directory, disk full, ...)."""
+    """An output cannot be written (missing or unwritable directory, disk full, one of the inputs, ...)."""
+
+
+class OutputLockedError(OutputError):
+    """Another process is writing the same output."""
+
+
+_COMMAND_LINE = {"on": False}
+
+
+def speak_in_flags(on=True):
+    """Make messages name command-line flags instead of keyword arguments (the ``bilm`` command)."""
+    _COMMAND_LINE["on"] = on
+
+
+def flag(keyword, command_line):
+    """``keyword`` (e.g. ``"overwrite=True"``) or, for the command line, its flag (``"--overwrite"``)."""
+    return command_line if _COMMAND_LINE["on"] else f"{keyword} ({command_line})"

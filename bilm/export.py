@@ -28,11 +28,12 @@ import shutil
 
 import tensorflow.compat.v1 as tf
 
-from . import options as opts
+from . import sessions, states
 from .elmo import weight_layers
-from .errors import InputError, OutputExistsError
-from .model import BidirectionalLanguageModel
-from .outputs import check_output
+from .errors import OutputExistsError, flag
+from .inference import BidirectionalLanguageModel
+from .options import ModelOptions
+from .outputs import OutputLock, check_not_an_input, check_output
 from .pooling import masked_mean
 from .vocabulary import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, PAD_CHAR
 
@@ -92,38 +93,39 @@ def _outputs(model, tokens, lengths, max_chars):
 
 def export_saved_model(options_file, weight_file, export_dir, state_mode="warm", overwrite=False):
     """Write a SavedModel of the biLM with the ``default`` and ``tokens`` signatures (see the module doc)."""
-    options = opts.check_options(opts.load_options(options_file), options_file)
-    if not opts.uses_char_cnn(options):
-        raise InputError(f"{options_file}: export needs a character model (key 'char_cnn')")
-    if state_mode not in ("warm", "zero"):
-        raise InputError(f"state_mode is {state_mode!r}; an exported model needs 'warm' or 'zero'")
-    if os.path.exists(export_dir):
-        if not overwrite:
-            raise OutputExistsError(f"{export_dir}: already exists; pass overwrite=True (--overwrite) to replace it")
-    else:
+    options = ModelOptions.of(options_file)
+    options.require_char_input("export")
+    states.check_state_mode(state_mode, allowed=("warm", "zero"))
+    export_dir = export_dir.rstrip("/") or export_dir
+    check_not_an_input(export_dir, {"options file": options_file, "weight file": weight_file}, directory=True)
+    if not os.path.exists(export_dir):
         check_output(export_dir)
-    max_chars = options["char_cnn"]["max_characters_per_token"]
-    temporary = export_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        _build_and_save(options_file, weight_file, temporary, state_mode, max_chars)
-    except BaseException:
+    with OutputLock(export_dir):
+        if os.path.exists(export_dir) and not overwrite:
+            raise OutputExistsError(f"{export_dir}: already exists; pass {flag('overwrite=True', '--overwrite')} "
+                                    f"to replace it")
+        temporary = export_dir + ".tmp"
         shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if os.path.exists(export_dir):  # keep the earlier export until the new one is in place
-        previous = export_dir.rstrip("/") + ".old"
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(export_dir, previous)
-        os.replace(temporary, export_dir)
-        shutil.rmtree(previous)
-    else:
-        os.replace(temporary, export_dir)
+        try:
+            _build_and_save(options, weight_file, temporary, state_mode)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        if os.path.exists(export_dir):  # keep the earlier export until the new one is in place
+            previous = export_dir + ".old"
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(export_dir, previous)
+            os.replace(temporary, export_dir)
+            shutil.rmtree(previous)
+        else:
+            os.replace(temporary, export_dir)
     logger.info("exported %s to %s (signatures: default, tokens)", weight_file, export_dir)
 
 
-def _build_and_save(options_file, weight_file, export_dir, state_mode, max_chars):
+def _build_and_save(options, weight_file, export_dir, state_mode):
+    max_chars = options.max_characters
     with tf.Graph().as_default():
-        model = BidirectionalLanguageModel(options_file, weight_file, state_mode=state_mode)
+        model = BidirectionalLanguageModel(options, weight_file, state_mode=state_mode)
         strings = tf.placeholder(tf.string, [None], name="strings")
         split = tf.strings.split(strings, result_type="RaggedTensor")  # (B, None) tokens
         default = _outputs(model, split.to_tensor(""), tf.cast(split.row_lengths(), tf.int32), max_chars)
@@ -141,7 +143,7 @@ def _build_and_save(options_file, weight_file, export_dir, state_mode, max_chars
             "default": signature({"strings": strings}, {k: default[k] for k in ("elmo", "default")}),
             "tokens": signature({"tokens": tokens, "sequence_len": sequence_len}, by_tokens),
         }
-        with tf.Session() as sess:
+        with tf.Session(config=sessions.config()) as sess:
             sess.run(tf.global_variables_initializer())
             builder = tf.saved_model.Builder(export_dir)
             builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],

@@ -29,7 +29,9 @@ import random
 import numpy as np
 
 from .errors import InputError, VocabularyError
-from .vocabulary import BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, read_text_lines
+from .text import read_text_lines
+from .vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, UnicodeCharsVocabulary, Vocabulary, count_tokens,
+                         frequency_order_warning)
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +113,7 @@ class LMDataset:
                 f"the vocabulary has no {', '.join(missing)}; training needs <S>, </S> and <UNK>, one per line"
             )
         self._filepattern = filepattern
-        self._shards = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
-        if not self._shards:
-            raise InputError(f"no training file matches {filepattern!r}; expected a glob of text files")
+        self._shards = shard_files(filepattern)
         if not any(_has_sentence(path) for path in self._shards):
             raise InputError(
                 f"{filepattern!r} ({len(self._shards)} file(s)) contains no sentences; "
@@ -238,3 +238,46 @@ class BidirectionalLMDataset:
         finally:
             forward.close()
             backward.close()
+
+
+def load_vocab(vocab_file, max_word_length=None):
+    """The training vocabulary: characters too when ``max_word_length`` is given."""
+    if max_word_length:
+        return UnicodeCharsVocabulary(vocab_file, max_word_length, validate_file=True)
+    return Vocabulary(vocab_file, validate_file=True)
+
+
+def training_data(options, vocab, filepattern, test=False):
+    """The dataset of ``filepattern`` for a model (``ModelOptions``).
+
+    ``vocab`` is a loaded vocabulary or a vocabulary file (loaded with the model's
+    characters). Training shuffles each shard's sentences; test mode reads them in order.
+    """
+    if isinstance(vocab, (str, os.PathLike)):
+        vocab = load_vocab(vocab, options.max_characters if options.char_input else None)
+    dataset = BidirectionalLMDataset if options.bidirectional else LMDataset
+    return dataset(filepattern, vocab, test=test, shuffle_on_load=not test)
+
+
+def shard_files(filepattern):
+    """The training files a glob pattern matches, sorted; an error if none."""
+    files = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
+    if not files:
+        raise InputError(f"no training file matches {filepattern!r}; expected a glob of text files")
+    return files
+
+
+def count_train_tokens(filepattern, vocab=None):
+    """Tokens per epoch of the training files (each sentence's ``</S>`` target included).
+
+    With ``vocab``, warns when it does not look sorted by descending count in this data
+    (the sampled softmax assumes that order).
+    """
+    files = shard_files(filepattern)
+    counts, n_sentences = count_tokens(files)
+    logger.info("counted %d tokens in %d sentences of %s", sum(counts.values()), n_sentences, filepattern)
+    if vocab is not None:
+        warning = frequency_order_warning(vocab, counts)
+        if warning:
+            logger.warning(warning)
+    return sum(counts.values()) + n_sentences

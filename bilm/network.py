@@ -1,43 +1,62 @@
-"""The biLM network, defined once for both the inference and the training graph.
+"""The biLM network, defined once: char CNN, highway, projection, LSTM, stacked LSTMs.
 
-Every function creates its variables with ``tf.get_variable`` under the caller's
-variable scope, named as the weight file's datasets (``char_embed``, ``CNN/W_cnn_0``,
-``RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0``, ...). The initializers given here are the
-original's training initializers; the inference graph replaces them with the
-pretrained values through a custom getter.
+The layers are functions of their inputs and of a ``params`` mapping
+``{parameter name: variable or tensor}`` (names from ``bilm.layout``), so the same
+math serves the inference graph, the training graph and the Keras layer.
+``create_variables`` makes that mapping in a graph with ``tf.get_variable`` under the
+caller's variable scope (custom getters apply: the inference graph's reads the
+pretrained values from the weight file).
 
 Shapes: B batch, T positions, C ``max_characters_per_token``, E char embedding dim,
 F total CNN filters, P ``projection_dim``, D ``lstm.dim``.
 """
-import numpy as np
 import tensorflow.compat.v1 as tf
 
-from . import options as opts
+from . import layout
 
 DTYPE = tf.float32
 LSTM_FORGET_BIAS = 1.0
 STEPS_PER_BLOCK = 8
 
 
-def char_cnn_embedding(char_ids, options, unique_chunk=None):
+def initializer(param):
+    """The TensorFlow initializer of a ``layout.Parameter`` (training's initial values)."""
+    kind, *args = param.init
+    if kind == "uniform":
+        return tf.random_uniform_initializer(*args)
+    if kind == "normal":
+        return tf.random_normal_initializer(0.0, args[0])
+    if kind == "glorot":
+        return tf.glorot_uniform_initializer()
+    if kind == "constant":
+        return tf.constant_initializer(args[0])
+    return tf.zeros_initializer()
+
+
+def create_variables(parameters, **kwargs):
+    """{name: variable} for ``parameters`` (a dict of ``layout.Parameter``), with ``tf.get_variable``."""
+    return {name: tf.get_variable(name, param.shape, DTYPE, initializer(param), **kwargs)
+            for name, param in parameters.items()}
+
+
+def char_cnn_embedding(char_ids, options, params, unique_chunk=None):
     """Character ids -> context-independent token vectors.
 
     Args:
         char_ids: int32 (B, T, C), values in [0, ``n_characters``).
-        options: model options (``char_cnn`` and ``lstm.projection_dim`` are read).
+        options: ``ModelOptions`` of a character model.
+        params: the char CNN parameters by name.
         unique_chunk: None computes every position. A number computes each distinct
             token of the batch once (padding included, once), in equal chunks of at most
-            ``unique_chunk`` tokens, which bounds the memory of the convolutions (inference only: the
-            chunk loop is not meant for back-propagation).
+            ``unique_chunk`` tokens, which bounds the memory of the convolutions
+            (inference only: the chunk loop is not meant for back-propagation).
     Returns:
         float32 (B, T, P).
     """
-    cnn = options["char_cnn"]
-    max_chars = cnn["max_characters_per_token"]
-    embed_tokens = _char_cnn_layers(options)
+    max_chars, proj_dim = options.max_characters, options.projection_dim
     flat_ids = tf.reshape(char_ids, [-1, max_chars])  # (N, C)
     if unique_chunk is None:
-        flat = embed_tokens(flat_ids)
+        flat = _embed_tokens(flat_ids, options, params)
     else:
         # A token's ids as a string key (ids < 262 are valid code points): exact de-duplication.
         keys = tf.strings.unicode_encode(flat_ids, "UTF-8")
@@ -50,111 +69,59 @@ def char_cnn_embedding(char_ids, options, unique_chunk=None):
         chunk = (n_unique + n_chunks - 1) // n_chunks
         padded = tf.pad(unique_ids, [[0, n_chunks * chunk - n_unique], [0, 0]])
         chunks = tf.reshape(padded, [n_chunks, chunk, max_chars])
-        vectors = tf.map_fn(embed_tokens, chunks, fn_output_signature=DTYPE, parallel_iterations=1)
-        flat = tf.gather(tf.reshape(vectors, [-1, opts.projection_dim(options)]), index)  # (N, P)
-    shape = tf.concat([tf.shape(char_ids)[:2], [opts.projection_dim(options)]], axis=0)
+        vectors = tf.map_fn(lambda ids: _embed_tokens(ids, options, params), chunks,
+                            fn_output_signature=DTYPE, parallel_iterations=1)
+        flat = tf.gather(tf.reshape(vectors, [-1, proj_dim]), index)  # (N, P)
+    shape = tf.concat([tf.shape(char_ids)[:2], [proj_dim]], axis=0)
     return tf.reshape(flat, shape)
 
 
-def _char_cnn_layers(options):
-    """Create the char-CNN variables; return the function char ids (N, C) -> vectors (N, P)."""
-    cnn = options["char_cnn"]
-    char_dim = cnn["embedding"]["dim"]
-    n_filters = opts.n_cnn_filters(options)
-    proj_dim = opts.projection_dim(options)
-    activation = tf.nn.relu if cnn["activation"] == "relu" else tf.nn.tanh
-
-    char_embed = tf.get_variable(
-        "char_embed", [cnn["n_characters"], char_dim], DTYPE, tf.random_uniform_initializer(-1.0, 1.0)
-    )
-    filters = []
-    with tf.variable_scope("CNN"):
-        for i, (width, num) in enumerate(cnn["filters"]):
-            if cnn["activation"] == "relu":
-                w_init = tf.random_uniform_initializer(-0.05, 0.05)
-            else:
-                w_init = tf.random_normal_initializer(0.0, np.sqrt(1.0 / (width * char_dim)))
-            filters.append((tf.get_variable(f"W_cnn_{i}", [1, width, char_dim, num], DTYPE, w_init),
-                            tf.get_variable(f"b_cnn_{i}", [num], DTYPE, tf.zeros_initializer())))
-    highways = [_highway_variables(n_filters, f"CNN_high_{k}") for k in range(cnn.get("n_highway") or 0)]
-    projection = None
-    if n_filters != proj_dim:
-        with tf.variable_scope("CNN_proj"):
-            projection = (
-                tf.get_variable("W_proj", [n_filters, proj_dim], DTYPE,
-                                tf.random_normal_initializer(0.0, np.sqrt(1.0 / n_filters))),
-                tf.get_variable("b_proj", [proj_dim], DTYPE, tf.zeros_initializer()),
-            )
-
-    def embed_tokens(ids):
-        x = tf.nn.embedding_lookup(char_embed, ids)[None]  # (1, N, C, E)
-        pooled = []
-        for w, b in filters:
-            conv = tf.nn.conv2d(x, w, strides=[1, 1, 1, 1], padding="VALID")  # (1, N, C - width + 1, num)
-            # max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
-            pooled.append(activation(tf.reduce_max(conv, axis=2)[0] + b))  # (N, num)
-        flat = tf.concat(pooled, axis=1)  # (N, F)
-        for w_carry, b_carry, w_transform, b_transform in highways:
-            gate = tf.nn.sigmoid(tf.matmul(flat, w_carry) + b_carry)
-            flat = gate * tf.nn.relu(tf.matmul(flat, w_transform) + b_transform) + (1.0 - gate) * flat
-        if projection is not None:
-            flat = tf.matmul(flat, projection[0]) + projection[1]  # (N, P)
-        return flat
-
-    return embed_tokens
+def _embed_tokens(ids, options, params):
+    """Char ids (N, C) -> (N, P): embedding, convolutions + max-pooling, highways, projection."""
+    activation = tf.nn.relu if options.activation == "relu" else tf.nn.tanh
+    x = tf.nn.embedding_lookup(params["char_embed"], ids)[None]  # (1, N, C, E)
+    pooled = []
+    for i in range(len(options.filters)):
+        conv = tf.nn.conv2d(x, params[f"CNN/W_cnn_{i}"], strides=[1, 1, 1, 1], padding="VALID")  # (1, N, C', n)
+        # max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
+        pooled.append(activation(tf.reduce_max(conv, axis=2)[0] + params[f"CNN/b_cnn_{i}"]))  # (N, n)
+    flat = tf.concat(pooled, axis=1)  # (N, F)
+    for k in range(options.n_highway):
+        p = {name: params[f"CNN_high_{k}/{name}"] for name in ("W_carry", "b_carry", "W_transform", "b_transform")}
+        gate = tf.nn.sigmoid(tf.matmul(flat, p["W_carry"]) + p["b_carry"])
+        flat = gate * tf.nn.relu(tf.matmul(flat, p["W_transform"]) + p["b_transform"]) + (1.0 - gate) * flat
+    if "CNN_proj/W_proj" in params:
+        flat = tf.matmul(flat, params["CNN_proj/W_proj"]) + params["CNN_proj/b_proj"]  # (N, P)
+    return flat
 
 
-def _highway_variables(size, scope):
-    """(W_carry, b_carry, W_transform, b_transform) of one highway layer: g * relu(x Wt + bt) + (1 - g) * x,
-    g = sigmoid(x Wc + bc)."""
-    init = tf.random_normal_initializer(0.0, np.sqrt(1.0 / size))
-    with tf.variable_scope(scope):
-        return (tf.get_variable("W_carry", [size, size], DTYPE, init),
-                tf.get_variable("b_carry", [size], DTYPE, tf.constant_initializer(-2.0)),
-                tf.get_variable("W_transform", [size, size], DTYPE, init),
-                tf.get_variable("b_transform", [size], DTYPE, tf.zeros_initializer()))
+def token_embedding(token_ids, params):
+    """Token ids (B, T) -> (B, T, P) from the ``embedding`` parameter (V, P)."""
+    return tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids)
 
 
-def token_embedding(token_ids, n_tokens, dim):
-    """Token ids (B, T) -> (B, T, dim) from the variable ``embedding`` (n_tokens, dim)."""
-    table = tf.get_variable("embedding", [n_tokens, dim], DTYPE, tf.random_uniform_initializer(-1.0, 1.0))
-    return tf.nn.embedding_lookup(table, token_ids)
-
-
-def lstm_state_sizes(options):
-    """(D, P'): sizes of the cell state c and of the output/hidden state h."""
-    dim = options["lstm"]["dim"]
-    return dim, min(opts.projection_dim(options), dim)
-
-
-def lstm_layer(inputs, initial_state, options, lengths=None):
+def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, lengths=None):
     """One LSTM layer (TensorFlow LSTMCell conventions) run over time.
 
     The input part of every gate, ``x W_x + B``, is one matrix product per block of
     ``STEPS_PER_BLOCK`` steps (bounding its memory), outside the recurrent product
     ``h W_h``; the loop stops after the longest sequence. Gates are split as i, j, f, o
     with forget bias 1.0; the cell is clipped to +-cell_clip, the output
-    ``o * tanh(c)`` projected by ``W_P_0`` (when P < D) and clipped to +-proj_clip.
+    ``o * tanh(c)`` projected by ``projection`` (when P < D) and clipped to +-proj_clip.
 
     Args:
         inputs: float32 (B, T, P).
         initial_state: (c (B, D), h (B, P)).
-        options: model options (``lstm`` is read).
+        options: ``ModelOptions``.
+        kernel: (P + P, 4D) (``W_0``); bias: (4D,) (``B``); projection: (D, P) (``W_P_0``) or None.
         lengths: int32 (B,) real steps per row, or None when every step is real.
     Returns:
         outputs float32 (B, T, P), zero past each row's length, and the final state
         (c, h) of each row after its last real step.
     """
-    lstm = options["lstm"]
-    dim, out_dim = lstm_state_sizes(options)
-    cell_clip, proj_clip = lstm.get("cell_clip"), lstm.get("proj_clip")
+    dim, out_dim = options.state_sizes
+    cell_clip, proj_clip = options.cell_clip, options.proj_clip
     in_dim = int(inputs.shape[-1])
-    with tf.variable_scope("LSTMCell"):
-        kernel = tf.get_variable("W_0", [in_dim + out_dim, 4 * dim], DTYPE, tf.glorot_uniform_initializer())
-        bias = tf.get_variable("B", [4 * dim], DTYPE, tf.zeros_initializer())
-        projection = None
-        if out_dim < dim:
-            projection = tf.get_variable("W_P_0", [dim, out_dim], DTYPE, tf.glorot_uniform_initializer())
     kernel_x, kernel_h = kernel[:in_dim], kernel[in_dim:]
 
     batch_size = tf.compat.dimension_value(inputs.shape[0])  # static when known (training)
@@ -204,30 +171,31 @@ def lstm_layer(inputs, initial_state, options, lengths=None):
     return tf.ensure_shape(outputs, inputs.shape[:2].concatenate([out_dim])), (c, h)
 
 
-def lstm_stack(inputs, initial_states, options, direction, lengths=None, dropout=None):
-    """The stacked LSTM of one direction: ``RNN_{direction}/RNN/MultiRNNCell/Cell{l}``.
+def lstm_stack(inputs, initial_states, options, params, direction, lengths=None, dropout=None):
+    """The stacked LSTM of one direction (``RNN_{direction}/.../Cell{l}`` parameters).
 
-    Layer l > 0 adds its input to its output when ``lstm.use_skip_connections`` (the
-    recurrent state is not changed). With a ``dropout`` rate (training), each layer's input
-    is dropped out first.
+    Layer l > 0 adds its input to its output when the options use skip connections
+    (the recurrent state is not changed). With a ``dropout`` rate (training), each
+    layer's input is dropped out first.
 
     Args:
         inputs: float32 (B, T, P), already reversed for the backward LM.
         initial_states: per layer, (c (B, D), h (B, P)).
-        direction: 0 forward, 1 backward (only names the variables).
+        params: the LSTM parameters by name.
+        direction: 0 forward, 1 backward.
         lengths: int32 (B,) or None (all steps real).
     Returns:
         per-layer outputs [(B, T, P)] and per-layer final states [(c, h)].
     """
-    skip = options["lstm"].get("use_skip_connections", False)
     outputs, finals = [], []
     layer_input = inputs
     for layer, state in enumerate(initial_states):
-        if dropout is not None:
+        if dropout:
             layer_input = tf.nn.dropout(layer_input, rate=dropout)
-        with tf.variable_scope(f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}"):
-            output, final = lstm_layer(layer_input, state, options, lengths)
-        if skip and layer > 0:
+        kernel, bias, projection = layout.lstm_names(direction, layer)
+        output, final = lstm_layer(layer_input, state, options, params[kernel], params[bias],
+                                   params.get(projection), lengths)
+        if options.skip_connections and layer > 0:
             real = 1.0 if lengths is None else tf.sequence_mask(lengths, tf.shape(inputs)[1], DTYPE)[:, :, None]
             output = output + layer_input * real
         outputs.append(output)
@@ -236,75 +204,26 @@ def lstm_stack(inputs, initial_states, options, direction, lengths=None, dropout
     return outputs, finals
 
 
-class CarriedStates:
-    """LSTM states kept in non-trainable variables of shape (max_batch_size, size).
-
-    A batch of b rows starts from rows [:b] and writes its final states back to rows
-    [:b]; rows b: are untouched. This is the original's statefulness, used by the
-    inference graph and (with max_batch_size = batch size) by training.
+def bidirectional_lstm(embedding, lengths, states, options, params):
+    """Both LSTM stacks over a batch of sentences; the backward one reads each sentence reversed.
 
     Args:
-        options: model options.
-        max_batch_size: rows allocated.
-        collections: graph collections of the variables (default: global variables).
+        embedding: float32 (B, T, P) token vectors, begin/end markers included.
+        lengths: int32 (B,) real positions per row.
+        states: a state policy (``bilm.states``): where each row's states start and
+            what is done with the final ones.
+    Returns:
+        per-layer outputs [(B, T, 2P)] (forward and backward, in reading order) and the
+        ops that store the final states (none unless the policy carries them).
     """
-
-    def __init__(self, options, max_batch_size, collections=None):
-        sizes = lstm_state_sizes(options)
-        self.max_batch_size = max_batch_size
-        self.variables = [
-            [
-                tuple(
-                    tf.Variable(tf.zeros([max_batch_size, size]), trainable=False, collections=collections, name=name)
-                    for name, size in zip(("lstm_c", "lstm_h"), sizes)
-                )
-                for _ in range(opts.n_lstm_layers(options))
-            ]
-            for _ in range(2)
-        ]
-
-    def read(self, direction, batch_size):
-        """Per layer (c (b, D), h (b, P)) from rows [:batch_size]."""
-        return [tuple(v[:batch_size] for v in layer) for layer in self.variables[direction]]
-
-    def write(self, direction, final_states, batch_size):
-        """Ops writing per-layer final states into rows [:batch_size]."""
-        return [
-            var[:batch_size].assign(value)
-            for layer, final in zip(self.variables[direction], final_states)
-            for var, value in zip(layer, final)
-        ]
-
-    def reset(self):
-        """An op setting every row of every state to zero."""
-        return tf.group(*[v.assign(tf.zeros_like(v)) for d in self.variables for layer in d for v in layer])
-
-
-class FixedStates:
-    """The same initial LSTM state for every sentence: zeros, or given vectors (warm).
-
-    A sentence's outputs then do not depend on its neighbours, its position in the
-    batch or the batch size. Same interface as ``CarriedStates``; ``write`` does nothing.
-
-    Args:
-        options: model options.
-        values: None for zeros, else ``[direction][layer] = (c (D,), h (P,))`` arrays.
-    """
-
-    def __init__(self, options, values=None):
-        self.options = options
-        self.values = values
-
-    def read(self, direction, batch_size):
-        sizes = lstm_state_sizes(self.options)
-        states = []
-        for layer in range(opts.n_lstm_layers(self.options)):
-            if self.values is None:
-                states.append(tuple(tf.zeros(tf.stack([batch_size, size])) for size in sizes))
-            else:
-                states.append(tuple(tf.tile(tf.constant(v[None], DTYPE), tf.stack([batch_size, 1]))
-                                    for v in self.values[direction][layer]))
-        return states
-
-    def write(self, direction, final_states, batch_size):
-        return []
+    batch_size = tf.shape(embedding)[0]
+    per_direction, updates = [], []
+    for direction in (0, 1):
+        inputs = embedding if direction == 0 else tf.reverse_sequence(embedding, lengths, 1, 0)
+        outputs, finals = lstm_stack(inputs, states.initial(direction, batch_size), options, params, direction,
+                                     lengths)
+        if direction == 1:
+            outputs = [tf.reverse_sequence(out, lengths, 1, 0) for out in outputs]
+        per_direction.append(outputs)
+        updates += states.store(direction, finals, batch_size)
+    return [tf.concat(pair, axis=2) for pair in zip(*per_direction)], updates

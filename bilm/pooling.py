@@ -14,6 +14,7 @@ import tensorflow.compat.v1 as tf
 from .errors import InputError
 
 POOLINGS = ("mean", "max")
+LAYER_CHOICES = ("all", "top", "average", "mix")
 
 
 def masked_mean(values, mask):

@@ -5,12 +5,13 @@ line ``!!!MAXTERMID`` is skipped. ``<S>``, ``</S>`` and ``<UNK>`` are the senten
 begin, sentence end and unknown tokens (training needs all three).
 """
 import logging
-import os
+from collections import Counter
 
 import numpy as np
 
-from .errors import InputError, VocabularyError
+from .errors import VocabularyError
 from .outputs import atomic_output
+from .text import read_text_lines
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<S>", "</S>", "<UNK>"
 _SKIPPED_LINE = "!!!MAXTERMID"
@@ -18,24 +19,6 @@ logger = logging.getLogger(__name__)
 
 # Character ids (before the +1 shift the batchers apply): bytes are 0..255.
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
-
-
-def read_text_lines(path, what="text file", error=InputError, encoding_errors="strict", hint=""):
-    """Yield ``(line number from 1, line)`` of a UTF-8 text file, read line by line.
-
-    A missing file or a line that is not UTF-8 (with ``encoding_errors="strict"``)
-    raises ``error`` naming the file and line; ``hint`` is appended to that message.
-    A byte-order mark at the start is dropped.
-    """
-    if not os.path.isfile(path):
-        raise error(f"{path}: {what} not found")
-    with open(path, "rb") as fin:
-        for line_number, raw in enumerate(fin, start=1):
-            try:
-                yield line_number, raw.decode("utf-8-sig" if line_number == 1 else "utf-8", encoding_errors)
-            except UnicodeDecodeError as err:
-                raise error(f"{path}, line {line_number}: not valid UTF-8 ({err.reason} at byte {err.start}){hint}"
-                            ) from None
 
 
 def read_vocabulary_file(filename):
@@ -200,8 +183,6 @@ class UnicodeCharsVocabulary(Vocabulary):
 
 def count_tokens(filenames):
     """Token counts (collections.Counter) and number of sentences of whitespace-tokenized text files."""
-    from collections import Counter
-
     counts, n_sentences = Counter(), 0
     for filename in filenames:
         for _, line in read_text_lines(filename):
@@ -252,7 +233,8 @@ def frequency_order_warning(vocab, counts):
     return None
 
 
-def write_vocabulary(tokens, filename, overwrite=False):
-    """One token per line, UTF-8 (``filename`` is replaced only with ``overwrite``)."""
-    with atomic_output(filename, overwrite) as temporary, open(temporary, "w", encoding="utf-8") as fout:
+def write_vocabulary(tokens, filename, overwrite=False, inputs=()):
+    """One token per line, UTF-8 (``filename`` is replaced only with ``overwrite``; it may not be one of ``inputs``)."""
+    named = {f"input {k + 1}": path for k, path in enumerate(inputs)}
+    with atomic_output(filename, overwrite, named) as temporary, open(temporary, "w", encoding="utf-8") as fout:
         fout.write("\n".join(tokens) + "\n")

@@ -1,58 +1,14 @@
-"""Weight files (HDF5): their layout, checking them, and loading them into variables.
-
-Dataset names are those of the original library (see DESIGN.md); the network's
-variables carry the same names under a scope (``bilm/`` at inference, ``lm/`` in
-training), so no renaming table is needed.
-"""
+"""Weight files (HDF5): checking, reading and writing them, by the layout of ``bilm.layout``."""
+import json
 import os
 
 import h5py
 import numpy as np
 
-from . import options as opts
+from . import layout
 from .errors import WeightFileError
-
-TOKEN_EMBEDDING = "embedding"
-
-
-def lstm_weight_names(direction, layer):
-    """(kernel, bias, projection) dataset names of one LSTM layer; direction 0 forward, 1 backward."""
-    root = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
-    return f"{root}/W_0", f"{root}/B", f"{root}/W_P_0"
-
-
-def expected_weight_shapes(options, n_directions=2):
-    """{dataset name: shape} of the weight file of a model with these options.
-
-    ``char_embed`` has 261 rows (no padding row); token-input models have no
-    embedding datasets here (they live in the file of ``dump_token_embeddings``).
-    """
-    shapes = {}
-    proj = opts.projection_dim(options)
-    if opts.uses_char_cnn(options):
-        cnn = options["char_cnn"]
-        char_dim = cnn["embedding"]["dim"]
-        shapes["char_embed"] = (opts.N_CHARACTERS_TRAINING, char_dim)
-        for i, (width, num) in enumerate(cnn["filters"]):
-            shapes[f"CNN/W_cnn_{i}"] = (1, width, char_dim, num)
-            shapes[f"CNN/b_cnn_{i}"] = (num,)
-        n_filters = opts.n_cnn_filters(options)
-        for k in range(cnn.get("n_highway") or 0):
-            for gate in ("carry", "transform"):
-                shapes[f"CNN_high_{k}/W_{gate}"] = (n_filters, n_filters)
-                shapes[f"CNN_high_{k}/b_{gate}"] = (n_filters,)
-        if n_filters != proj:
-            shapes["CNN_proj/W_proj"] = (n_filters, proj)
-            shapes["CNN_proj/b_proj"] = (proj,)
-    dim = options["lstm"]["dim"]
-    for direction in range(n_directions):
-        for layer in range(opts.n_lstm_layers(options)):
-            kernel, bias, projection = lstm_weight_names(direction, layer)
-            shapes[kernel] = (proj + proj, 4 * dim)
-            shapes[bias] = (4 * dim,)
-            if proj < dim:
-                shapes[projection] = (dim, proj)
-    return shapes
+from .options import N_CHARACTERS_INFERENCE, ModelOptions
+from .outputs import atomic_output
 
 
 def open_hdf5(path, what="weight file"):
@@ -65,25 +21,32 @@ def open_hdf5(path, what="weight file"):
         raise WeightFileError(f"{path}: cannot read as HDF5 ({err}); expected a {what}") from None
 
 
-def check_weight_file(weight_file, options, lstm_only=False):
-    """Check that every dataset the options need exists with the right shape and can be read.
+def check_weight_file(weight_file, options, parameters=None):
+    """Check that every dataset of ``parameters`` exists with its shape and can be read.
 
-    With ``lstm_only`` (token-input models) the character-CNN datasets are not needed.
-    Reading the last value of each dataset finds a truncated file before any loading.
+    Args:
+        options: ``ModelOptions`` (or a dict of inference options).
+        parameters: {name: ``layout.Parameter``}; default: every dataset of a weight
+            file for ``options``.
+    Raises:
+        WeightFileError: naming the dataset, both shapes and the options keys that
+            decide the expected one. Reading the last value of each dataset finds a
+            truncated file before any loading.
     """
-    expected = expected_weight_shapes(options)
-    if lstm_only:
-        expected = {name: shape for name, shape in expected.items() if name.startswith("RNN_")}
+    options = ModelOptions.of(options)
+    if parameters is None:
+        parameters = layout.weight_file_parameters(options)
     with open_hdf5(weight_file) as fin:
-        for name, shape in expected.items():
+        for name, param in parameters.items():
+            shape = param.file_shape
             try:
                 dataset = fin.get(name)
                 if not isinstance(dataset, h5py.Dataset):
                     raise WeightFileError(f"{weight_file}: missing dataset '{name}' (expected shape {shape})")
                 if tuple(dataset.shape) != shape:
                     raise WeightFileError(
-                        f"{weight_file}: dataset '{name}' has shape {tuple(dataset.shape)}; the options need {shape}"
-                    )
+                        f"{weight_file}: dataset '{name}' has shape {tuple(dataset.shape)}; the options need "
+                        f"{shape} ({param.explain()} in {options.source})")
                 if not np.issubdtype(dataset.dtype, np.floating):
                     raise WeightFileError(f"{weight_file}: dataset '{name}' has dtype {dataset.dtype}; "
                                           f"expected floating point")
@@ -97,21 +60,22 @@ def check_weight_file(weight_file, options, lstm_only=False):
 
 def check_embedding_file(embedding_weight_file, projection_dim):
     """Check a ``dump_token_embeddings`` file; return its vocabulary size."""
+    name = layout.TOKEN_EMBEDDING_NAME
     with open_hdf5(embedding_weight_file, "token embedding file") as fin:
         try:
-            dataset = fin.get(TOKEN_EMBEDDING)
+            dataset = fin.get(name)
             if not isinstance(dataset, h5py.Dataset):
                 raise WeightFileError(
-                    f"{embedding_weight_file}: missing dataset 'embedding' (n_vocab, {projection_dim})")
+                    f"{embedding_weight_file}: missing dataset '{name}' (n_vocab, {projection_dim})")
             shape = tuple(dataset.shape)
             if len(shape) != 2 or shape[1] != projection_dim or shape[0] < 1:
-                raise WeightFileError(f"{embedding_weight_file}: dataset 'embedding' has shape {shape}; "
-                                      f"expected (n_vocab, {projection_dim})")
+                raise WeightFileError(f"{embedding_weight_file}: dataset '{name}' has shape {shape}; "
+                                      f"expected (n_vocab, {projection_dim}) (lstm.projection_dim = {projection_dim})")
             dataset[shape[0] - 1, shape[1] - 1]
         except WeightFileError:
             raise
         except Exception as err:  # corruption, as in check_weight_file
-            raise WeightFileError(f"{embedding_weight_file}: cannot read dataset 'embedding' ({err}); "
+            raise WeightFileError(f"{embedding_weight_file}: cannot read dataset '{name}' ({err}); "
                                   f"the file is corrupted or truncated") from None
         return shape[0]
 
@@ -128,3 +92,21 @@ def read_dataset(path, name, pad_row=False):
     if pad_row:
         values = np.concatenate([np.zeros((1,) + values.shape[1:], np.float32), values])
     return values
+
+
+def write_weight_file(path, values, overwrite=False):
+    """Write {dataset name: array} as a float32 weight file, atomically."""
+    with atomic_output(path, overwrite) as temporary, h5py.File(temporary, "w") as fout:
+        for name, value in values.items():
+            fout.create_dataset(name, data=np.asarray(value, np.float32))
+
+
+# The layout as {dataset name: shape}, as earlier releases gave it.
+def expected_weight_shapes(options, n_directions=2):
+    """{dataset name: shape} of the weight file of a model with these options (dict or ``ModelOptions``)."""
+    if not isinstance(options, ModelOptions):  # training or inference options: the file is the same
+        raw = json.loads(json.dumps(options))
+        if "char_cnn" in raw:
+            raw["char_cnn"]["n_characters"] = N_CHARACTERS_INFERENCE
+        options = ModelOptions(raw)
+    return {name: param.file_shape for name, param in layout.model_parameters(options, n_directions).items()}

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for numpy_bilm
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm-tf"
 REFERENCE_MODEL = REFERENCE / "model"
 REFERENCE_TRAIN = REFERENCE / "train"
+TINY_CORPUS = Path(__file__).resolve().parent / "data" / "tiny_corpus.txt"  # written for these tests
 
 needs_reference = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason=f"the original's reference files are not at {REFERENCE} (../shared is absent)"
@@ -101,3 +102,13 @@ WORDS = ["the", "a", "cat", "sat", "on", "mat", "é", "naïve", "日本語", "x"
 def random_sentences(rng, n, max_len=9, min_len=1):
     """n random sentences of WORDS (incl. multi-byte and over-long tokens)."""
     return [list(rng.choice(WORDS, size=rng.integers(min_len, max_len + 1))) for _ in range(n)]
+
+
+def write_vocab(path, corpus=TINY_CORPUS, min_count=1):
+    """A training vocabulary of ``corpus`` written independently of bilm: <S>, </S>, <UNK>, then by count."""
+    from collections import Counter
+
+    counts = Counter(Path(corpus).read_text(encoding="utf-8").split())
+    tokens = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+    Path(path).write_text("\n".join(["<S>", "</S>", "<UNK>"] + tokens) + "\n", encoding="utf-8")
+    return str(path)

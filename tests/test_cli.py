@@ -1,6 +1,10 @@
 """The bilm command and the bin/ scripts."""
+import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -8,12 +12,16 @@ import numpy as np
 import pytest
 
 from bilm.cli import main
-from conftest import (REFERENCE_MODEL, REFERENCE_TRAIN, make_options, needs_reference,
-                      write_model)
+from conftest import TINY_CORPUS, make_options, random_sentences, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_ARGS = ["--options", str(REFERENCE_MODEL / "options.json"), "--weights", str(REFERENCE_MODEL / "lm_weights.hdf5"),
-              "--vocab", str(REFERENCE_MODEL / "vocab_test.txt")]
+TINY_VOCAB = TINY_CORPUS.with_name("tiny_vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def model_args(tmp_path_factory):
+    options_file, weight_file = write_model(tmp_path_factory.mktemp("model"), make_options(), seed=11)
+    return ["--options", options_file, "--weights", weight_file]
 
 
 def test_vocab_orders_specials_then_by_count(tmp_path):
@@ -27,47 +35,61 @@ def test_vocab_orders_specials_then_by_count(tmp_path):
     assert (tmp_path / "v3.txt").read_text().split() == ["<S>", "</S>", "<UNK>", "a"]
 
 
-@needs_reference
-def test_embed_modes_shards_and_merge(tmp_path):
+def test_embed_modes_shards_and_merge(tmp_path, model_args):
     data = tmp_path / "data.txt"
     data.write_text("The cat sat .\nA dog .\nHello\nSome more words here .\n", encoding="utf-8")
     out = tmp_path / "out.hdf5"
-    assert main(["--quiet", "embed", str(data), str(out)] + MODEL_ARGS) == 0
+    assert main(["--quiet", "embed", str(data), str(out)] + model_args) == 0
     with h5py.File(out, "r") as fin:
-        assert sorted(fin) == ["0", "1", "2", "3", "sentence_to_index"] and fin["3"].shape == (3, 5, 32)
+        assert sorted(fin) == ["0", "1", "2", "3", "sentence_to_index"] and fin["3"].shape == (3, 5, 16)
         warm = fin["1"][...]
     for k in range(2):
-        assert main(["--quiet", "embed", str(data), str(tmp_path / f"s{k}.hdf5"), "--shard", f"{k}/2"] + MODEL_ARGS) == 0
+        assert main(["--quiet", "embed", str(data), str(tmp_path / f"s{k}.hdf5"), "--shard", f"{k}/2"] + model_args) == 0
     assert main(["merge", str(tmp_path / "all.hdf5"), str(tmp_path / "s0.hdf5"), str(tmp_path / "s1.hdf5")]) == 0
     with h5py.File(tmp_path / "all.hdf5", "r") as fin:
         assert sorted(fin) == ["0", "1", "2", "3", "sentence_to_index"]
         np.testing.assert_allclose(fin["1"][...], warm, atol=1e-6)
     assert main(["--quiet", "embed", str(data), str(tmp_path / "st.hdf5"), "--state-mode", "stateful"]
-                + MODEL_ARGS) == 0
+                + model_args) == 0
     with h5py.File(tmp_path / "st.hdf5", "r") as fin:
         assert not np.allclose(fin["1"][1:], warm[1:], atol=1e-6)  # carried states differ from warm ones
 
 
-@needs_reference
-def test_train_test_restart_dump_weights(tmp_path, capsys):
+def test_train_test_restart_dump_weights(tmp_path, capsys, caplog):
     save = str(tmp_path / "ckpt")
-    common = ["--train_prefix", str(REFERENCE_TRAIN / "data.txt"), "--vocab_file", str(REFERENCE_TRAIN / "vocab.txt"),
-              "--save_dir", save]
+    common = ["--train_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", save]
     small = ["--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1",
              "--char_embedding_dim", "4", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4",
-             "--n_epochs", "2", "--log_every", "5", "--seed", "0"]
-    assert main(["--quiet", "train"] + common + small) == 0
-    assert sorted(p.name for p in Path(save).glob("model.ckpt-*.index")) == ["model.ckpt-27.index"]  # 2 x 139 // 10
+             "--n_epochs", "2", "--seed", "0"]
+    text = TINY_CORPUS.read_text(encoding="utf-8")
+    tokens_per_epoch = len(text.split()) + len(text.splitlines())  # each sentence's </S> is a target too
+    steps = 2 * tokens_per_epoch // 10
+    caplog.set_level(logging.INFO)
+    assert main(["train"] + common + small) == 0
+    assert sorted(p.name for p in Path(save).glob("model.ckpt-*.index")) == [f"model.ckpt-{steps}.index"]
+    progress = [r.message for r in caplog.records if r.message.startswith("batch ")]
+    assert len(progress) >= 5  # a short run still reports as it goes
+    assert any(f"trained {steps} batches" in r.message for r in caplog.records)  # and how it ended
+    assert any("bilm test --save_dir" in r.message for r in caplog.records)
+    assert not (Path(save) / "train.lock").exists()
     assert main(["--quiet", "restart"] + common + ["--n_epochs", "3"]) == 0
-    assert (Path(save) / "model.ckpt-41.index").exists()
-    assert main(["--quiet", "test", "--test_prefix", str(REFERENCE_TRAIN / "data.txt"), "--vocab_file",
-                 str(REFERENCE_TRAIN / "vocab.txt"), "--save_dir", save, "--batch_size", "2"]) == 0
+    assert (Path(save) / f"model.ckpt-{3 * tokens_per_epoch // 10}.index").exists()
+    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir",
+                 save, "--batch_size", "2"]) == 0
     assert "perplexity:" in capsys.readouterr().out
     weights = tmp_path / "w.hdf5"
+    assert main(["dump-weights", "--save_dir", save, "--outfile", str(weights), "--options_outfile",
+                 str(weights)]) == 2  # refused before anything is written
+    assert "w.hdf5: is the weight output (--outfile) of this job" in capsys.readouterr().err
+    assert not weights.exists()
     assert main(["dump-weights", "--save_dir", save, "--outfile", str(weights), "--options_outfile",
                  str(tmp_path / "options.json")]) == 0
     with h5py.File(weights, "r") as fin:
         assert fin["char_embed"].shape == (261, 4) and "softmax" not in fin
+    # --overwrite starts afresh: no checkpoint nor TensorBoard event of the earlier run is left.
+    assert main(["--quiet", "train"] + common + small + ["--n_epochs", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in Path(save).glob("model.ckpt-*.index")) == [f"model.ckpt-{tokens_per_epoch // 10}.index"]
+    assert len(list(Path(save).glob("events.out.tfevents.*"))) == 1
 
 
 def _run(*args):
@@ -94,11 +116,16 @@ USAGE_ERRORS = [
     ([], "the following arguments are required: COMMAND"),
     (["embed"], "the following arguments are required: input, output"),
     (EMBED + ["--overwrite", "--resume"], "argument --resume: not allowed with argument --overwrite"),
-    (EMBED + ["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (EMBED + ["--batch-size", "0"], "argument --batch_size/--batch-size: expected a positive integer, got 0"),
     (EMBED + ["--shard", "2/2"], "argument --shard: expected 0 <= K < N, got '2/2'"),
     (EMBED + ["--shard", "half"], "argument --shard: expected K/N (e.g. 0/4), got 'half'"),
-    (EMBED + ["--state-mode", "fresh"], "argument --state-mode: invalid choice: 'fresh'"),
-    (EMBED + ["--empty-lines", "skip"], "argument --empty-lines: invalid choice: 'skip'"),
+    (EMBED + ["--state_mode", "fresh"], "argument --state_mode/--state-mode: invalid choice: 'fresh'"),
+    (EMBED + ["--empty-lines", "skip"], "argument --empty_lines/--empty-lines: invalid choice: 'skip'"),
+    (EMBED + ["--options", "o.json"], "--options needs --weights too: A model is --model NAME"),
+    (EMBED + ["--weights", "w.hdf5", "--vocab", "v.txt"], "--weights needs --options too"),
+    (EMBED + ["--model", "default", "--options", "o.json", "--weights", "w.hdf5"], "give --model or --options"),
+    (["train"] + TRAINING + ["--dropout", "nan"], "argument --dropout: expected a dropout rate in [0, 1), got 'nan'"),
+    (["train"] + TRAINING + ["--dropout", "0.9999", "--learning_rate", "inf"], "expected a learning rate"),
     (["merge", "out.hdf5"], "the following arguments are required: shards"),
     (["merge", "out.hdf5", "a.hdf5", "--resume"], "unrecognized arguments: --resume"),
     (["dump-token-embeddings"], "the following arguments are required: output"),
@@ -134,7 +161,7 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
     assert main(["--quiet", "embed", str(data), str(out)] + model) == 0
     first = out.read_bytes()
     assert main(["--quiet", "embed", str(data), str(out)] + model) == 2
-    expected = f"bilm: error: {out}: already exists; pass overwrite=True (--overwrite) to replace it"
+    expected = f"bilm: error: {out}: already exists; pass --overwrite to replace it"  # flags, not keywords
     assert capsys.readouterr().err.strip() == expected
     assert out.read_bytes() == first
     assert main(["embed", str(data), str(out), "--resume", "--quiet"] + model) == 0  # complete: nothing to do
@@ -144,7 +171,7 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
         assert sorted(fin) == ["0", "1", "sentence_to_index"] and fin["1"].shape == (3, 4, 16)
     data.write_text("a first line\n\nthird\n", encoding="utf-8")
     assert main(["--quiet", "embed", str(data), str(tmp_path / "o2.hdf5")] + model) == 2
-    assert f"{data}, line 2: empty line" in capsys.readouterr().err
+    assert f"{data}: 1 empty line (line 2)" in capsys.readouterr().err
     assert main(["--quiet", "embed", str(data), str(tmp_path / "o2.hdf5"), "--empty-lines", "keep"] + model) == 0
     with h5py.File(tmp_path / "o2.hdf5", "r") as fin:
         assert fin["1"].shape == (3, 0, 16) and fin["2"].shape == (3, 1, 16)
@@ -167,3 +194,116 @@ def test_dump_token_embeddings_command_gives_layer_zero_of_embed(tmp_path):
         assert tokens["embedding"].shape == (6, 8)
         layer0 = out["0"][0, :, :8]  # layer 0 is [token embedding, token embedding]
         np.testing.assert_allclose(tokens["embedding"][...][[5, 4, 3]], layer0, atol=1e-6)
+
+
+def test_version_and_both_spellings_of_flags(tmp_path, model_args, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["--version"])
+    assert raised.value.code == 0 and capsys.readouterr().out.strip().startswith("bilm ")
+    data = tmp_path / "data.txt"
+    data.write_text("one two\n", encoding="utf-8")
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "a.hdf5"), "--batch_size", "3",
+                 "--state_mode", "zero"] + model_args) == 0
+    assert main(["--quiet", "embed", str(data), str(tmp_path / "b.hdf5"), "--batch-size", "3",
+                 "--state-mode", "zero", "--mix-weights", "1,0,0"] + model_args) == 2
+    assert "--mix-weights are used only with --layers mix, not --layers all" in capsys.readouterr().err
+
+
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, model_args, capsys):
+    data = tmp_path / "s.txt"
+    data.write_text("one two\n", encoding="utf-8")
+    before = data.read_bytes()
+    assert main(["--quiet", "embed", str(data), str(data), "--overwrite"] + model_args) == 2
+    assert "is the input text of this job" in capsys.readouterr().err
+    os.chdir(tmp_path)
+    assert main(["--quiet", "embed", "s.txt", "./s.txt", "--overwrite"] + model_args) == 2
+    assert main(["vocab", "s.txt", "--output", "s.txt", "--overwrite"]) == 2
+    assert main(["merge", "s.txt", "s.txt", "--overwrite"]) == 2
+    assert main(["--quiet", "embed", "s.txt", model_args[3], "--overwrite"] + model_args) == 2
+    assert data.read_bytes() == before
+
+
+def test_tensorflow_start_up_lines_are_not_shown(tmp_path, model_args):
+    data = tmp_path / "data.txt"
+    data.write_text("one two\n", encoding="utf-8")
+    result = _run("-m", "bilm.cli", "embed", str(data), str(tmp_path / "o.hdf5"), *model_args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith(("INFO ", "WARNING ")) for line in lines), lines
+    help_text = _run("-m", "bilm.cli", "vocab", "--help")
+    assert help_text.stderr == "" and "--min_count" in help_text.stdout
+
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process, timeout=120):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
+    data = tmp_path / "data.txt"
+    rng = np.random.default_rng(4)
+    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 3000, max_len=20)), encoding="utf-8")
+    out, expected = tmp_path / "out.hdf5", tmp_path / "expected.hdf5"
+    job = ["embed", str(data), str(out), "--batch-size", "4"] + model_args
+    # Ctrl-C while TensorFlow loads: one line, no traceback.
+    early = _start(*job)
+    time.sleep(0.3)
+    early.send_signal(signal.SIGINT)
+    _, stderr = early.communicate(timeout=120)
+    assert early.returncode == 130 and "Traceback" not in stderr and stderr.strip().startswith("bilm: interrupted")
+    # Ctrl-C in the middle: the batches done are kept, and --resume finishes the same file.
+    process = _start(*job)
+    lock = Path(str(out) + ".lock")
+    _wait_for(lock.exists, process)
+    time.sleep(2.0)  # part way through
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "of 3,000 sentences are saved in" in stderr and "--resume" in stderr
+    assert not out.exists() and not lock.exists()
+    saved = [p for p in Path(str(out) + ".parts").iterdir() if p.name.startswith("part-")]
+    assert saved, "nothing was kept"
+    assert main(["--quiet"] + job + ["--resume"]) == 0
+    assert main(["--quiet", "embed", str(data), str(expected), "--batch-size", "4"] + model_args) == 0
+    with h5py.File(out, "r") as got, h5py.File(expected, "r") as want:
+        assert sorted(got) == sorted(want)
+        for key in want:
+            if key != "sentence_to_index":
+                np.testing.assert_array_equal(got[key][...], want[key][...])
+
+
+def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args):
+    data = tmp_path / "data.txt"
+    rng = np.random.default_rng(5)
+    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 2000, max_len=20)), encoding="utf-8")
+    out = tmp_path / "out.hdf5"
+    first = _start("embed", str(data), str(out), "--batch-size", "4", *model_args)
+    _wait_for(Path(str(out) + ".lock").exists, first)
+    second = _start("embed", str(data), str(out), "--batch-size", "4", "--resume", *model_args)
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert f"is being written by another process (pid {first.pid}, `" in stderr and "Traceback" not in stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    with h5py.File(out, "r") as fin:
+        assert len(fin) == 2001  # every line, and sentence_to_index
+    save = tmp_path / "ckpt"
+    train = ["train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", str(save),
+             "--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8]]", "--n_highway", "0",
+             "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "40"]
+    trainer = _start(*train)
+    _wait_for((save / "train.lock").exists, trainer)
+    other = _start(*train)
+    _, stderr = other.communicate(timeout=120)
+    assert other.returncode == 2 and "is being written by another process" in stderr
+    trainer.send_signal(signal.SIGTERM)
+    trainer.communicate(timeout=120)
+    assert trainer.returncode == 143

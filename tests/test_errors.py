@@ -14,13 +14,13 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm import Batcher, BidirectionalLanguageModel, TokenBatcher
+from bilm.dumps import dump_bilm_embeddings, merge_shards
 from bilm.errors import (BilmError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
-                         OutputExistsError, VocabularyError, WeightFileError)
-from bilm.lm_dataset import LMDataset
-from bilm.options import check_options, load_options
-from bilm.outputs import PartsJob, atomic_output
-from bilm.precompute import merge_shards, read_sentences
-from bilm.training import check_training_options, load_vocab
+                         OutputExistsError, OutputLockedError, VocabularyError, WeightFileError)
+from bilm.lm_dataset import LMDataset, load_vocab
+from bilm.options import ModelOptions, check_options, load_options
+from bilm.outputs import OutputLock, PartsJob, atomic_output
+from bilm.text import DatasetReader
 from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.weights import check_embedding_file, check_weight_file
 from conftest import make_options, random_weight_file, write_model
@@ -63,6 +63,16 @@ def training_options(n_characters=261, **extra):
     options.update(batch_size=2, unroll_steps=3, n_tokens_vocab=10, n_epochs=1, n_train_tokens=100,
                    n_negative_samples_batch=4, **extra)
     return options
+
+
+def check_training_options(options, source="options"):
+    ModelOptions(options, source, training=True)
+
+
+def parts_job(tmp_path, settings, **kwargs):
+    """Open (and close) a PartsJob on out.hdf5 with one part written."""
+    with PartsJob(str(tmp_path / "out.hdf5"), settings, **kwargs) as job, job.writer() as writer:
+        writer.add(0, {"0": np.zeros(2)})
 
 
 def model_files(tmp_path, **kwargs):
@@ -146,7 +156,7 @@ def options_262_characters_in_training(tmp_path):
     check_training_options(training_options(n_characters=262), "train options")
 
 
-@case(OptionsError, r"'dropout' is 1\.5; expected a probability in \[0, 1\)")
+@case(OptionsError, r"'dropout' is 1\.5; expected a dropout rate in \[0, 1\)")
 def options_impossible_dropout(tmp_path):
     check_training_options(training_options(dropout=1.5))
 
@@ -259,25 +269,37 @@ def token_batcher_unknown_token_without_unk(tmp_path):
 # --- text inputs --------------------------------------------------------------------
 
 
-@case(InputError, r"data\.txt, line 2: not valid UTF-8 .*encoding_errors='replace'")
+@case(InputError, r"data\.txt, line 2: not valid UTF-8 .*--encoding latin-1.*encoding_errors='replace'")
 def text_not_utf8(tmp_path):
     (tmp_path / "data.txt").write_bytes(b"a good line\nbad \xc3\x28 line\n")
-    list(read_sentences(str(tmp_path / "data.txt")))
+    list(DatasetReader(str(tmp_path / "data.txt")))
 
 
-@case(InputError, r"data\.txt, line 3: empty line; expected a whitespace-tokenized sentence")
+@case(InputError, r"data\.txt: 1 empty line \(line 3\); expected a sentence on every line")
 def text_empty_line(tmp_path):
-    list(read_sentences(write(tmp_path / "data.txt", "one\ntwo\n\nfour\n")))
+    DatasetReader(write(tmp_path / "data.txt", "one\ntwo\n\nfour\n")).scan()
 
 
-@case(InputError, r"data\.txt, line 2: empty line")
-def text_whitespace_only_line(tmp_path):
-    list(read_sentences(write(tmp_path / "data.txt", "one\n \t \u3000\nthree\n")))
+@case(InputError, r"data\.txt: 7 empty lines \(lines 2, 3, 5, 6, 7 and 2 more\)")
+def text_many_empty_lines(tmp_path):
+    DatasetReader(write(tmp_path / "data.txt", "one\n \t \u3000\n\nfour\n\n\n\n\n\nten\n")).scan()
 
 
 @case(InputError, r"data\.txt: input file not found")
 def text_missing_file(tmp_path):
-    list(read_sentences(str(tmp_path / "data.txt")))
+    list(DatasetReader(str(tmp_path / "data.txt")))
+
+
+@case(InputError, r"encoding \(--encoding\) is 'klingon'; expected a Python codec name")
+def text_unknown_encoding(tmp_path):
+    DatasetReader(write(tmp_path / "data.txt", "one\n"), encoding="klingon")
+
+
+@case(InputError, r"mix_weights \(--mix-weights\) are used only with layers='mix' \(--layers mix\), not layers='top'")
+def mix_weights_without_mix(tmp_path):
+    options_path, weights = write_model(tmp_path, make_options())
+    dump_bilm_embeddings(None, write(tmp_path / "data.txt", "one\n"), options_path, weights,
+                         str(tmp_path / "out.hdf5"), layers="top", mix_weights=[0.5, 0.5, 0.0])
 
 
 @case(InputError, r"batch_sentences got an empty list of sentences")
@@ -336,24 +358,45 @@ def output_directory_missing(tmp_path):
 @case(OutputError, r"out\.hdf5: is a directory; expected a file name")
 def output_is_a_directory(tmp_path):
     (tmp_path / "out.hdf5").mkdir()
-    PartsJob(str(tmp_path / "out.hdf5"), {})
+    parts_job(tmp_path, {})
 
 
 @case(OutputExistsError, r"out\.hdf5\.parts: an interrupted run left its parts here; pass resume=True")
 def output_parts_left_by_a_killed_run(tmp_path):
-    PartsJob(str(tmp_path / "out.hdf5"), {"a": 1}).write_part(0, {"0": np.zeros(2)})
-    PartsJob(str(tmp_path / "out.hdf5"), {"a": 1})
+    parts_job(tmp_path, {"a": 1})
+    parts_job(tmp_path, {"a": 1})
 
 
 @case(OutputError, r"job\.json: the interrupted run had batch_size=64, this one has 32")
 def output_resume_with_other_settings(tmp_path):
-    PartsJob(str(tmp_path / "out.hdf5"), {"batch_size": 64}).write_part(0, {"0": np.zeros(2)})
-    PartsJob(str(tmp_path / "out.hdf5"), {"batch_size": 32}, resume=True)
+    parts_job(tmp_path, {"batch_size": 64})
+    parts_job(tmp_path, {"batch_size": 32}, resume=True)
 
 
 @case(OutputError, r"overwrite and resume contradict each other")
 def output_overwrite_and_resume(tmp_path):
     PartsJob(str(tmp_path / "out.hdf5"), {}, overwrite=True, resume=True)
+
+
+@case(OutputError, r"data\.txt: is the input text of this job \(.*data\.txt\); write the output elsewhere")
+def output_is_the_input_text(tmp_path):
+    options_path, weights = write_model(tmp_path, make_options())
+    data = write(tmp_path / "data.txt", "one line\n")
+    dump_bilm_embeddings(None, data, options_path, weights, str(tmp_path / "." / "data.txt"), overwrite=True)
+
+
+@case(OutputError, r"link\.hdf5: is the weight file of this job")
+def output_is_the_weight_file_through_a_link(tmp_path):
+    options_path, weights = write_model(tmp_path, make_options())
+    (tmp_path / "link.hdf5").symlink_to(weights)
+    dump_bilm_embeddings(None, write(tmp_path / "data.txt", "one line\n"), options_path, weights,
+                         str(tmp_path / "link.hdf5"), overwrite=True)
+
+
+@case(OutputLockedError, r"out\.hdf5: is being written by another process \(pid \d+, .*\); wait for it")
+def output_being_written_by_another_job(tmp_path):
+    with OutputLock(str(tmp_path / "out.hdf5")):  # flock: a second open file conflicts, as another process's
+        OutputLock(str(tmp_path / "out.hdf5")).acquire()
 
 
 @case(InputError, r"b\.hdf5: dataset '1' is also in another shard")
@@ -409,9 +452,33 @@ def test_unsorted_vocabulary_is_detected_from_the_training_counts(tmp_path):
 
 def test_replaced_encoding_errors_and_kept_empty_lines(tmp_path):
     (tmp_path / "data.txt").write_bytes(b"ok line\nbad \xff byte\n\n   \nend\n")
-    lines = list(read_sentences(str(tmp_path / "data.txt"), encoding_errors="replace", empty_lines="keep"))
-    assert lines == [(0, ["ok", "line"]), (1, ["bad", "\ufffd", "byte"]), (2, []), (3, []), (4, ["end"])]
-    assert [i for i, _ in read_sentences(str(tmp_path / "data.txt"), (1, 2), "replace", "keep")] == [1, 3]
+    reader = DatasetReader(str(tmp_path / "data.txt"), encoding_errors="replace", empty_lines="keep")
+    assert reader.scan() == 5
+    assert [(i, tokens) for i, _, tokens in reader] == [
+        (0, ["ok", "line"]), (1, ["bad", "\ufffd", "byte"]), (2, []), (3, []), (4, ["end"])]
+    half = DatasetReader(str(tmp_path / "data.txt"), (1, 2), encoding_errors="replace", empty_lines="keep")
+    assert [i for i, _, _ in half] == [1, 3]
+
+
+def test_latin1_text_keeps_its_accents(tmp_path):
+    (tmp_path / "data.txt").write_bytes("café crème\nZürich\n".encode("latin-1"))
+    reader = DatasetReader(str(tmp_path / "data.txt"), encoding="latin-1")
+    assert [tokens for _, _, tokens in reader] == [["café", "crème"], ["Zürich"]]
+
+
+def test_untokenized_text_gets_a_warning_and_moses_tokenizes_it(tmp_path, caplog):
+    data = write(tmp_path / "data.txt", "Hello, world!\nIt's Mr. Smith's book.\nThe cat sat .\n")
+    DatasetReader(data).scan()
+    assert re.search(r"data\.txt: 2 of the first 3 lines look untokenized .*'Hello,' on line 1.*--tokenize moses",
+                     caplog.text)
+    caplog.clear()
+    tokenized = DatasetReader(data, tokenize="moses")
+    tokenized.scan()
+    assert "untokenized" not in caplog.text
+    assert [tokens for _, _, tokens in tokenized][:2] == [["Hello", ",", "world", "!"],
+                                                          ["It", "'s", "Mr.", "Smith", "'s", "book", "."]]
+    DatasetReader(write(tmp_path / "tok.txt", "Mr. Smith 's book .\nThe U.S. economy .\n")).scan()
+    assert "untokenized" not in caplog.text
 
 
 def test_extremely_long_tokens_and_lines_are_taken(tmp_path):

@@ -99,6 +99,10 @@ def test_mutated_options_are_accepted_or_an_options_error(data):
     assert all(all(isinstance(n, int) and n > 0 for n in shape) for shape in shapes.values())
 
 
+def _not_json(name):
+    raise ValueError(name)
+
+
 def _json_bytes(value):
     return json.dumps(value).encode("utf-8")
 
@@ -108,14 +112,15 @@ def _json_bytes(value):
 def test_any_options_file_bytes_load_or_raise_an_options_error(tmp_path, content):
     path = tmp_path / "options.json"
     path.write_bytes(content)
-    try:
-        value = json.loads(content.decode("utf-8"))
+    try:  # strict JSON: NaN and Infinity are not numbers JSON has
+        value = json.loads(content.decode("utf-8"), parse_constant=_not_json)
     except ValueError:  # not UTF-8 JSON
         value = None
     if isinstance(value, dict):
         assert load_options(str(path)) == value
     else:
-        with pytest.raises(OptionsError, match=r"options\.json: (not valid JSON|expected a JSON object)"):
+        with pytest.raises(OptionsError, match=r"options\.json: (not valid JSON|expected a JSON object|"
+                                               r"(NaN|-?Infinity) is not a number JSON allows)"):
             load_options(str(path))
 
 

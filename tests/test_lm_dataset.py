@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bilm.vocabulary as vocabulary
+import bilm.text as text_module
 from bilm.errors import BilmError, InputError, VocabularyError
 from bilm.lm_dataset import BidirectionalLMDataset, LMDataset
 from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary
+from conftest import TINY_CORPUS
+from conftest import write_vocab as write_corpus_vocab
 from numpy_bilm import char_ids_for_sentences
 
-REFERENCE_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm-tf" / "train"
-needs_reference_train = pytest.mark.skipif(
-    not (REFERENCE_TRAIN / "data.txt").is_file() or not (REFERENCE_TRAIN / "vocab.txt").is_file(),
-    reason=f"the original's training files (data.txt, vocab.txt) are not in {REFERENCE_TRAIN}",
-)
 
 # Token ids are line numbers of the vocabulary file.
 SMALL_VOCAB = ["<S>", "</S>", "<UNK>", "the", "cat", "sat", "a", "dog", "ran", "fast"]
@@ -385,7 +382,7 @@ def test_only_one_shard_is_open_at_a_time(tmp_path, monkeypatch):
         opened.append(f)
         return f
 
-    monkeypatch.setattr(vocabulary, "open", tracking_open, raising=False)  # shards are read there
+    monkeypatch.setattr(text_module, "open", tracking_open, raising=False)  # shards are read there
     for shuffle_on_load in (False, True):
         random.seed(0)
         opened.clear()
@@ -417,7 +414,7 @@ def test_shards_are_streamed_and_char_ids_computed_per_sentence(tmp_path, monkey
         opened.append(open(*args, **kwargs))
         return opened[-1]
 
-    monkeypatch.setattr(vocabulary, "open", tracking_open, raising=False)  # shards are read there
+    monkeypatch.setattr(text_module, "open", tracking_open, raising=False)  # shards are read there
 
     data = LMDataset(pattern, vocab, test=True)
     sentences = data.get_sentence()
@@ -453,14 +450,13 @@ def test_shuffle_on_load_permutes_sentences_within_a_shard(tmp_path):
     assert order(1, True) != first
 
 
-# --- the original's training files ---------------------------------------------------
+# --- a whole corpus ---------------------------------------------------------------
 
-@needs_reference_train
-def test_reference_training_data_packs_every_token(tmp_path):
-    vocab = UnicodeCharsVocabulary(str(REFERENCE_TRAIN / "vocab.txt"), max_word_length=50)
-    with open(REFERENCE_TRAIN / "data.txt", encoding="utf-8") as fin:
+def test_corpus_packs_every_token(tmp_path):
+    vocab = UnicodeCharsVocabulary(write_corpus_vocab(tmp_path / "vocab.txt", min_count=2), max_word_length=50)
+    with open(TINY_CORPUS, encoding="utf-8") as fin:
         sentences = [line.split() for line in fin if line.strip()]
-    data = BidirectionalLMDataset(str(REFERENCE_TRAIN / "data.txt"), vocab, test=True)
+    data = BidirectionalLMDataset(str(TINY_CORPUS), vocab, test=True)
     batches = finite(data.iter_batches(batch_size=1, num_steps=1))
     assert len(batches) == sum(len(s) + 1 for s in sentences)
     for suffix, reverse in (("", False), ("_reverse", True)):

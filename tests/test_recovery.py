@@ -113,11 +113,12 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, mon
         return create_dataset(self, *args, **kwargs)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fills_the_disk)
-    with pytest.raises(OutputError, match=r"part-000001\.hdf5: cannot write \(No space left on device\); "
-                                          r"complete parts are kept"):
+    with pytest.raises(OutputError, match=r"out\.hdf5\.parts/part-000000008-\d+\.hdf5: cannot write \(No space left "
+                                          r"on device\); complete parts are kept"):
         dump_bilm_embeddings(outfile=str(out), overwrite=True, **common)
     assert out.read_bytes() == earlier  # the earlier complete output is untouched
-    assert sorted(os.listdir(str(out) + ".parts")) == ["job.json", "part-000000.hdf5"]  # no half-written part
+    # part_size 500 at batch 64: 8 batches a part; the second part failed and left nothing behind
+    assert sorted(os.listdir(str(out) + ".parts")) == ["job.json", "part-000000000-000000008.hdf5"]
     monkeypatch.undo()
     dump_bilm_embeddings(outfile=str(out), resume=True, **common)
     expected = tmp_path / "expected.hdf5"

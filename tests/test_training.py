@@ -9,15 +9,15 @@ import tensorflow.compat.v1 as tf
 from bilm import BidirectionalLanguageModel, Batcher
 from bilm.data import BidirectionalLMDataset, LMDataset
 from bilm.errors import OptionsError
-from bilm.training import (LanguageModel, _feed, _session_config, build_training_graph, dump_weights,
-                           load_options_latest_checkpoint, load_vocab, train)
+from bilm.lm_graph import feed, session_config
+from bilm.training import (LanguageModel, build_training_graph, dump_weights, load_options_latest_checkpoint,
+                           load_vocab, train)
 from bilm.training import test as perplexity_of  # not collected as a test
 from bilm.weights import expected_weight_shapes
-from conftest import REFERENCE_TRAIN, needs_reference
+from conftest import TINY_CORPUS
 
-pytestmark = needs_reference
-DATA = str(REFERENCE_TRAIN / "data.txt")
-VOCAB = str(REFERENCE_TRAIN / "vocab.txt")
+DATA = str(TINY_CORPUS)
+VOCAB = str(TINY_CORPUS.with_name("tiny_vocab.txt"))
 CHAR_CNN = {"activation": "relu", "embedding": {"dim": 4}, "filters": [[1, 8], [2, 8], [3, 16], [4, 32]],
             "max_characters_per_token": 50, "n_characters": 261, "n_highway": 1}
 
@@ -56,9 +56,9 @@ def train_and_test(options, tmp_path, **kwargs):
 
 @pytest.mark.parametrize("case, options", [
     ("forward-only token model", dict(char=False, bidirectional=False)),
-    ("bidirectional character model", dict(char=True)),
+    ("bidirectional character model", dict(char=True, n_batches=600)),
     ("shared softmax and token embedding", dict(char=False, share=True)),
-    ("skip connections", dict(char=True, skip=True)),
+    ("skip connections", dict(char=True, skip=True, n_batches=600)),
 ])
 def test_original_training_cases_learn_the_data(tmp_path, case, options):
     perplexity, _ = train_and_test(make_options(**options), tmp_path)
@@ -87,13 +87,13 @@ def _one_update(options, n_towers, batch, initial):
     with tf.Graph().as_default():
         graph = build_training_graph(options, n_towers)
         variables = tf.trainable_variables()
-        with tf.Session(config=_session_config(n_towers)) as sess:
+        with tf.Session(config=session_config(n_towers)) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             if initial is None:
                 return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
             for v in variables:
                 v.load(initial[v.op.name], sess)
-            sess.run(graph["train_op"], _feed(graph["models"], batch))
+            sess.run(graph["train_op"], feed(graph["models"], batch))
             devices = {op.device for op in tf.get_default_graph().get_operations() if "tower_1" in op.name}
             return {v.op.name: value for v, value in zip(variables, sess.run(variables))}, devices
 
@@ -145,7 +145,7 @@ def test_checkpoint_round_trip_through_weight_file(tmp_path):
     assert found == expected_weight_shapes(options)  # no softmax, char_embed with 261 rows
     assert json.load(open(options_file))["char_cnn"]["n_characters"] == 262
 
-    sentence = "neural language models use continuous representations .".split()
+    sentence = "the children walk to the old mill .".split()
     vocab = load_vocab(VOCAB, 50)
     n = len(sentence)
     # Training graph: the whole sentence with <S> and </S> as one window, zero initial state.

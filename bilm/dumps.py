@@ -1,0 +1,236 @@
+"""Batch jobs that write HDF5 files: token embeddings of a vocabulary, every layer of a dataset, merged shards.
+
+Both dumps write their output part by part (``bilm.outputs.PartsJob``): a part is
+closed at least every ``flush_seconds`` and when the job is interrupted, so a killed
+or interrupted job loses little, and ``resume=True`` finishes it to the same file.
+"""
+import itertools
+import json
+import logging
+import os
+
+import h5py
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+from . import layout, sessions, states
+from .embedder import WINDOW, ElmoEmbedder
+from .errors import InputError, flag
+from .inference import BidirectionalLanguageModel
+from .options import ModelOptions
+from .outputs import FLUSH_SECONDS, PartsJob, atomic_output
+from .pooling import LAYER_CHOICES, select_layers
+from .text import DatasetReader
+from .vocabulary import UnicodeCharsVocabulary
+from .weights import open_hdf5
+
+logger = logging.getLogger(__name__)
+
+TOKEN_CHUNK = 512  # tokens per char-CNN call of dump_token_embeddings
+TOKEN_PART = 16384  # tokens per part file of dump_token_embeddings, at most
+SENTENCE_PART = 4096  # sentences per part file of dump_bilm_embeddings, at most
+SENTENCE_TO_INDEX = "sentence_to_index"
+
+
+def file_fingerprint(path):
+    """What identifies an input file for resuming: absolute path, size, modification time."""
+    if path is None or not os.path.exists(path):  # a missing file gets its own error later
+        return None
+    status = os.stat(path)
+    return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
+
+
+def _interrupted(err, job, done, total, what):
+    """Note on a KeyboardInterrupt what was kept, for the command's one-line message."""
+    err.bilm_note = (f"{done:,} of {total:,} {what} are saved in {job.directory}; run the same command with "
+                     f"{flag('resume=True', '--resume')} to finish")
+    logger.warning("interrupted: %s", err.bilm_note)
+
+
+def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwrite=False, resume=False,
+                          part_size=TOKEN_PART, flush_seconds=FLUSH_SECONDS):
+    """Write the context-independent token vectors of every vocabulary token.
+
+    Output: HDF5 dataset ``embedding`` float32 (n_vocab, P), row i for line i of the
+    vocabulary (``<S>``/``</S>`` get the sentence begin/end vectors). It is the
+    ``embedding_weight_file`` of a token-input ``BidirectionalLanguageModel``.
+    Tokens run through the character CNN in chunks of ``TOKEN_CHUNK`` (only the char
+    CNN's weights are read).
+
+    Args:
+        overwrite: replace an existing ``outfile`` (once the new one is complete).
+        resume: finish the job a killed or interrupted run left in ``outfile + ".parts"``.
+        part_size: tokens per part file, at most (a part also closes every ``flush_seconds``).
+    """
+    options = ModelOptions.of(options_file)
+    options.require_char_input("dump_token_embeddings")
+    vocab = UnicodeCharsVocabulary(vocab_file, options.max_characters)
+    chunk = max(1, min(TOKEN_CHUNK, part_size))
+    settings = {"vocab_file": file_fingerprint(vocab_file), "options_file": file_fingerprint(options_file),
+                "weight_file": file_fingerprint(weight_file), "chunk": chunk}
+    inputs = {"vocabulary": vocab_file, "options file": options_file, "weight file": weight_file}
+    with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
+        if job.complete:
+            return
+        char_ids = vocab.word_char_ids + 1  # (n_vocab, C), shifted as the Batcher does
+        starts = range(0, vocab.size, chunk)
+        with tf.Graph().as_default():
+            ids = tf.placeholder(tf.int32, shape=(None, None, options.max_characters))
+            model = BidirectionalLanguageModel(options, weight_file, state_mode="zero")
+            embedding_op = model(ids)["token_embeddings"]  # (n, 1, P); the LSTMs are not run
+            with tf.Session(config=sessions.config()) as sess:
+                sess.run(tf.variables_initializer(model.weight_variables(layout.CHAR_CNN_GROUPS)))  # not the LSTMs'
+                progress = tqdm(total=vocab.size, desc="token embeddings", unit="tok", disable=None)
+                with job.writer(max_units=max(1, part_size // chunk), flush_seconds=flush_seconds) as writer:
+                    try:
+                        for unit, start in enumerate(starts):
+                            rows = char_ids[start:start + chunk]
+                            if unit not in job.done:
+                                vectors = sess.run(embedding_op, {ids: rows[:, None, :]})[:, 0]
+                                writer.add(unit, {layout.TOKEN_EMBEDDING_NAME: vectors})
+                            progress.update(len(rows))
+                    except KeyboardInterrupt as err:
+                        _interrupted(err, job, progress.n, vocab.size, "tokens")
+                        raise
+                    finally:
+                        progress.close()
+        job.finish(concatenate=layout.TOKEN_EMBEDDING_NAME)
+    logger.info("wrote %d token embeddings to %s", vocab.size, outfile)
+
+
+def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, outfile,
+                         state_mode=states.JOB_DEFAULT, batch_size=64, shard=(0, 1), overwrite=False, resume=False,
+                         encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART, layers="all",
+                         mix_weights=None, sentence_to_index=False, encoding="utf-8", tokenize=None,
+                         window=WINDOW, flush_seconds=FLUSH_SECONDS):
+    """Write every biLM layer of every sentence of a dataset.
+
+    ``dataset_file`` has one sentence per line (whitespace-tokenized, or see
+    ``tokenize``). Output: one HDF5 dataset per line, keyed ``str(line_index)``,
+    float32 (n_layers + 1, n_tokens, 2P). The whole input is checked (encoding, empty
+    lines) before any computing starts.
+
+    Args:
+        state_mode: ``"warm"`` (default: deterministic, batched by length),
+            ``"zero"``, or ``"stateful"``: one sentence at a time with states carried
+            from line to line, exactly the original's output.
+        batch_size: sentences per batch in the deterministic modes.
+        shard: ``(k, n)``: only lines whose index % n == k (for n machines or
+            processes); ``merge_shards`` presents the n outputs as one file.
+        overwrite: replace an existing ``outfile`` (once the new one is complete).
+        resume: finish the job a killed or interrupted run left in
+            ``outfile + ".parts"``; the result equals that of an uninterrupted run.
+        encoding, encoding_errors, empty_lines, tokenize: how lines are read (see
+            ``bilm.text.DatasetReader``): the file's encoding (UTF-8), what to do with
+            bytes not in it and with empty lines, and None (split on whitespace) or
+            ``"moses"`` (tokenize as the published models' training text was).
+        part_size: sentences per part file, at most (a part also closes every
+            ``flush_seconds`` and when the job is interrupted).
+        layers: ``"all"`` (the original's layout), or ``"top"``, ``"average"``, ``"mix"``
+            (with ``mix_weights``, one per layer): one (n_tokens, 2P) array per line
+            (see ``bilm.pooling.select_layers``).
+        sentence_to_index: also write ``sentence_to_index``, a (1,) string dataset
+            holding the JSON {sentence (the line, stripped): line index}, as
+            ``allennlp elmo`` does; a sentence on several lines maps to the last one.
+        window: sentences sorted by length together before batching.
+    """
+    options = ModelOptions.of(options_file)
+    options.require_char_input("dump_bilm_embeddings")
+    states.check_state_mode(state_mode)
+    reader = DatasetReader(dataset_file, shard, encoding, encoding_errors, empty_lines, tokenize)
+    if part_size < 1:
+        raise InputError(f"part_size is {part_size}; expected at least 1")
+    check_layers(layers, mix_weights, options.n_layers + 1)
+    settings = {"dataset_file": file_fingerprint(dataset_file), "vocab_file": file_fingerprint(vocab_file),
+                "options_file": file_fingerprint(options_file), "weight_file": file_fingerprint(weight_file),
+                "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "window": window,
+                "encoding": reader.encoding, "encoding_errors": encoding_errors, "empty_lines": empty_lines,
+                "tokenize": tokenize, "layers": layers,
+                "mix_weights": None if mix_weights is None else [float(w) for w in mix_weights]}
+    inputs = {"input text": dataset_file, "vocabulary": vocab_file, "options file": options_file,
+              "weight file": weight_file}
+    with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
+        if job.complete:
+            return
+        n_sentences = reader.scan()
+        index_of = {}
+        with ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window) as embedder:
+            carried = embedder.state_mode == "stateful"
+            progress = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None)
+            units_per_part = max(1, -(-part_size // embedder.batch_size))
+            with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer:
+                try:
+                    unit = 0
+                    for window_lines in _windows(reader, embedder.window):
+                        if sentence_to_index:
+                            index_of.update((line, str(index)) for index, line, _ in window_lines)
+                        for indices, batch in embedder.batches([(index, tokens) for index, _, tokens in window_lines]):
+                            if unit not in job.done:
+                                if carried and unit - 1 in job.done:
+                                    embedder.set_states(job.states_before(unit))
+                                arrays = embedder.embed_batch(batch)
+                                writer.add(unit, {str(index): select_layers(array, layers, mix_weights)
+                                                  for index, array in zip(indices, arrays)})
+                            progress.update(len(batch))
+                            unit += 1
+                except KeyboardInterrupt as err:
+                    _interrupted(err, job, progress.n, n_sentences, "sentences")
+                    raise
+                finally:
+                    progress.close()
+        record = {}
+        if sentence_to_index:
+            record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+        job.finish(add=record)
+    logger.info("wrote %d sentences to %s", n_sentences, outfile)
+
+
+def _windows(reader, size):
+    lines = iter(reader)
+    while True:
+        window = list(itertools.islice(lines, size))
+        if not window:
+            return
+        yield window
+
+
+def check_layers(layers, mix_weights, n_layers):
+    """Check a ``layers``/``mix_weights`` choice for a model of ``n_layers`` outputs (LSTM layers + 1)."""
+    mix = flag("layers='mix'", "--layers mix")
+    if layers not in LAYER_CHOICES:
+        raise InputError(f"{flag('layers', '--layers')} is {layers!r}; expected one of {LAYER_CHOICES}")
+    if layers == "mix" and (mix_weights is None or len(mix_weights) != n_layers):
+        raise InputError(f"{mix} needs {n_layers} "
+                         f"{flag('mix_weights', '--mix-weights')} (one per layer), got {mix_weights!r}")
+    if layers != "mix" and mix_weights is not None:
+        raise InputError(f"{flag('mix_weights', '--mix-weights')} are used only with "
+                         f"{mix}, not {flag(f'layers={layers!r}', f'--layers {layers}')}")
+
+
+def merge_shards(shard_files, outfile, overwrite=False):
+    """One HDF5 file presenting the datasets of several shard outputs (external links, no copy).
+
+    Shards are linked by path relative to ``outfile``'s directory, so keep them together.
+    Their ``sentence_to_index`` records, if any, are merged into one (a small copy).
+    """
+    base = os.path.dirname(os.path.abspath(outfile))
+    index_of = None
+    inputs = {f"shard {k}": path for k, path in enumerate(shard_files)}
+    with atomic_output(outfile, overwrite, inputs) as temporary, h5py.File(temporary, "w") as fout:
+        for shard_file in shard_files:
+            relative = os.path.relpath(os.path.abspath(shard_file), base)
+            with open_hdf5(shard_file, "shard output") as fin:
+                for key in fin:
+                    if key == SENTENCE_TO_INDEX:  # a repeated sentence keeps its last line
+                        index_of = index_of or {}
+                        for sentence, index in json.loads(fin[key][0]).items():
+                            if int(index) > int(index_of.get(sentence, -1)):
+                                index_of[sentence] = index
+                        continue
+                    if key in fout:
+                        raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")
+                    fout[key] = h5py.ExternalLink(relative, key)
+        if index_of is not None:
+            fout.create_dataset(SENTENCE_TO_INDEX, data=np.array([json.dumps(index_of)], dtype=h5py.string_dtype()))
+    logger.info("linked %d shards into %s", len(shard_files), outfile)

@@ -1,0 +1,194 @@
+"""The training graph: the language-model loss of one tower, towers, averaged gradients, the update.
+
+The network is ``bilm.network``'s, the same one the inference graph uses; this module
+adds the inputs, dropout, the softmax and the optimisation. Variables live under the
+scope ``lm/`` with the weight file's names (``bilm.layout``).
+
+Shapes: B ``batch_size`` per tower, T ``unroll_steps``, C ``max_characters_per_token``,
+P ``projection_dim``, V ``n_tokens_vocab``.
+"""
+import tensorflow.compat.v1 as tf
+
+from . import layout, network, sessions, states
+from .options import ADAGRAD_INITIAL_ACCUMULATOR, ModelOptions
+
+SCOPE = "lm"
+
+
+class LanguageModel:
+    """The training (or evaluation) graph of one tower.
+
+    Placeholders: ``token_ids`` (B, T) or ``tokens_characters`` (B, T, C),
+    ``next_token_id`` (B, T), and the same with ``_reverse`` when ``bidirectional``.
+    The LSTM states are carried from batch to batch in local variables (the local
+    variables initializer zeroes them); back-propagation stops at the window.
+
+    Args:
+        options: training options (a dict, as in the original, or ``ModelOptions``).
+        is_training: sampled softmax and dropout (else full softmax, no dropout).
+
+    Attributes: ``total_loss`` (mean over tokens, mean of the directions),
+    ``individual_losses``, ``lstm_outputs`` ([direction][layer] (B, T, P)),
+    ``placeholders`` {batch key: placeholder}, ``options`` (the dict).
+    """
+
+    def __init__(self, options, is_training):
+        self.config = ModelOptions.of(options, training=True)
+        self.options = self.config.to_dict()
+        self.is_training = is_training
+        self.bidirectional = self.config.bidirectional
+        self.char_inputs = self.config.char_input
+        self.share_embedding_softmax = self.config.share_embedding_softmax
+        self.sample_softmax = self.config.sample_softmax
+        self.placeholders = {}
+        self._build()
+
+    def _inputs(self, suffix):
+        config = self.config
+        batch_size, unroll_steps = config.batch_size, config.unroll_steps
+        if self.char_inputs:
+            name, shape = "tokens_characters" + suffix, (batch_size, unroll_steps, config.max_characters)
+        else:
+            name, shape = "token_ids" + suffix, (batch_size, unroll_steps)
+        ids = tf.placeholder(tf.int32, shape, name=name)
+        next_ids = tf.placeholder(tf.int32, (batch_size, unroll_steps), name="next_token_id" + suffix)
+        for placeholder_name, placeholder in ((name, ids), ("next_token_id" + suffix, next_ids)):
+            self.placeholders[placeholder_name] = placeholder
+            setattr(self, placeholder_name, placeholder)  # the original's attribute names
+        return ids, next_ids
+
+    def _build(self):
+        config = self.config
+        dropout = config.dropout if self.is_training else 0.0
+        parameters = layout.model_parameters(config, config.n_directions, softmax=True,
+                                             token_rows=None if self.char_inputs else config.n_tokens_vocab)
+        self.params = network.create_variables(parameters)
+        if self.share_embedding_softmax:
+            self.params["softmax/W"] = self.params[layout.TOKEN_EMBEDDING_NAME]
+        self.states = states.Stateful(config, config.batch_size, [tf.GraphKeys.LOCAL_VARIABLES])
+        self.lstm_outputs, updates, self.individual_losses = [], [], []
+        for direction in range(config.n_directions):
+            ids, next_ids = self._inputs("_reverse" if direction else "")
+            if self.char_inputs:
+                embedding = network.char_cnn_embedding(ids, config, self.params)  # (B, T, P)
+            else:
+                embedding = network.token_embedding(ids, self.params)
+            outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),
+                                                 config, self.params, direction, dropout=dropout)
+            self.lstm_outputs.append(outputs)
+            updates += self.states.store(direction, finals, config.batch_size)
+            top = tf.nn.dropout(outputs[-1], rate=dropout) if dropout else outputs[-1]
+            self.individual_losses.append(self._softmax_loss(top, next_ids))
+        self.state_update_op = tf.group(*updates)
+        with tf.control_dependencies([self.state_update_op]):
+            self.total_loss = tf.add_n(self.individual_losses) / len(self.individual_losses)
+
+    def _softmax_loss(self, outputs, next_ids):
+        """Mean loss per token: sampled softmax in training, full softmax otherwise."""
+        config = self.config
+        softmax_w, softmax_b = self.params["softmax/W"], self.params["softmax/b"]
+        flat_outputs = tf.reshape(outputs, [-1, config.projection_dim])  # (B T, P)
+        flat_ids = tf.reshape(next_ids, [-1, 1])
+        if self.is_training and self.sample_softmax:
+            losses = tf.nn.sampled_softmax_loss(softmax_w, softmax_b, flat_ids, flat_outputs,
+                                                config.n_negative_samples, config.n_tokens_vocab, num_true=1)
+        else:
+            logits = tf.matmul(flat_outputs, softmax_w, transpose_b=True) + softmax_b  # (B T, V)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=flat_ids[:, 0], logits=logits)
+        return tf.reduce_mean(losses)
+
+
+def available_gpus():
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def _tower_device(worker):
+    """Variables on the CPU (shared by the towers), every other op on ``worker``."""
+    variable_ops = {"Variable", "VariableV2", "VarHandleOp", "AutoReloadVariable"}
+
+    def device(op):
+        return "/cpu:0" if op.type in variable_ops else worker
+
+    return device
+
+
+def session_config(n_towers):
+    """Soft placement; without GPUs, one CPU device per tower."""
+    return sessions.config(n_cpu_devices=None if available_gpus() else max(n_towers, 1))
+
+
+def average_gradients(tower_grads):
+    """Average per-tower [(gradient, variable)] lists; sparse gradients stay sparse."""
+    averaged = []
+    n_towers = len(tower_grads)
+    for pairs in zip(*tower_grads):
+        grads, var = [g for g, _ in pairs], pairs[0][1]
+        if grads[0] is None:
+            continue
+        if isinstance(grads[0], tf.IndexedSlices):
+            values = tf.concat([g.values for g in grads], axis=0) / n_towers
+            indices = tf.concat([g.indices for g in grads], axis=0)
+            averaged.append((tf.IndexedSlices(values, indices, grads[0].dense_shape), var))
+        else:
+            averaged.append((tf.add_n(grads) / n_towers, var))
+    return averaged
+
+
+def build_training_graph(options, n_gpus):
+    """Towers, averaged and clipped gradients, the Adagrad update and the summaries.
+
+    Args:
+        options: training options (dict or ``ModelOptions``); ``batch_size`` per tower.
+        n_gpus: towers: on GPUs when present, else on as many CPU devices.
+    Returns:
+        a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
+        ``train_op``, ``train_perplexity``, ``global_step``, ``step_after_update``,
+        ``grad_norm``, ``summaries``, ``histograms``.
+    """
+    config = ModelOptions.of(options, training=True)
+    gpus = available_gpus()
+    global_step = tf.train.get_or_create_global_step()
+    optimizer = tf.train.AdagradOptimizer(config.learning_rate, initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR)
+    models, tower_grads, losses = [], [], []
+    for k in range(n_gpus):
+        worker = f"/gpu:{k}" if gpus else f"/cpu:{k}"
+        with tf.device(_tower_device(worker)), tf.name_scope(f"tower_{k}"):
+            with tf.variable_scope(SCOPE, reuse=True if k else None):
+                model = LanguageModel(config, is_training=True)
+            grads = optimizer.compute_gradients(model.total_loss * config.unroll_steps,
+                                                aggregation_method=tf.AggregationMethod.EXPERIMENTAL_TREE)
+        models.append(model)
+        tower_grads.append(grads)
+        losses.append(model.total_loss)
+
+    with tf.device("/cpu:0"):
+        grads_and_vars = average_gradients(tower_grads)
+        grads, variables = zip(*grads_and_vars)
+        grad_norm = tf.global_norm(grads)
+        if config.clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=grad_norm)
+        train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+        train_perplexity = tf.exp(tf.add_n(losses) / n_gpus)
+        with tf.control_dependencies([train_op]):
+            step_after_update = tf.identity(global_step)
+        summaries = tf.summary.merge([
+            tf.summary.scalar("train_perplexity", train_perplexity),
+            tf.summary.scalar("gradient_norm", grad_norm),
+            tf.summary.scalar("gradient_norm_clipped", tf.global_norm(grads)),
+        ])
+        histograms = tf.summary.merge(
+            [tf.summary.histogram(v.op.name, v) for v in variables]
+            + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
+        )
+    return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity,
+            "global_step": global_step, "step_after_update": step_after_update, "grad_norm": grad_norm,
+            "summaries": summaries, "histograms": histograms}
+
+
+def feed(models, batch):
+    """Split a (n_towers * B, ...) batch into the towers' placeholders."""
+    feed_dict = {}
+    for k, model in enumerate(models):
+        rows = slice(k * model.config.batch_size, (k + 1) * model.config.batch_size)
+        feed_dict.update({placeholder: batch[name][rows] for name, placeholder in model.placeholders.items()})
+    return feed_dict

@@ -1,0 +1,163 @@
+"""Where each sentence's LSTM states start: the state policies, decided once.
+
+The original's LSTMs are stateful: a batch of b sentences starts from rows [:b] of
+per-model state variables and writes its final states back there, so a sentence's
+vectors depend slightly on what ran before it. ``bilm`` offers that and two
+deterministic policies:
+
+- ``"stateful"`` (``Stateful``): the original, exactly; the default of the graph API
+  (``BidirectionalLanguageModel``), because existing code and the reference outputs
+  depend on it.
+- ``"zero"`` (``Zero``): every sentence starts from zeros.
+- ``"warm"`` (``Warm``): every sentence starts from the states reached after reading a
+  fixed warm-up text (``models/warmup.txt``), computed in the graph when its variables
+  are initialised. The default of every embedding job (``ElmoEmbedder``, the dumps,
+  ``bilm embed``, export): deterministic (a sentence's vectors are the same alone, in
+  any batch, at any position), and as close to the original's output as the original
+  is to itself when its input order changes (README, "state modes").
+
+Each policy answers what the code would otherwise branch on: the initial states of a
+batch, what happens to its final states, the largest batch it takes, whether a job
+may sort sentences by length, and whether a resumed job must restore states.
+"""
+from pathlib import Path
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from . import network
+from .errors import InputError, flag
+
+STATE_MODES = ("stateful", "zero", "warm")
+GRAPH_API_DEFAULT = "stateful"
+JOB_DEFAULT = "warm"
+WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
+
+
+def check_state_mode(state_mode, allowed=STATE_MODES):
+    if state_mode not in allowed:
+        raise InputError(f"{flag('state_mode', '--state-mode')} is {state_mode!r}; expected one of {', '.join(allowed)}")
+    return state_mode
+
+
+class Stateful:
+    """The original's statefulness: states in non-trainable variables (rows, size).
+
+    A batch of b rows starts from rows [:b] and writes its final states back to rows
+    [:b]; rows b: are untouched. Used by the inference graph and (rows = batch size)
+    by training.
+
+    Args:
+        options: ``ModelOptions``.
+        rows: rows allocated (the largest batch).
+        collections: graph collections of the variables (default: global variables).
+    """
+
+    name = "stateful"
+    deterministic = False  # a sentence's vectors depend on what ran before it
+    carries_states = True  # a resumed job must restore them
+
+    def __init__(self, options, rows, collections=None):
+        self.max_batch_size = rows
+        self.variables = [
+            [tuple(tf.Variable(tf.zeros([rows, size]), trainable=False, collections=collections, name=name)
+                   for name, size in zip(("lstm_c", "lstm_h"), options.state_sizes))
+             for _ in range(options.n_layers)]
+            for _ in range(2)
+        ]
+
+    def initial(self, direction, batch_size):
+        """Per layer (c (b, D), h (b, P)) from rows [:batch_size]."""
+        return [tuple(v[:batch_size] for v in layer) for layer in self.variables[direction]]
+
+    def store(self, direction, final_states, batch_size):
+        """Ops writing per-layer final states into rows [:batch_size]."""
+        return [var[:batch_size].assign(value)
+                for layer, final in zip(self.variables[direction], final_states)
+                for var, value in zip(layer, final)]
+
+    def reset(self):
+        """An op setting every row of every state to zero."""
+        return tf.group(*[v.assign(tf.zeros_like(v)) for d in self.variables for layer in d for v in layer])
+
+    def flat_variables(self):
+        return [v for d in self.variables for layer in d for v in layer]
+
+
+class Zero:
+    """Every sentence starts from zero states; final states are dropped; no batch limit."""
+
+    name = "zero"
+    deterministic = True
+    carries_states = False
+    max_batch_size = None
+    variables = None
+
+    def __init__(self, options):
+        self._sizes = options.state_sizes
+        self._n_layers = options.n_layers
+
+    def _start(self, direction, layer):
+        return [tf.zeros([1, size]) for size in self._sizes]
+
+    def initial(self, direction, batch_size):
+        return [tuple(tf.tile(v, tf.stack([batch_size, 1])) for v in self._start(direction, layer))
+                for layer in range(self._n_layers)]
+
+    def store(self, direction, final_states, batch_size):
+        return []
+
+    def flat_variables(self):
+        return []
+
+
+class Warm(Zero):
+    """Every sentence starts from the states after the warm-up text (see the module doc).
+
+    The states are non-trainable variables ``warm_c``/``warm_h`` (1, size) per direction
+    and layer, whose initial value runs the warm-up sentences through the network one
+    after the other from zero states (as the original's stateful mode would, one
+    sentence per batch), after the weights are initialised (``after``).
+
+    Args:
+        options: ``ModelOptions``.
+        params: the network's parameters by name.
+        embed: a function (ids (1, N[, C]), params) -> token vectors (1, N, P).
+        warmup_ids: the warm-up sentences' ids, each (n + 2[, C]) with begin/end, as the
+            model's batcher gives them (shifted by one).
+        after: ops to run before (the weights' initializers).
+    """
+
+    name = "warm"
+
+    def __init__(self, options, params, embed, warmup_ids, after=()):
+        super().__init__(options)
+        ids = np.concatenate([np.asarray(sentence) for sentence in warmup_ids])
+        forward = np.arange(len(ids))
+        ends = np.cumsum([len(sentence) for sentence in warmup_ids])
+        backward = np.concatenate([forward[end - len(s):end][::-1] for s, end in zip(warmup_ids, ends)])
+        with tf.name_scope("warm_states"), tf.control_dependencies(list(after)):
+            # Values, not variables: a variable's initial value may read others only through
+            # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
+            params = {name: tf.identity(value) for name, value in params.items()}
+            embedding = embed(tf.constant(ids[None], tf.int32), params)  # (1, N, P)
+            self.variables = []
+            for direction, order in enumerate((forward, backward)):
+                inputs = tf.gather(embedding, order, axis=1)
+                zeros = [tuple(tf.zeros([1, size]) for size in self._sizes) for _ in range(self._n_layers)]
+                _, finals = network.lstm_stack(inputs, zeros, options, params, direction)
+                self.variables.append([tuple(tf.Variable(value, trainable=False, name=name)
+                                              for name, value in zip(("warm_c", "warm_h"), final))
+                                        for final in finals])
+
+    def _start(self, direction, layer):
+        return self.variables[direction][layer]
+
+    def flat_variables(self):
+        return [v for d in self.variables for layer in d for v in layer]
+
+
+def warmup_sentences(text_file=WARMUP_TEXT):
+    """The warm-up text: a list of tokenized sentences."""
+    lines = Path(text_file).read_text(encoding="utf-8").splitlines()
+    return [line.split() for line in lines if line.split()]
