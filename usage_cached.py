@@ -15,9 +15,10 @@ from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
-parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temp dir)")
+parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temporary directory, removed at the end)")
 args = resolve_model_arguments(parser, parser.parse_args())
-workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_cached_")
+temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="bilm_usage_cached_")  # removed at the end
+workdir = args.workdir or temporary.name
 os.makedirs(workdir, exist_ok=True)
 
 raw_context = [
@@ -39,3 +40,5 @@ dump_bilm_embeddings(args.vocab, dataset_file, args.options, args.weights, embed
 with h5py.File(embedding_file, "r") as fin:
     for key in sorted(fin, key=int):
         print(f"sentence {key}: layers, tokens, dims = {fin[key].shape}")
+if temporary is not None:
+    temporary.cleanup()  # pass --workdir to keep the files

@@ -18,9 +18,10 @@ from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser, vocab=False)
-parser.add_argument("--workdir", help="where to write the vocabulary and token embeddings (default: a temp dir)")
+parser.add_argument("--workdir", help="where to write the vocabulary and token embeddings (default: a temporary directory, removed at the end)")
 args = resolve_model_arguments(parser, parser.parse_args())
-workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_usage_token_")
+temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="bilm_usage_token_")  # removed at the end
+workdir = args.workdir or temporary.name
 os.makedirs(workdir, exist_ok=True)
 
 raw_context = [
@@ -61,5 +62,7 @@ with tf.Graph().as_default():
             feed_dict={context_token_ids: batcher.batch_sentences(tokenized_context),
                        question_token_ids: batcher.batch_sentences(tokenized_question)})
 
-print(f"token embeddings written to {token_embedding_file}")
+print(f"token embeddings of {len(all_tokens)} tokens computed in {token_embedding_file}")
 print(f"ELMo context input: shape {context.shape}; question input: shape {question.shape}")
+if temporary is not None:
+    temporary.cleanup()  # pass --workdir to keep the files

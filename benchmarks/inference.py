@@ -23,13 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-FULL_OPTIONS = {
-    "char_cnn": {"activation": "relu", "embedding": {"dim": 16}, "n_highway": 2, "n_characters": 262,
-                 "max_characters_per_token": 50,
-                 "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]},
-    "lstm": {"dim": 4096, "projection_dim": 512, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
-             "use_skip_connections": True},
-}
+from bilm.options import ELMO_ORIGINAL, N_CHARACTERS_INFERENCE  # noqa: E402
+
+# The original ELMo model, for inference.
+FULL_OPTIONS = {"char_cnn": dict(ELMO_ORIGINAL["char_cnn"], n_characters=N_CHARACTERS_INFERENCE),
+                "lstm": ELMO_ORIGINAL["lstm"]}
 
 
 def flops_per_position(options, lstm=True):
@@ -119,10 +117,10 @@ def measure_graph(work, batch_size, n_sentences, token_input=False):
 
 def _original_computation():
     """Compute as the original did: x W_x at every LSTM step, the char CNN at every position."""
-    import bilm.model
+    import bilm.inference
     import bilm.network
     bilm.network.STEPS_PER_BLOCK = 1
-    bilm.model.CNN_CHUNK = None
+    bilm.inference.CNN_CHUNK = None
 
 
 def _first_lines(source, n, directory):
@@ -159,7 +157,7 @@ def measure_dump(work, mode, n_sentences):
 
 def measure_token_dump(work, one_at_a_time, n_tokens):
     """dump_token_embeddings of the first n_tokens of the token vocabulary (set-up excluded)."""
-    import bilm.precompute as precompute
+    import bilm.dumps as precompute
     if one_at_a_time:  # the original: one token per session call
         precompute.TOKEN_CHUNK = 1
         _original_computation()

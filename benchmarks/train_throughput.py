@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-from bilm.training import _feed, _session_config, build_training_graph  # noqa: E402
+from bilm.lm_graph import build_training_graph, feed, session_config  # noqa: E402
 
 N_VOCAB = 8001
 OPTIONS = {
@@ -55,14 +55,14 @@ def main():
     batches = [synthetic_batch(rng) for _ in range(8)]
     with tf.Graph().as_default():
         graph = build_training_graph(OPTIONS, 1)
-        with tf.Session(config=_session_config(1)) as sess:
+        with tf.Session(config=session_config(1)) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             fetch = [graph["train_op"], graph["train_perplexity"]]
             for i in range(args.warmup):
-                sess.run(fetch, _feed(graph["models"], batches[i % 8]))
+                sess.run(fetch, feed(graph["models"], batches[i % 8]))
             start = time.perf_counter()
             for i in range(args.steps):
-                sess.run(fetch, _feed(graph["models"], batches[i % 8]))
+                sess.run(fetch, feed(graph["models"], batches[i % 8]))
             elapsed = time.perf_counter() - start
     tokens = args.steps * OPTIONS["batch_size"] * OPTIONS["unroll_steps"]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

@@ -139,16 +139,16 @@ class Warm(Zero):
         with tf.name_scope("warm_states"), tf.control_dependencies(list(after)):
             # Values, not variables: a variable's initial value may read others only through
             # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
-            params = {name: tf.identity(value) for name, value in params.items()}
+            params = {name: value.read_value() for name, value in params.items()}
             embedding = embed(tf.constant(ids[None], tf.int32), params)  # (1, N, P)
             self.variables = []
             for direction, order in enumerate((forward, backward)):
                 inputs = tf.gather(embedding, order, axis=1)
                 zeros = [tuple(tf.zeros([1, size]) for size in self._sizes) for _ in range(self._n_layers)]
                 _, finals = network.lstm_stack(inputs, zeros, options, params, direction)
-                self.variables.append([tuple(tf.Variable(value, trainable=False, name=name)
-                                              for name, value in zip(("warm_c", "warm_h"), final))
-                                        for final in finals])
+                self.variables.append([tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
+                                             for name, value in zip(("warm_c", "warm_h"), final))
+                                       for final in finals])
 
     def _start(self, direction, layer):
         return self.variables[direction][layer]

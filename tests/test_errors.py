@@ -161,6 +161,21 @@ def options_impossible_dropout(tmp_path):
     check_training_options(training_options(dropout=1.5))
 
 
+@case(OptionsError, r"options\.json: NaN is not a number JSON allows; expected a finite value")
+def options_nan_in_file(tmp_path):
+    load_options(write(tmp_path / "options.json", '{"lstm": {"dim": 8}, "dropout": NaN}'))
+
+
+@case(OptionsError, r"key 'learning_rate' is nan; expected a finite number")
+def options_nan_in_dict(tmp_path):
+    check_training_options(training_options(learning_rate=float("nan")))
+
+
+@case(OptionsError, r"'n_negative_samples_batch' is 4, more than the 3 tokens of the vocabulary")
+def options_more_negatives_than_tokens(tmp_path):
+    check_training_options(dict(training_options(), n_tokens_vocab=3))
+
+
 @case(OptionsError, r"'share_embedding_softmax' needs token input")
 def options_shared_softmax_with_characters(tmp_path):
     check_training_options(training_options(share_embedding_softmax=True))
@@ -195,7 +210,8 @@ def weights_missing_dataset(tmp_path):
     check_weight_file(weights, options)
 
 
-@case(WeightFileError, r"dataset 'char_embed' has shape \(262, 4\); the options need \(261, 4\)")
+@case(WeightFileError, r"dataset 'char_embed' has shape \(262, 4\); the options need \(261, 4\) "
+                       r"\(char_cnn\.embedding\.dim = 4 in options\)")
 def weights_wrong_shape(tmp_path):
     options, weights = model_files(tmp_path)
     with h5py.File(weights, "a") as fout:
@@ -205,7 +221,7 @@ def weights_wrong_shape(tmp_path):
 
 
 @case(WeightFileError, r"dataset 'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0' has shape \(16, 96\); "
-                       r"the options need \(16, 128\)")
+                       r"the options need \(16, 128\) \(lstm\.projection_dim = 8, lstm\.dim = 32 in options\)")
 def weights_do_not_match_options(tmp_path):
     _, weights = model_files(tmp_path)
     check_weight_file(weights, make_options(dim=32))

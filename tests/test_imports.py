@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REFERENCE_MODEL, needs_reference
+from conftest import make_options, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,28 +39,27 @@ def test_import_changes_no_global_tensorflow_setting():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-@needs_reference
 @pytest.mark.parametrize("setup, block", [
     ("", "with tf.Graph().as_default():"),
     ("tf.disable_v2_behavior()", "if True:"),
 ])
-def test_graph_runs_under_tf2_defaults_and_after_disable_v2_behavior(setup, block):
+def test_graph_runs_under_tf2_defaults_and_after_disable_v2_behavior(tmp_path, setup, block):
+    options_file, weight_file = write_model(tmp_path, make_options())
     result = _python(f"""
         import tensorflow.compat.v1 as tf
         {setup}
         from bilm import Batcher, BidirectionalLanguageModel, weight_layers
-        model_dir = "{REFERENCE_MODEL}"
         {block}
             ids = tf.placeholder(tf.int32, (None, None, 50))
-            ops = BidirectionalLanguageModel(model_dir + "/options.json", model_dir + "/lm_weights.hdf5")(ids)
+            ops = BidirectionalLanguageModel("{options_file}", "{weight_file}", state_mode="warm")(ids)
             elmo = weight_layers("x", ops)["weighted_op"]
             with tf.Session() as sess:
                 sess.run(tf.global_variables_initializer())
-                out = sess.run(elmo, {{ids: Batcher(model_dir + "/vocab_test.txt", 50).batch_sentences([["Hi", "there"]])}})
+                out = sess.run(elmo, {{ids: Batcher(None, 50).batch_sentences([["Hi", "there"]])}})
                 print(out.shape)
     """)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "(1, 2, 32)" in result.stdout
+    assert "(1, 2, 16)" in result.stdout
 
 
 def test_import_without_tensorflow_says_how_to_install():

@@ -62,6 +62,15 @@ def test_conformance_with_original_stateful_batches():
             assert np.allclose(got, expected, atol=1e-6), f"batch {i} sentence {k}"
     print(f"max |bilm - original| over the 30 reference sentences: {max_diff:.3g}")
 
+    # The original's own test reads the states through model._graphs[ids].lstm_init_states: same variables.
+    with graph.graph.as_default():
+        compat = graph.model._graphs[graph.ids].lstm_init_states
+        for direction, name in enumerate(("forward", "backward")):
+            for layer in range(2):
+                for k, state in enumerate(graph.sess.run(compat[name][layer])):
+                    assert np.abs(state[-1]).sum() < 1e-7  # batches of 3: the fourth row never ran
+                    np.testing.assert_array_equal(state, graph.states()[direction][layer][k])
+
     # A batch of 2 reads and writes rows [:2] only: row 2 keeps its state.
     before = graph.states()
     graph.run(batcher.batch_sentences(reference_sentences()[0][:2]), "lm_embeddings")
@@ -73,10 +82,10 @@ def test_conformance_with_original_stateful_batches():
                 assert not np.allclose(state_before[:2], state_after[:2])
 
 
-@needs_reference
-def test_embeddings_ops_are_cached_and_variables_shared():
+def test_embeddings_ops_are_cached_and_variables_shared(tmp_path):
+    options_file, weight_file = write_model(tmp_path, make_options())
     with tf.Graph().as_default():
-        model = BidirectionalLanguageModel(OPTIONS, WEIGHTS)
+        model = BidirectionalLanguageModel(options_file, weight_file)
         first, second = tf.placeholder(tf.int32, (None, None, 50)), tf.placeholder(tf.int32, (None, None, 50))
         ops = model(first)
         n_weights = len([v for v in tf.global_variables() if "lstm_" not in v.name])
@@ -164,17 +173,19 @@ def test_token_input_equals_char_input(tmp_path):
             assert np.allclose(by_tokens[k, 2, : lengths[k]], reference_top_layer(k, i), atol=1e-6)
 
 
-@needs_reference
 def test_dump_token_embeddings_rows_are_char_cnn_of_each_token(tmp_path):
+    options = make_options(n_highway=2)
+    options_file, weight_file = write_model(tmp_path / "model", options, seed=5)
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(["<S>", "</S>", "<UNK>", "the", "naïve", "日本語", "x" * 70]) + "\n", "utf-8")
     out = tmp_path / "embedding.hdf5"
-    dump_token_embeddings(VOCAB, OPTIONS, WEIGHTS, str(out))
-    from bilm.options import load_options
-    oracle = NumpyBiLM(load_options(OPTIONS), load_weight_file(WEIGHTS))
-    vocab = [line.strip() for line in open(VOCAB, encoding="utf-8")]
+    dump_token_embeddings(str(vocab_file), options_file, weight_file, str(out))
+    oracle = NumpyBiLM(options, load_weight_file(weight_file))
+    vocab = vocab_file.read_text("utf-8").split()
     with h5py.File(out, "r") as fin:
         assert list(fin) == ["embedding"]
         embedding = fin["embedding"][...]
-    assert embedding.shape == (len(vocab), 16) and embedding.dtype == np.float32
+    assert embedding.shape == (len(vocab), 8) and embedding.dtype == np.float32
     words = [w for w in vocab if w not in ("<S>", "</S>")]
     ids = char_ids_for_sentences([words])  # (1, n + 2, 50): <S> words </S>
     expected = oracle.token_embeddings(ids)[0]
@@ -183,18 +194,56 @@ def test_dump_token_embeddings_rows_are_char_cnn_of_each_token(tmp_path):
     np.testing.assert_allclose(embedding[[vocab.index(w) for w in words]], expected[1:-1], atol=1e-6)
 
 
-@needs_reference
 def test_stateful_dump_equals_original_sentence_by_sentence(tmp_path):
-    sentences = [s for batch in reference_sentences()[:4] for s in batch] + [["Hello"]]
+    options = make_options(skip=True)
+    options_file, weight_file = write_model(tmp_path / "model", options, seed=6)
+    sentences = random_sentences(np.random.default_rng(3), 12) + [["Hello"]]
     dataset = tmp_path / "dataset.txt"
     dataset.write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
     out = tmp_path / "out.hdf5"
-    dump_bilm_embeddings(VOCAB, str(dataset), OPTIONS, WEIGHTS, str(out), state_mode="stateful")
-    from bilm.options import load_options
-    oracle = NumpyBiLM(load_options(OPTIONS), load_weight_file(WEIGHTS), max_batch_size=1)
+    dump_bilm_embeddings(None, str(dataset), options_file, weight_file, str(out), state_mode="stateful")
+    oracle = NumpyBiLM(options, load_weight_file(weight_file), max_batch_size=1)
     with h5py.File(out, "r") as fin:
         assert sorted(fin, key=int) == [str(i) for i in range(len(sentences))]
         for i, sentence in enumerate(sentences):
             expected = oracle(char_ids_for_sentences([sentence]))["lm_embeddings"][0]
-            assert fin[str(i)].shape == (3, len(sentence), 32) and fin[str(i)].dtype == np.float32
-            np.testing.assert_allclose(fin[str(i)][...], expected, atol=1e-6)
+            assert fin[str(i)].shape == (3, len(sentence), 16) and fin[str(i)].dtype == np.float32
+            np.testing.assert_allclose(fin[str(i)][...], expected, atol=2e-5)
+
+
+def test_reset_states_zeroes_the_carried_states(tmp_path):
+    options_file, weight_file = write_model(tmp_path, make_options())
+    graph = Graph(options_file, weight_file, max_batch_size=3)
+    ids = char_ids_for_sentences([["the", "cat"], ["sat"]])
+    first = graph.run(ids, "lm_embeddings")[0]
+    assert any(np.abs(v).max() > 0 for d in graph.states() for layer in d for v in layer)
+    assert not np.allclose(graph.run(ids, "lm_embeddings")[0], first, atol=1e-6)  # carried states changed it
+    with graph.graph.as_default():
+        graph.sess.run(graph.model.reset_states(graph.ids))
+    assert all(not np.abs(v).any() for d in graph.states() for layer in d for v in layer)
+    np.testing.assert_allclose(graph.run(ids, "lm_embeddings")[0], first, atol=1e-6)  # as from the start
+
+
+def test_model_built_under_an_outer_variable_scope(tmp_path):
+    options = make_options()
+    options_file, weight_file = write_model(tmp_path, options, seed=4)
+    ids = char_ids_for_sentences([["the", "naïve", "cat"]])
+    expected = NumpyBiLM(options, load_weight_file(weight_file))(ids)["lm_embeddings"]
+    with tf.Graph().as_default():
+        placeholder = tf.placeholder(tf.int32, (None, None, 50))
+        with tf.variable_scope("task/encoder"):
+            ops = BidirectionalLanguageModel(options_file, weight_file, state_mode="zero")(placeholder)
+        names = [v.op.name for v in tf.global_variables()]
+        assert "task/encoder/bilm/CNN/W_cnn_0" in names and all(n.startswith("task/encoder/") for n in names)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            got = sess.run(ops["lm_embeddings"], {placeholder: ids})
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_graph_api_in_eager_mode_says_what_to_do(tmp_path):
+    options_file, weight_file = write_model(tmp_path, make_options())
+    model = BidirectionalLanguageModel(options_file, weight_file)
+    assert tf.executing_eagerly()  # TF2's default outside a graph
+    with pytest.raises(InputError, match=r"executing eagerly .*tf\.Graph\(\)\.as_default\(\).*bilm\.keras\.ELMo"):
+        model(tf.constant(char_ids_for_sentences([["hello"]])))

@@ -1,0 +1,44 @@
+"""The README's tour runs as written: every bash and python block, in order, in an empty directory."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOUR_HEADING = "## A five-minute tour"
+
+
+def tour_blocks(readme=ROOT / "README.md"):
+    """[(language, code)] of the fenced blocks of the tour section, in order."""
+    text = readme.read_text(encoding="utf-8")
+    start = text.index(TOUR_HEADING)
+    end = text.index("\n## ", start + len(TOUR_HEADING))
+    return re.findall(r"```(bash|python)\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_the_tour_has_every_kind_of_step():
+    blocks = tour_blocks()
+    commands = " ".join(code for _, code in blocks)
+    assert [language for language, _ in blocks].count("python") >= 1
+    for step in ("bilm embed", "bilm sample-corpus", "bilm train", "bilm test", "bilm dump-weights", "bilm export"):
+        assert step in commands
+
+
+def test_the_tour_runs_verbatim(tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    for k, (language, code) in enumerate(tour_blocks()):
+        if language == "bash":
+            command = ["bash", "-e", "-o", "pipefail", "-c", code]
+        else:
+            script = tmp_path / f"block_{k}.py"
+            script.write_text(code, encoding="utf-8")
+            command = [sys.executable, str(script)]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"block {k} failed:\n{code}\n{result.stderr[-3000:]}"
+        if k == 0:
+            assert "(3, 6, 256)" in result.stdout  # the second line's dataset
+        if language == "python":
+            assert "(1, 3, 256)" in result.stdout
+    assert (tmp_path / "mine.hdf5").is_file() and (tmp_path / "elmo_savedmodel" / "saved_model.pb").is_file()
