@@ -257,7 +257,7 @@ def _vocab(args):
 def _command(commands, name, help_text, description, example, run):
     parser = commands.add_parser(name, help=help_text, description=description, epilog=f"example: {example}",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, parser=parser)
     return parser
 
 
@@ -526,7 +526,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
         _configure_output(args)
         if hasattr(args, "options"):
-            resolve_model_arguments(parser, args)
+            resolve_model_arguments(args.parser, args)
         if args.command not in ("download", "sample-corpus", "vocab", "merge"):
             _import_tensorflow(args.verbose)
         args.run(args)
