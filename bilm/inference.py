@@ -153,7 +153,7 @@ class BidirectionalLanguageModel:
 
     def _embed(self, ids, params):
         if self._use_character_inputs:
-            return network.char_cnn_embedding(ids, self._options, params, unique_chunk=CNN_CHUNK)
+            return network.char_cnn_embedding(ids, self._options, params, distinct=True, chunk=CNN_CHUNK)
         n_rows = self._parameters[layout.TOKEN_EMBEDDING_NAME].shape[0]
         in_vocabulary = tf.debugging.assert_less(
             ids, n_rows, message=f"token id outside the {n_rows - 1} rows of {self._embedding_weight_file} (+1 "

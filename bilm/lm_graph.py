@@ -70,7 +70,7 @@ class LanguageModel:
         for direction in range(config.n_directions):
             ids, next_ids = self._inputs("_reverse" if direction else "")
             if self.char_inputs:
-                embedding = network.char_cnn_embedding(ids, config, self.params)  # (B, T, P)
+                embedding = network.char_cnn_embedding(ids, config, self.params, distinct=True)  # (B, T, P)
             else:
                 embedding = network.token_embedding(ids, self.params)
             outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),

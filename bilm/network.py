@@ -39,23 +39,24 @@ def create_variables(parameters, **kwargs):
             for name, param in parameters.items()}
 
 
-def char_cnn_embedding(char_ids, options, params, unique_chunk=None):
+def char_cnn_embedding(char_ids, options, params, distinct=False, chunk=None):
     """Character ids -> context-independent token vectors.
 
     Args:
         char_ids: int32 (B, T, C), values in [0, ``n_characters``).
         options: ``ModelOptions`` of a character model.
         params: the char CNN parameters by name.
-        unique_chunk: None computes every position. A number computes each distinct
-            token of the batch once (padding included, once), in equal chunks of at most
-            ``unique_chunk`` tokens, which bounds the memory of the convolutions
-            (inference only: the chunk loop is not meant for back-propagation).
+        distinct: compute each distinct token of the batch once (padding included, once)
+            and gather the vectors back: the same values, less work where tokens repeat.
+        chunk: with ``distinct``, run the distinct tokens in equal chunks of at most this
+            many, which bounds the memory of the convolutions (inference only: the
+            chunk loop is not meant for back-propagation).
     Returns:
         float32 (B, T, P).
     """
     max_chars, proj_dim = options.max_characters, options.projection_dim
     flat_ids = tf.reshape(char_ids, [-1, max_chars])  # (N, C)
-    if unique_chunk is None:
+    if not distinct:
         flat = _embed_tokens(flat_ids, options, params)
     else:
         # A token's ids as a string key (ids < 262 are valid code points): exact de-duplication.
@@ -64,14 +65,17 @@ def char_cnn_embedding(char_ids, options, params, unique_chunk=None):
         n_unique = tf.size(unique_keys)
         first = tf.math.unsorted_segment_min(tf.range(tf.shape(flat_ids)[0]), index, n_unique)
         unique_ids = tf.gather(flat_ids, first)  # (U, C)
-        # Equal chunks of at most unique_chunk tokens: fewer than n_chunks padding rows.
-        n_chunks = (n_unique + unique_chunk - 1) // unique_chunk
-        chunk = (n_unique + n_chunks - 1) // n_chunks
-        padded = tf.pad(unique_ids, [[0, n_chunks * chunk - n_unique], [0, 0]])
-        chunks = tf.reshape(padded, [n_chunks, chunk, max_chars])
-        vectors = tf.map_fn(lambda ids: _embed_tokens(ids, options, params), chunks,
-                            fn_output_signature=DTYPE, parallel_iterations=1)
-        flat = tf.gather(tf.reshape(vectors, [-1, proj_dim]), index)  # (N, P)
+        if chunk is None:
+            vectors = _embed_tokens(unique_ids, options, params)  # (U, P)
+        else:  # equal chunks of at most `chunk` tokens: fewer than n_chunks padding rows
+            n_chunks = (n_unique + chunk - 1) // chunk
+            size = (n_unique + n_chunks - 1) // n_chunks
+            padded = tf.pad(unique_ids, [[0, n_chunks * size - n_unique], [0, 0]])
+            chunks = tf.reshape(padded, [n_chunks, size, max_chars])
+            vectors = tf.map_fn(lambda ids: _embed_tokens(ids, options, params), chunks,
+                                fn_output_signature=DTYPE, parallel_iterations=1)
+            vectors = tf.reshape(vectors, [-1, proj_dim])
+        flat = tf.gather(vectors, index)  # (N, P)
     shape = tf.concat([tf.shape(char_ids)[:2], [proj_dim]], axis=0)
     return tf.reshape(flat, shape)
 
@@ -79,12 +83,13 @@ def char_cnn_embedding(char_ids, options, params, unique_chunk=None):
 def _embed_tokens(ids, options, params):
     """Char ids (N, C) -> (N, P): embedding, convolutions + max-pooling, highways, projection."""
     activation = tf.nn.relu if options.activation == "relu" else tf.nn.tanh
-    x = tf.nn.embedding_lookup(params["char_embed"], ids)[None]  # (1, N, C, E)
+    x = tf.expand_dims(tf.nn.embedding_lookup(params["char_embed"], ids), 0)  # (1, N, C, E)
     pooled = []
-    for i in range(len(options.filters)):
+    for i, (width, _) in enumerate(options.filters):
         conv = tf.nn.conv2d(x, params[f"CNN/W_cnn_{i}"], strides=[1, 1, 1, 1], padding="VALID")  # (1, N, C', n)
-        # max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
-        pooled.append(activation(tf.reduce_max(conv, axis=2)[0] + params[f"CNN/b_cnn_{i}"]))  # (N, n)
+        # Max over positions; max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
+        pooled_conv = tf.nn.max_pool2d(conv, [1, 1, options.max_characters - width + 1, 1], 1, "VALID")
+        pooled.append(activation(tf.squeeze(pooled_conv, [0, 2]) + params[f"CNN/b_cnn_{i}"]))  # (N, n)
     flat = tf.concat(pooled, axis=1)  # (N, F)
     for k in range(options.n_highway):
         p = {name: params[f"CNN_high_{k}/{name}"] for name in ("W_carry", "b_carry", "W_transform", "b_transform")}
@@ -100,14 +105,40 @@ def token_embedding(token_ids, params):
     return tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids)
 
 
-def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, lengths=None):
-    """One LSTM layer (TensorFlow LSTMCell conventions) run over time.
+def lstm_cell(input_gates, state, options, kernel_h, projection=None):
+    """One step of the LSTM cell: TensorFlow LSTMCell conventions.
 
-    The input part of every gate, ``x W_x + B``, is one matrix product per block of
-    ``STEPS_PER_BLOCK`` steps (bounding its memory), outside the recurrent product
-    ``h W_h``; the loop stops after the longest sequence. Gates are split as i, j, f, o
-    with forget bias 1.0; the cell is clipped to +-cell_clip, the output
-    ``o * tanh(c)`` projected by ``projection`` (when P < D) and clipped to +-proj_clip.
+    Args:
+        input_gates: (B, 4D), the input part ``x W_x + B`` of the gates.
+        state: (c (B, D), h (B, P)).
+        kernel_h: (P, 4D), the recurrent part of ``W_0``; projection: (D, P) or None.
+    Returns:
+        the new (c, h). Gates are split as i, j, f, o with forget bias 1.0; the cell is
+        clipped to +-cell_clip, the output ``o * tanh(c)`` projected (when P < D) and
+        clipped to +-proj_clip.
+    """
+    c_prev, h_prev = state
+    gates = input_gates + tf.matmul(h_prev, kernel_h)  # (B, 4D)
+    i, j, f, o = tf.split(gates, 4, axis=1)
+    c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
+    if options.cell_clip is not None:
+        c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
+    h = tf.sigmoid(o) * tf.tanh(c)
+    if projection is not None:
+        h = tf.matmul(h, projection)
+        if options.proj_clip is not None:
+            h = tf.clip_by_value(h, -options.proj_clip, options.proj_clip)
+    return c, h
+
+
+def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, lengths=None):
+    """One LSTM layer (``lstm_cell``) run over time.
+
+    With a static number of steps and no ``lengths`` (training windows), the steps are
+    unrolled in the graph and the input part of every gate, ``x W_x + B``, is one
+    matrix product for the whole window. Otherwise a ``while_loop`` runs the steps,
+    computing the input part one block of ``STEPS_PER_BLOCK`` steps at a time (bounding
+    its memory) and stopping after the longest sequence.
 
     Args:
         inputs: float32 (B, T, P).
@@ -119,12 +150,33 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
         outputs float32 (B, T, P), zero past each row's length, and the final state
         (c, h) of each row after its last real step.
     """
-    dim, out_dim = options.state_sizes
-    cell_clip, proj_clip = options.cell_clip, options.proj_clip
     in_dim = int(inputs.shape[-1])
     kernel_x, kernel_h = kernel[:in_dim], kernel[in_dim:]
+    n_static = tf.compat.dimension_value(inputs.shape[1])
+    if lengths is None and n_static is not None:
+        return _unrolled_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, n_static)
+    return _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths)
 
-    batch_size = tf.compat.dimension_value(inputs.shape[0])  # static when known (training)
+
+def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection, n_steps):
+    """Every step real, a static number of them: one input product, the steps unrolled."""
+    dim, out_dim = options.state_sizes
+    in_dim = int(inputs.shape[-1])
+    input_gates = tf.matmul(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
+    input_gates = tf.reshape(input_gates, tf.concat([tf.shape(inputs)[:2], [4 * dim]], axis=0))  # (B, T, 4D)
+    outputs = []
+    for step_gates in tf.unstack(input_gates, num=n_steps, axis=1):  # (unstack: a cheap gradient, unlike slices)
+        state = lstm_cell(step_gates, state, options, kernel_h, projection)
+        outputs.append(state[1])
+    outputs = tf.stack(outputs, axis=1) if outputs else tf.zeros(tf.concat([tf.shape(inputs)[:2], [out_dim]], 0))
+    return outputs, state
+
+
+def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths):
+    """A while loop over the steps, stopping after the longest row; input gates per block of steps."""
+    dim, out_dim = options.state_sizes
+    in_dim = int(inputs.shape[-1])
+    batch_size = tf.compat.dimension_value(inputs.shape[0])  # static when known
     if batch_size is None:
         batch_size = tf.shape(inputs)[0]
     max_time = tf.shape(inputs)[1]
@@ -142,16 +194,7 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
     def step(t, c_prev, h_prev, outputs, block):
         offset = t % STEPS_PER_BLOCK
         block = tf.cond(tf.equal(offset, 0), lambda: input_gates(t), lambda: block)
-        gates = block[offset] + tf.matmul(h_prev, kernel_h)  # (B, 4D)
-        i, j, f, o = tf.split(gates, 4, axis=1)
-        c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
-        if cell_clip is not None:
-            c = tf.clip_by_value(c, -cell_clip, cell_clip)
-        h = tf.sigmoid(o) * tf.tanh(c)
-        if projection is not None:
-            h = tf.matmul(h, projection)
-            if proj_clip is not None:
-                h = tf.clip_by_value(h, -proj_clip, proj_clip)
+        c, h = lstm_cell(block[offset], (c_prev, h_prev), options, kernel_h, projection)
         if lengths is not None:
             live = tf.expand_dims(t < lengths, 1)  # (B, 1)
             c = tf.where_v2(live, c, c_prev)

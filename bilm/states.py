@@ -145,7 +145,8 @@ class Warm(Zero):
             for direction, order in enumerate((forward, backward)):
                 inputs = tf.gather(embedding, order, axis=1)
                 zeros = [tuple(tf.zeros([1, size]) for size in self._sizes) for _ in range(self._n_layers)]
-                _, finals = network.lstm_stack(inputs, zeros, options, params, direction)
+                _, finals = network.lstm_stack(inputs, zeros, options, params, direction,
+                                               lengths=tf.constant([len(ids)]))  # a loop, not unrolled
                 self.variables.append([tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
                                              for name, value in zip(("warm_c", "warm_h"), final))
                                        for final in finals])
