@@ -498,7 +498,8 @@ def _silenced_stderr(on):
         os.close(null)
 
 
-def _configure_output(args):
+def _configure(args):
+    """Logging, progress bars, messages in flags, and TensorFlow's settings (before it is imported)."""
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("bilm").setLevel(level)
@@ -506,6 +507,9 @@ def _configure_output(args):
         os.environ["TQDM_DISABLE"] = "1"
     if not args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
+    # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     speak_in_flags(True)
 
 
@@ -524,7 +528,7 @@ def main(argv=None):
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        _configure_output(args)
+        _configure(args)
         if hasattr(args, "options"):
             resolve_model_arguments(args.parser, args)
         if args.command not in ("download", "sample-corpus", "vocab", "merge"):

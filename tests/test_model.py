@@ -1,4 +1,8 @@
 """The TensorFlow inference graph against the original's outputs and the NumPy oracle."""
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -80,6 +84,17 @@ def test_conformance_with_original_stateful_batches():
             for state_before, state_after in zip(layer_before, layer_after):
                 np.testing.assert_array_equal(state_before[2:], state_after[2:])
                 assert not np.allclose(state_before[:2], state_after[:2])
+
+
+@needs_reference
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_conformance_with_and_without_onednn(onednn):
+    """The bilm command turns oneDNN on where TensorFlow leaves it off: the original's numbers either way."""
+    test = f"{__file__}::test_conformance_with_original_stateful_batches"
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-2000:]
 
 
 def test_embeddings_ops_are_cached_and_variables_shared(tmp_path):
