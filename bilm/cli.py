@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 
@@ -207,20 +208,40 @@ def _train(args):
     from .trainer import train_new_model
 
     changes = {path: getattr(args, name) for name, path in TRAINING_FLAGS.items()}
-    train_new_model(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
-                    n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
-                    overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                    **changes)
+    with _restart_hint(args):
+        train_new_model(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
+                        n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
+                        overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                        keep_checkpoints=args.keep_checkpoints, **changes)
     _next_steps(args)
 
 
 def _restart(args):
     from .trainer import restart_training
 
-    restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
-                     checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                     n_train_tokens=args.n_train_tokens, n_epochs=args.n_epochs, batch_size=args.batch_size)
+    with _restart_hint(args):
+        restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         keep_checkpoints=args.keep_checkpoints, n_train_tokens=args.n_train_tokens,
+                         n_epochs=args.n_epochs, batch_size=args.batch_size)
     _next_steps(args)
+
+
+@contextlib.contextmanager
+def _restart_hint(args):
+    """On a training run stopped with a checkpoint saved, add the command that continues it."""
+    try:
+        yield
+    except (KeyboardInterrupt, BilmError) as err:
+        if getattr(err, "bilm_checkpoint", None):
+            command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
+                       "--save_dir", args.save_dir]
+            if args.n_gpus != 1:
+                command += ["--n_gpus", str(args.n_gpus)]
+            if args.log_dir:
+                command += ["--log_dir", args.log_dir]
+            err.bilm_note = f"{err.bilm_note}; continue with: {shlex.join(command)}"
+        raise
 
 
 def _next_steps(args):
@@ -267,6 +288,8 @@ def _add_training_run_arguments(parser):
     parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
     parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
                         help="batches between checkpoints (default 1250); one is always written at the end")
+    parser.add_argument(*_flag("keep_checkpoints"), type=_positive_int, default=2,
+                        help="checkpoints kept in --save_dir, the newest, earlier runs' included (default 2)")
     parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,
                         help="batches between progress lines and TensorBoard summaries, at most (default 100; "
                              "short runs log about 10 times)")
@@ -322,10 +345,12 @@ def _add_training_commands(commands):
 
     restart = _command(
         commands, "restart", "continue training from the latest checkpoint of --save_dir",
-        "Restore the latest checkpoint of --save_dir (weights, optimizer state, global step) and train until "
-        "the run's total number of batches (epochs x tokens per epoch / tokens per batch) is reached. "
-        "Changing --n_epochs or --n_train_tokens changes that total; changing --batch_size changes the tokens "
-        "per batch, so the total is recomputed in batches of the new size.",
+        "Restore the latest intact checkpoint of --save_dir (weights, optimizer state, global step, tokens "
+        "trained) and train the tokens left of the run's n_epochs x n_train_tokens. Progress is counted in "
+        "tokens: with another --batch_size or --n_gpus the same tokens are trained in batches of the new size "
+        "(more or fewer batches); --n_epochs or --n_train_tokens change the total. The vocabulary must be the "
+        "run's (checked against the save directory's vocabulary.json). Checkpoints beyond --keep_checkpoints, "
+        "earlier runs' included, are removed.",
         "bilm restart --train_prefix 'data/train/*' --vocab_file vocab.txt --save_dir ckpt", _restart)
     restart.add_argument(*_flag("train_prefix"), required=True, help="glob of the training files (quote it)")
     restart.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
@@ -535,7 +560,8 @@ def main(argv=None):
             _import_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
-        print(f"bilm: error: {err}", file=sys.stderr)
+        note = getattr(err, "bilm_note", None)
+        print(f"bilm: error: {err}{'; ' + note if note else ''}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as err:
         note = getattr(err, "bilm_note", None) or "nothing was left half-written"

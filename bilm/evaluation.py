@@ -1,12 +1,11 @@
 """Held-out perplexity of a training checkpoint (the original's ``test``)."""
 import logging
-import os
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
 from . import sessions
-from .checkpoints import OPTIONS_FILE, load_options_latest_checkpoint
+from .checkpoints import check_vocabulary, load_save_dir, restore, training_parameters
 from .errors import InputError, flag
 from .lm_dataset import training_data
 from .lm_graph import SCOPE, LanguageModel, feed
@@ -27,7 +26,7 @@ def test(options, ckpt_file, data, batch_size=256):
             model = LanguageModel(config, is_training=False)
         with tf.Session(config=sessions.config()) as sess:
             sess.run(tf.local_variables_initializer())
-            tf.train.Saver(tf.global_variables()).restore(sess, ckpt_file)
+            restore(sess, ckpt_file, tf.global_variables(), training_parameters(config))
             losses = [sess.run(model.total_loss, feed([model], batch)) for batch in data.iter_batches(batch_size, 1)]
     if not losses:
         raise InputError(f"the test data has fewer than {flag('batch_size', '--batch_size')} = {batch_size} token "
@@ -39,6 +38,7 @@ def test(options, ckpt_file, data, batch_size=256):
 
 def evaluate_checkpoint(save_dir, test_prefix, vocab_file, batch_size=256):
     """Perplexity of the latest checkpoint of ``save_dir`` on the files of ``test_prefix``."""
-    options, ckpt_file = load_options_latest_checkpoint(save_dir)
-    config = ModelOptions(options, os.path.join(save_dir, OPTIONS_FILE), training=True)
-    return test(config, ckpt_file, training_data(config, vocab_file, test_prefix, test=True), batch_size)
+    config, ckpt_file = load_save_dir(save_dir)
+    data = training_data(config, vocab_file, test_prefix, test=True)
+    check_vocabulary(save_dir, data.vocab, config)
+    return test(config, ckpt_file, data, batch_size)

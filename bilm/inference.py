@@ -14,7 +14,7 @@ from .batching import Batcher
 from .errors import InputError
 from .options import ModelOptions
 
-SCOPE = "bilm"
+SCOPE = layout.INFERENCE_SCOPE
 CNN_CHUNK = 256  # distinct tokens per char-CNN step: bounds the memory of the convolutions
 
 

@@ -19,6 +19,7 @@ CHAR_EMBED, CNN, HIGHWAY, CNN_PROJ = "char_embed", "cnn", "highway", "cnn_proj"
 CHAR_CNN_GROUPS = (CHAR_EMBED, CNN, HIGHWAY, CNN_PROJ)
 TOKEN_EMBEDDING, LSTM, SOFTMAX = "token_embedding", "lstm", "softmax"
 TOKEN_EMBEDDING_NAME = "embedding"
+INFERENCE_SCOPE, TRAINING_SCOPE = "bilm", "lm"  # the variable scopes the parameters live under
 
 
 @dataclass(frozen=True)
@@ -147,3 +148,25 @@ def weight_file_parameters(options):
     ``dump_token_embeddings``.
     """
     return model_parameters(options, n_directions=2)
+
+
+# -- other naming schemes ----------------------------------------------------------------------------
+
+_ORIGINAL_LSTM = {"W_0": "kernel", "B": "bias", "W_P_0": "projection/kernel"}
+
+
+def original_checkpoint_name(name):
+    """A parameter's name in the original library's training graph (under ``lm/``).
+
+    The original built its LSTMs with ``static_rnn`` and TensorFlow's ``LSTMCell``:
+    ``RNN_0/RNN/MultiRNNCell/Cell1/LSTMCell/W_0`` is ``RNN_0/rnn/multi_rnn_cell/cell_1/lstm_cell/kernel``
+    there (``B``: ``bias``, ``W_P_0``: ``projection/kernel``); every other name is the same.
+    """
+    parts = name.split("/")
+    if len(parts) == 5 and parts[1:3] == ["RNN", "MultiRNNCell"] and parts[3].startswith("Cell"):
+        return f"{parts[0]}/rnn/multi_rnn_cell/cell_{parts[3][4:]}/lstm_cell/{_ORIGINAL_LSTM[parts[4]]}"
+    return name
+
+
+# How each checkpoint layout names a parameter: bilm's training graph uses the weight file's names.
+CHECKPOINT_NAMINGS = {"bilm": lambda name: name, "original": original_checkpoint_name}

@@ -10,9 +10,10 @@ P ``projection_dim``, V ``n_tokens_vocab``.
 import tensorflow.compat.v1 as tf
 
 from . import layout, network, sessions, states
+from .checkpoints import TOKENS_TRAINED
 from .options import ADAGRAD_INITIAL_ACCUMULATOR, ModelOptions
 
-SCOPE = "lm"
+SCOPE = layout.TRAINING_SCOPE
 
 
 class LanguageModel:
@@ -66,13 +67,16 @@ class LanguageModel:
         if self.share_embedding_softmax:
             self.params["softmax/W"] = self.params[layout.TOKEN_EMBEDDING_NAME]
         self.states = states.Stateful(config, config.batch_size, [tf.GraphKeys.LOCAL_VARIABLES])
+        inputs = [self._inputs("_reverse" if direction else "") for direction in range(config.n_directions)]
+        # Both directions' tokens through the char CNN at once: each distinct token once.
+        all_ids = tf.concat([ids for ids, _ in inputs], axis=0)  # (directions B, T[, C])
+        if self.char_inputs:
+            all_embeddings = network.char_cnn_embedding(all_ids, config, self.params, distinct=True)
+        else:
+            all_embeddings = network.token_embedding(all_ids, self.params)
+        embeddings = tf.split(all_embeddings, config.n_directions, axis=0)  # (B, T, P) each
         self.lstm_outputs, updates, self.individual_losses = [], [], []
-        for direction in range(config.n_directions):
-            ids, next_ids = self._inputs("_reverse" if direction else "")
-            if self.char_inputs:
-                embedding = network.char_cnn_embedding(ids, config, self.params, distinct=True)  # (B, T, P)
-            else:
-                embedding = network.token_embedding(ids, self.params)
+        for direction, ((_, next_ids), embedding) in enumerate(zip(inputs, embeddings)):
             outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),
                                                  config, self.params, direction, dropout=dropout)
             self.lstm_outputs.append(outputs)
@@ -134,20 +138,34 @@ def average_gradients(tower_grads):
     return averaged
 
 
+def _where_finite(finite, grad):
+    """``grad`` if ``finite``, else zeros (sparse gradients stay sparse)."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.where_v2(finite, grad.values, 0.0), grad.indices, grad.dense_shape)
+    return tf.where_v2(finite, grad, 0.0)
+
+
 def build_training_graph(options, n_gpus):
     """Towers, averaged and clipped gradients, the Adagrad update and the summaries.
+
+    A batch whose loss or gradient norm is not finite changes no weight (its gradients
+    are replaced by zeros) and is reported by ``finite``, so a diverging run can stop
+    with its weights still those of the last good batch.
 
     Args:
         options: training options (dict or ``ModelOptions``); ``batch_size`` per tower.
         n_gpus: towers: on GPUs when present, else on as many CPU devices.
     Returns:
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
-        ``train_op``, ``train_perplexity``, ``global_step``, ``step_after_update``,
-        ``grad_norm``, ``summaries``, ``histograms``.
+        ``train_op``, ``train_perplexity``, ``finite`` (bool: the batch was applied),
+        ``global_step``, ``tokens_trained`` (int64 variable: tokens trained on, all
+        towers), ``step_after_update``, ``grad_norm``, ``weights_finite``,
+        ``summaries``, ``histograms``.
     """
     config = ModelOptions.of(options, training=True)
     gpus = available_gpus()
     global_step = tf.train.get_or_create_global_step()
+    tokens_trained = tf.Variable(0, dtype=tf.int64, trainable=False, name=TOKENS_TRAINED)
     optimizer = tf.train.AdagradOptimizer(config.learning_rate, initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR)
     models, tower_grads, losses = [], [], []
     for k in range(n_gpus):
@@ -165,12 +183,18 @@ def build_training_graph(options, n_gpus):
         grads_and_vars = average_gradients(tower_grads)
         grads, variables = zip(*grads_and_vars)
         grad_norm = tf.global_norm(grads)
+        loss = tf.add_n(losses) / n_gpus
+        finite = tf.logical_and(tf.math.is_finite(grad_norm), tf.math.is_finite(loss))
         if config.clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=grad_norm)
-        train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
-        train_perplexity = tf.exp(tf.add_n(losses) / n_gpus)
+        grads = [_where_finite(finite, g) for g in grads]
+        tokens_per_step = config.batch_size * config.unroll_steps * n_gpus
+        with tf.control_dependencies([optimizer.apply_gradients(zip(grads, variables), global_step=global_step)]):
+            train_op = tf.group(tokens_trained.assign_add(tokens_per_step))
+        train_perplexity = tf.exp(loss)
         with tf.control_dependencies([train_op]):
             step_after_update = tf.identity(global_step)
+        weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
         summaries = tf.summary.merge([
             tf.summary.scalar("train_perplexity", train_perplexity),
             tf.summary.scalar("gradient_norm", grad_norm),
@@ -180,9 +204,10 @@ def build_training_graph(options, n_gpus):
             [tf.summary.histogram(v.op.name, v) for v in variables]
             + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
         )
-    return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity,
-            "global_step": global_step, "step_after_update": step_after_update, "grad_norm": grad_norm,
-            "summaries": summaries, "histograms": histograms}
+    return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity, "finite": finite,
+            "global_step": global_step, "tokens_trained": tokens_trained, "step_after_update": step_after_update,
+            "grad_norm": grad_norm, "weights_finite": weights_finite, "summaries": summaries,
+            "histograms": histograms}
 
 
 def feed(models, batch):

@@ -1,60 +1,48 @@
-"""The training loop: batches in, checkpoints and summaries out."""
+"""The training loop: batches in, checkpoints and summaries out, and nothing lost on the way.
+
+Progress is counted in tokens (``tokens_trained``, kept in every checkpoint): a run
+trains ``n_epochs * n_train_tokens`` tokens in batches of ``batch_size * unroll_steps``
+tokens per tower, so a restart with another batch size or number of towers trains
+exactly the tokens that are left. A run interrupted (Ctrl-C, SIGTERM through the
+``bilm`` command) or stopped by an error saves a checkpoint of its last completed batch
+first; a run whose loss or gradients stop being finite stops at once without saving,
+so its last good checkpoint stays the latest.
+"""
+import glob
 import logging
 import os
 import random
+import shutil
 import time
 
 import tensorflow.compat.v1 as tf
 
 from . import checkpoints
-from .errors import OptionsError, OutputError
+from .errors import BilmError, OptionsError, OutputError, TrainingError
 from .lm_dataset import count_train_tokens, load_vocab, training_data
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
 from .outputs import OutputLock
 
-LOCK_FILE = "train.lock"
-
 logger = logging.getLogger(__name__)
+
+LOCK_FILE = "train.lock"
+KEEP_CHECKPOINTS = 2
+
+
+def tokens_per_step(config, n_gpus):
+    return config.batch_size * config.unroll_steps * n_gpus
 
 
 def n_batches_total(options, n_gpus):
-    """Training steps: epochs x tokens / tokens per step (all towers)."""
+    """Training steps of a whole run: epochs x tokens per epoch / tokens per step (all towers)."""
     config = ModelOptions.of(options, training=True)
-    tokens_per_step = config.batch_size * config.unroll_steps * n_gpus
-    return max(1, config.n_epochs * config.n_train_tokens // tokens_per_step)
+    return max(1, config.n_epochs * config.n_train_tokens // tokens_per_step(config, n_gpus))
 
 
 def _log_interval(log_every, total):
     """Batches between progress lines: ``log_every``, or fewer for short runs (about 10 lines a run)."""
     return max(1, min(log_every, total // 10))
-
-
-def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
-          checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False):
-    """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
-
-    Args:
-        options: training options (see README); written to ``tf_save_dir/options.json``.
-        n_gpus: number of towers; each reads ``batch_size`` rows of every batch. On
-            GPUs when present, else on as many CPU devices.
-        tf_save_dir: checkpoints (``model.ckpt-STEP``) every ``checkpoint_every``
-            batches and at the end. One process at a time trains in a save directory.
-        tf_log_dir: TensorBoard summaries (perplexity and gradient norms every
-            ``log_every`` batches or more often for short runs, histograms every
-            ``histogram_every``).
-        restart_ckpt_file: continue from this checkpoint: its global step counts
-            toward the total number of batches, its optimizer state is kept.
-        seed: graph-level TensorFlow seed (initialisation, dropout, sampling).
-        overwrite: start a new model in a ``tf_save_dir`` that already has checkpoints
-            (their files and the earlier TensorBoard events are removed); without it
-            that is an error (use restart).
-    Returns:
-        the final training perplexity.
-    """
-    with save_dir_lock(tf_save_dir):
-        return _train(ModelOptions.of(options, training=True), data, n_gpus, tf_save_dir, tf_log_dir,
-                      restart_ckpt_file, checkpoint_every, log_every, histogram_every, seed, overwrite)
 
 
 def save_dir_lock(tf_save_dir):
@@ -66,67 +54,192 @@ def save_dir_lock(tf_save_dir):
     return OutputLock(tf_save_dir, os.path.join(tf_save_dir, LOCK_FILE))
 
 
-def _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every, log_every,
-           histogram_every, seed, overwrite):
-    vocab_size = getattr(getattr(data, "vocab", None), "size", None)
-    if vocab_size is not None and vocab_size > config.n_tokens_vocab:
-        raise OptionsError(f"options: key 'n_tokens_vocab' is {config.n_tokens_vocab}; the training "
-                           f"vocabulary has {vocab_size} tokens, so expected at least {vocab_size}")
-    checkpoints.prepare_save_dir(tf_save_dir, tf_log_dir, new_run=restart_ckpt_file is None, overwrite=overwrite)
-    checkpoints.save_options(config, tf_save_dir)
+def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
+          checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False,
+          keep_checkpoints=KEEP_CHECKPOINTS):
+    """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
-    total = n_batches_total(config, n_gpus)
-    tokens_per_step = config.batch_size * config.unroll_steps * n_gpus
-    interval = _log_interval(log_every, total)
+    Args:
+        options: training options (see README); written to ``tf_save_dir/options.json``.
+        n_gpus: number of towers; each reads ``batch_size`` rows of every batch. On
+            GPUs when present, else on as many CPU devices.
+        tf_save_dir: checkpoints (``model.ckpt-STEP``) every ``checkpoint_every``
+            batches, at the end, and when the run is interrupted or stopped by an
+            error; the newest ``keep_checkpoints`` are kept (across restarts). One
+            process at a time trains in a save directory.
+        tf_log_dir: TensorBoard summaries (perplexity and gradient norms every
+            ``log_every`` batches or more often for short runs, histograms every
+            ``histogram_every``).
+        restart_ckpt_file: continue from this checkpoint (either layout): its weights,
+            optimizer state, global step and tokens trained.
+        seed: graph-level TensorFlow seed (initialisation, dropout, sampling).
+        overwrite: start a new model in a ``tf_save_dir`` that already has checkpoints
+            (their files and the earlier TensorBoard events are removed once the new
+            graph is built); without it that is an error (use restart).
+    Returns:
+        the final training perplexity.
+    Raises:
+        TrainingError: the loss or gradients stopped being finite (nothing is saved).
+    """
+    with save_dir_lock(tf_save_dir):
+        config = ModelOptions.of(options, training=True)
+        vocab = getattr(data, "vocab", None)
+        if restart_ckpt_file is None:
+            checkpoints.check_new_run(tf_save_dir, overwrite)
+        elif vocab is not None:
+            checkpoints.check_vocabulary(tf_save_dir, vocab, config)
+        return _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every,
+                      log_every, histogram_every, seed, overwrite, keep_checkpoints, vocab)
+
+
+class _Checkpoints:
+    """Saves the training session's checkpoints: only sound weights, with clear errors on a full disk."""
+
+    def __init__(self, sess, graph, tf_save_dir, keep):
+        self.sess, self.graph, self.dir = sess, graph, tf_save_dir
+        self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=keep)
+        earlier = checkpoints.checkpoint_paths(tf_save_dir)  # newest first; earlier runs' count toward `keep`
+        self.saver.recover_last_checkpoints(earlier[::-1])
+        self.latest = earlier[0] if earlier else None
+
+    def save(self):
+        """Write a checkpoint of the current step; return its path."""
+        if not self.sess.run(self.graph["weights_finite"]):
+            raise TrainingError(f"{self.dir}: the weights are not finite; not saved (the latest checkpoint, "
+                                f"{self.latest}, is the last good one)")
+        step = int(self.sess.run(self.graph["global_step"]))
+        prefix = os.path.join(self.dir, checkpoints.CHECKPOINT_PREFIX)
+        try:
+            self.latest = self.saver.save(self.sess, prefix, global_step=step, write_meta_graph=False)
+        except (tf.errors.OpError, OSError) as err:
+            for leftover in glob.glob(glob.escape(f"{prefix}-{step}") + "*"):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                elif not os.path.exists(f"{prefix}-{step}.index"):
+                    os.remove(leftover)
+            reason = getattr(err, "message", None) or str(err)
+            raise OutputError(f"{self.dir}: cannot write checkpoint {os.path.basename(prefix)}-{step} "
+                              f"({reason.strip().splitlines()[0]}); the latest complete checkpoint is {self.latest}: "
+                              f"make room, then continue with restart") from None
+        return self.latest
+
+
+def _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every, log_every,
+           histogram_every, seed, overwrite, keep_checkpoints, vocab):
+    """The run itself (the save directory is locked and checked)."""
+    if vocab is not None and vocab.size > config.n_tokens_vocab:
+        raise OptionsError(f"options: key 'n_tokens_vocab' is {config.n_tokens_vocab}; the training "
+                           f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
+    step_tokens = tokens_per_step(config, n_gpus)
+    total_tokens = config.n_epochs * config.n_train_tokens
     with tf.Graph().as_default():
         if seed is not None:
             tf.set_random_seed(seed)
         graph = build_training_graph(config, n_gpus)
-        saver = tf.train.Saver(tf.global_variables(), max_to_keep=2)
         models = graph["models"]
         with tf.Session(config=session_config(n_gpus)) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             if restart_ckpt_file:
-                saver.restore(sess, restart_ckpt_file)
+                restored = checkpoints.restore(sess, restart_ckpt_file, tf.global_variables(),
+                                               checkpoints.training_parameters(config))
+                if checkpoints.TOKENS_TRAINED not in restored:  # an original's or earlier checkpoint
+                    step = int(sess.run(graph["global_step"]))
+                    sess.run(graph["tokens_trained"].assign(step * step_tokens))
+                    logger.warning("%s records no tokens trained: counting %d batches of %d tokens", restart_ckpt_file,
+                                   step, step_tokens)
+            else:
+                try:
+                    os.makedirs(tf_log_dir, exist_ok=True)
+                except OSError as err:
+                    raise OutputError(f"{tf_log_dir}: cannot create the log directory ({err.strerror})") from None
+                if overwrite:  # only now that the new graph is built and initialised
+                    checkpoints.clear_earlier_run(tf_save_dir, tf_log_dir)
+                if vocab is not None:
+                    checkpoints.record_vocabulary(tf_save_dir, vocab)
+            checkpoints.save_options(config, tf_save_dir)
+            saver = _Checkpoints(sess, graph, tf_save_dir, keep_checkpoints)
             writer = tf.summary.FileWriter(tf_log_dir, sess.graph)
-            step = int(sess.run(graph["global_step"]))
-            logger.info("training %d batches of %d tokens (%d done), %d tower(s)", total, tokens_per_step, step, n_gpus)
-            perplexity, start, start_step, began = float("nan"), time.time(), step, time.time()
-            batches = data.iter_batches(config.batch_size * n_gpus, config.unroll_steps)
-            saved = restart_ckpt_file
-            while step < total:
-                batch = next(batches)
-                fetches = [graph["train_op"], graph["train_perplexity"], graph["step_after_update"]]
-                want_summary = (step + 1) % interval == 0 or step + 1 == total
-                want_histograms = (step + 1) % histogram_every == 0
-                if want_summary:
-                    fetches.append(graph["summaries"])
-                if want_histograms:
-                    fetches.append(graph["histograms"])
-                _, perplexity, step, *summaries = sess.run(fetches, feed(models, batch))
-                for summary in summaries:
-                    writer.add_summary(summary, step)
-                if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
-                    start = time.time()
-                if want_summary and step > start_step + 1:
-                    rate = (step - start_step - 1) * tokens_per_step / max(time.time() - start, 1e-9)
-                    eta = (total - step) * tokens_per_step / rate
-                    logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
-                                step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-                if step % checkpoint_every == 0 or step >= total:
-                    saved = saver.save(sess, os.path.join(tf_save_dir, checkpoints.CHECKPOINT_PREFIX),
-                                       global_step=step)
-            writer.close()
-    trained = step - start_step
-    logger.info("trained %d batches (%d tokens) in %s; train perplexity %.2f; latest checkpoint %s",
-                trained, trained * tokens_per_step, time.strftime("%H:%M:%S", time.gmtime(time.time() - began)),
-                perplexity, saved)
-    return float(perplexity)
+            try:
+                return _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens, total_tokens,
+                             checkpoint_every, log_every, histogram_every)
+            finally:
+                writer.close()
+
+
+def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens, total_tokens, checkpoint_every,
+          log_every, histogram_every):
+    step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
+    remaining = max(0, total_tokens - tokens) // step_tokens
+    if tokens == 0:
+        remaining = max(1, remaining)
+    total = step + remaining
+    interval = _log_interval(log_every, remaining)
+    logger.info("training %d batches of %d tokens (%d done, %d of %d tokens), %d tower(s)", total, step_tokens, step,
+                tokens, total_tokens, n_gpus)
+    perplexity, start_step, began = float("nan"), step, time.time()
+    start = began
+    batches = data.iter_batches(config.batch_size * n_gpus, config.unroll_steps)
+    fetches = {"train": graph["train_op"], "perplexity": graph["train_perplexity"], "finite": graph["finite"],
+               "grad_norm": graph["grad_norm"], "step": graph["step_after_update"]}
+    try:
+        while step < total:
+            batch = next(batches)
+            want = dict(fetches)
+            if (step + 1) % interval == 0 or step + 1 == total:
+                want["summaries"] = graph["summaries"]
+            if (step + 1) % histogram_every == 0:
+                want["histograms"] = graph["histograms"]
+            result = sess.run(want, feed(models, batch))
+            if not result["finite"]:
+                raise TrainingError(
+                    f"training diverged at batch {result['step']}: train perplexity {result['perplexity']:.4g}, "
+                    f"gradient norm {result['grad_norm']:.4g}; the batch was not applied and nothing was saved: "
+                    f"the latest checkpoint ({saver.latest}) is the last good one (a lower learning rate may help)")
+            step, perplexity = int(result["step"]), float(result["perplexity"])
+            for key in ("summaries", "histograms"):
+                if key in result:
+                    writer.add_summary(result[key], step)
+            if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
+                start = time.time()
+            if "summaries" in want and step > start_step + 1:
+                rate = (step - start_step - 1) * step_tokens / max(time.time() - start, 1e-9)
+                eta = (total - step) * step_tokens / rate
+                logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
+                            step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+            if step % checkpoint_every == 0 or step >= total:
+                saver.save()
+                writer.flush()
+    except TrainingError:
+        raise
+    except (KeyboardInterrupt, BilmError, OSError, tf.errors.OpError) as err:
+        _save_on_stop(err, sess, graph, saver, total_tokens)
+        if isinstance(err, tf.errors.OpError):  # TensorFlow's multi-line message: one line of it
+            raise TrainingError(f"TensorFlow stopped training: {err.message.strip().splitlines()[0]}; "
+                                f"{err.bilm_note}") from None
+        raise
+    tokens = int(sess.run(graph["tokens_trained"]))
+    logger.info("trained %d batches (%d tokens, %d of %d in all) in %s; train perplexity %.2f; latest checkpoint %s",
+                step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
+                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), perplexity, saver.latest)
+    return perplexity
+
+
+def _save_on_stop(err, sess, graph, saver, total_tokens):
+    """Save the last completed batch of a stopped run; note on ``err`` what was kept."""
+    step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
+    try:
+        path = saver.save() if step and (saver.latest is None or not saver.latest.endswith(f"-{step}")) \
+            else saver.latest
+        err.bilm_note = f"saved {path} after batch {step} ({tokens:,} of {total_tokens:,} tokens)"
+    except BilmError as save_error:
+        err.bilm_note = f"not saved: {save_error}"
+    logger.warning("training stopped at batch %d: %s", step, err.bilm_note)
+    err.bilm_checkpoint = saver.latest
 
 
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,
                     token_input=False, seed=None, overwrite=False, checkpoint_every=1250, log_every=100,
-                    **option_changes):
+                    keep_checkpoints=KEEP_CHECKPOINTS, **option_changes):
     """Train a new model on the files of ``train_prefix``: the original ELMo hyperparameters, then changes.
 
     Args:
@@ -151,16 +264,22 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
         if seed is not None:
             random.seed(seed)
         return _train(config, data, n_gpus, save_dir, log_dir or save_dir, None, checkpoint_every, log_every,
-                      1250, seed, overwrite)
+                      1250, seed, overwrite, keep_checkpoints, vocab)
 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
-                     log_every=100, **option_changes):
-    """Continue training from the latest checkpoint of ``save_dir`` (changes: ``n_train_tokens``,
-    ``n_epochs``, ``batch_size``; None values are ignored). Returns the final training perplexity."""
+                     log_every=100, keep_checkpoints=KEEP_CHECKPOINTS, **option_changes):
+    """Continue training from the latest intact checkpoint of ``save_dir``.
+
+    ``option_changes``: ``n_train_tokens``, ``n_epochs``, ``batch_size`` (None values are
+    ignored). The tokens already trained count: the run trains the tokens left of
+    ``n_epochs * n_train_tokens``, in batches of the new size. The vocabulary must be
+    the run's (checked against ``vocabulary.json``). Returns the final training perplexity.
+    """
     with save_dir_lock(save_dir):
-        options, ckpt_file = checkpoints.load_options_latest_checkpoint(save_dir)
-        options.update({key: value for key, value in option_changes.items() if value is not None})
-        config = ModelOptions(options, os.path.join(save_dir, checkpoints.OPTIONS_FILE), training=True)
-        return _train(config, training_data(config, vocab_file, train_prefix), n_gpus, save_dir,
-                      log_dir or save_dir, ckpt_file, checkpoint_every, log_every, 1250, None, False)
+        config, ckpt_file = checkpoints.load_save_dir(save_dir)
+        config = config.replace(**{key: value for key, value in option_changes.items() if value is not None})
+        data = training_data(config, vocab_file, train_prefix)
+        checkpoints.check_vocabulary(save_dir, data.vocab, config)
+        return _train(config, data, n_gpus, save_dir, log_dir or save_dir, ckpt_file, checkpoint_every, log_every,
+                      1250, None, False, keep_checkpoints, None)
