@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from . import layout
-from .errors import CheckpointError, OutputError, OutputExistsError, VocabularyError, flag
+from .errors import CheckpointError, OutputError, OutputExistsError, VocabularyError, flag, tensorflow_reason
 from .options import ModelOptions, load_options, write_options
 from .outputs import atomic_output, check_not_an_input, check_output
 from .weights import write_weight_file
@@ -40,8 +40,7 @@ def _reader(ckpt_file):
     try:
         return tf.train.load_checkpoint(ckpt_file)
     except (tf.errors.OpError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{ckpt_file}: cannot read the checkpoint ({reason})") from None
+        raise CheckpointError(f"{ckpt_file}: cannot read the checkpoint ({tensorflow_reason(err)})") from None
 
 
 def verify_checkpoint(ckpt_file):

@@ -240,7 +240,8 @@ def _restart_hint(args):
                 command += ["--n_gpus", str(args.n_gpus)]
             if args.log_dir:
                 command += ["--log_dir", args.log_dir]
-            err.bilm_note = f"{err.bilm_note}; continue with: {shlex.join(command)}"
+            note = getattr(err, "bilm_note", None)
+            err.bilm_note = f"{note + '; ' if note else ''}continue with: {shlex.join(command)}"
         raise
 
 

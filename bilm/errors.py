@@ -63,3 +63,12 @@ def speak_in_flags(on=True):
 def flag(keyword, command_line):
     """``keyword`` (e.g. ``"overwrite=True"``) or, for the command line, its flag (``"--overwrite"``)."""
     return command_line if _COMMAND_LINE["on"] else f"{keyword} ({command_line})"
+
+
+def tensorflow_reason(err):
+    """The line of a TensorFlow error that says what went wrong (its messages span many lines)."""
+    lines = [line.strip() for line in (getattr(err, "message", None) or str(err)).splitlines()]
+    noise = ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Hint:", "Original stack trace")
+    useful = [line for line in lines if line and not line.startswith(noise) and "most recent call last" not in line]
+    reason = useful[0] if useful else (lines[0] if lines else type(err).__name__)
+    return reason.rsplit("; ", 1)[-1]

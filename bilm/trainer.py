@@ -18,7 +18,7 @@ import time
 import tensorflow.compat.v1 as tf
 
 from . import checkpoints
-from .errors import BilmError, OptionsError, OutputError, TrainingError
+from .errors import BilmError, OptionsError, OutputError, TrainingError, tensorflow_reason
 from .lm_dataset import count_train_tokens, load_vocab, training_data
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
@@ -117,11 +117,45 @@ class _Checkpoints:
                     shutil.rmtree(leftover, ignore_errors=True)
                 elif not os.path.exists(f"{prefix}-{step}.index"):
                     os.remove(leftover)
-            reason = getattr(err, "message", None) or str(err)
-            raise OutputError(f"{self.dir}: cannot write checkpoint {os.path.basename(prefix)}-{step} "
-                              f"({reason.strip().splitlines()[0]}); the latest complete checkpoint is {self.latest}: "
-                              f"make room, then continue with restart") from None
+            error = OutputError(f"{self.dir}: cannot write checkpoint {os.path.basename(prefix)}-{step} "
+                                f"({tensorflow_reason(err)}); the latest complete checkpoint is {self.latest}: "
+                                f"make room, then continue with restart")
+            error.bilm_checkpoint = self.latest  # nothing more to save: say how to continue
+            raise error from None
         return self.latest
+
+
+class _Events:
+    """TensorBoard events: TensorFlow's writer drops what it cannot write (a full disk) without a word;
+    a flush after which the events file has not grown although summaries were added is an error."""
+
+    def __init__(self, tf_log_dir, graph):
+        self.dir = tf_log_dir
+        self.writer = tf.summary.FileWriter(tf_log_dir, graph)
+        self.writer.flush()
+        self._file = max(glob.glob(os.path.join(glob.escape(tf_log_dir), checkpoints.EVENTS_PATTERN)),
+                         key=os.path.getmtime, default=None)
+        self._size, self._added = self._current_size(), 0
+
+    def _current_size(self):
+        return os.path.getsize(self._file) if self._file and os.path.exists(self._file) else 0
+
+    def add(self, summary, step):
+        self.writer.add_summary(summary, step)
+        self._added += 1
+
+    def flush(self, latest_checkpoint):
+        self.writer.flush()
+        size = self._current_size()
+        if self._added and size <= self._size:
+            error = OutputError(f"{self.dir}: TensorBoard events cannot be written (is the disk full?); the latest "
+                                f"checkpoint is {latest_checkpoint}: make room, then continue with restart")
+            error.bilm_checkpoint = latest_checkpoint
+            raise error
+        self._size, self._added = size, 0
+
+    def close(self):
+        self.writer.close()
 
 
 def _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every, log_every,
@@ -158,7 +192,7 @@ def _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, che
                     checkpoints.record_vocabulary(tf_save_dir, vocab)
             checkpoints.save_options(config, tf_save_dir)
             saver = _Checkpoints(sess, graph, tf_save_dir, keep_checkpoints)
-            writer = tf.summary.FileWriter(tf_log_dir, sess.graph)
+            writer = _Events(tf_log_dir, sess.graph)
             try:
                 return _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens, total_tokens,
                              checkpoint_every, log_every, histogram_every)
@@ -198,7 +232,7 @@ def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens,
             step, perplexity = int(result["step"]), float(result["perplexity"])
             for key in ("summaries", "histograms"):
                 if key in result:
-                    writer.add_summary(result[key], step)
+                    writer.add(result[key], step)
             if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
                 start = time.time()
             if "summaries" in want and step > start_step + 1:
@@ -208,14 +242,16 @@ def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens,
                             step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
             if step % checkpoint_every == 0 or step >= total:
                 saver.save()
-                writer.flush()
+                writer.flush(saver.latest)
     except TrainingError:
         raise
     except (KeyboardInterrupt, BilmError, OSError, tf.errors.OpError) as err:
-        _save_on_stop(err, sess, graph, saver, total_tokens)
+        if getattr(err, "bilm_checkpoint", None) is None:  # not a failed save: save now
+            _save_on_stop(err, sess, graph, saver, total_tokens)
         if isinstance(err, tf.errors.OpError):  # TensorFlow's multi-line message: one line of it
-            raise TrainingError(f"TensorFlow stopped training: {err.message.strip().splitlines()[0]}; "
-                                f"{err.bilm_note}") from None
+            stopped = TrainingError(f"TensorFlow stopped training: {tensorflow_reason(err)}")
+            stopped.bilm_note, stopped.bilm_checkpoint = err.bilm_note, getattr(err, "bilm_checkpoint", None)
+            raise stopped from None
         raise
     tokens = int(sess.run(graph["tokens_trained"]))
     logger.info("trained %d batches (%d tokens, %d of %d in all) in %s; train perplexity %.2f; latest checkpoint %s",
@@ -227,14 +263,18 @@ def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens,
 def _save_on_stop(err, sess, graph, saver, total_tokens):
     """Save the last completed batch of a stopped run; note on ``err`` what was kept."""
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
-    try:
-        path = saver.save() if step and (saver.latest is None or not saver.latest.endswith(f"-{step}")) \
-            else saver.latest
-        err.bilm_note = f"saved {path} after batch {step} ({tokens:,} of {total_tokens:,} tokens)"
-    except BilmError as save_error:
-        err.bilm_note = f"not saved: {save_error}"
-    logger.warning("training stopped at batch %d: %s", step, err.bilm_note)
-    err.bilm_checkpoint = saver.latest
+    where = f"batch {step} ({tokens:,} of {total_tokens:,} tokens)"
+    if step == 0:
+        note = "no batch was trained: nothing to save"
+    elif saver.latest is not None and saver.latest.endswith(f"-{step}"):
+        note = f"the latest checkpoint, {saver.latest}, holds {where}"
+    else:
+        try:
+            note = f"saved {saver.save()} after {where}"
+        except BilmError as save_error:
+            note = f"not saved: {save_error}"
+    err.bilm_note, err.bilm_checkpoint = note, saver.latest
+    logger.warning("training stopped at batch %d: %s", step, note)
 
 
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,
