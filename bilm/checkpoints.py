@@ -70,8 +70,22 @@ def checkpoint_paths(tf_save_dir):
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
         paths.append(state.model_checkpoint_path)
-    resolved = [p if os.path.isabs(p) else os.path.join(tf_save_dir, p) for p in paths]
+    resolved = []
+    for path in paths:  # as written (relative or absolute), or beside the file (a moved directory)
+        here = os.path.join(tf_save_dir, os.path.basename(path))
+        path = path if os.path.isabs(path) else os.path.join(tf_save_dir, path)
+        resolved.append(path if os.path.exists(path + ".index") or not os.path.exists(here + ".index") else here)
     return resolved[::-1]
+
+
+def checkpoints_on_disk(tf_save_dir):
+    """Every ``model.ckpt-STEP`` of ``tf_save_dir`` that has an index file, newest (highest step) first."""
+    found = []
+    for index in glob.glob(os.path.join(glob.escape(tf_save_dir), CHECKPOINT_PREFIX + "-*.index")):
+        step = os.path.basename(index)[len(CHECKPOINT_PREFIX) + 1:-len(".index")]
+        if step.isdigit():
+            found.append((int(step), index[:-len(".index")]))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def latest_checkpoint(tf_save_dir):
@@ -123,10 +137,17 @@ def checkpoint_naming(ckpt_file, stored, parameters):
 
     Raises ``CheckpointError`` naming the first parameter neither layout has.
     """
-    first = next(iter(parameters))
-    for naming, name_of in layout.CHECKPOINT_NAMINGS.items():
-        if f"{SCOPE}/{name_of(first)}" in stored:
-            return naming
+    namings = layout.CHECKPOINT_NAMINGS
+    telling = [name for name in parameters if len({name_of(name) for name_of in namings.values()}) > 1]
+    for name in telling[:1] + list(parameters)[:1]:  # a name that tells the layouts apart, then the first
+        for naming, name_of in namings.items():
+            if f"{SCOPE}/{name_of(name)}" in stored:
+                missing = [p for p in parameters if f"{SCOPE}/{name_of(p)}" not in stored]
+                if not missing:
+                    return naming
+                raise CheckpointError(f"{ckpt_file}: missing variable '{SCOPE}/{name_of(missing[0])}' (in the "
+                                      f"{naming} checkpoint layout these options need; another architecture?)")
+    first = telling[0] if telling else next(iter(parameters))
     raise CheckpointError(f"{ckpt_file}: missing variable '{SCOPE}/{first}' (neither bilm's nor the original's "
                           f"checkpoint layout for these options; another architecture?)")
 

@@ -92,6 +92,7 @@ MODEL_RULE = ("A model is --model NAME (default: the model shipped with bilm), o
 
 def add_model_arguments(parser, vocab=True):
     """--model NAME, or --options and --weights (and --vocab); see ``resolve_model_arguments``."""
+    parser.set_defaults(model_arguments=True)
     group = parser.add_argument_group("model", MODEL_RULE)
     group.add_argument("--model", help="model name: 'default' (shipped with bilm) or a downloaded one "
                                        "(`bilm download --list`)")
@@ -217,8 +218,13 @@ def _train(args):
 
 
 def _restart(args):
+    from .download import is_checkpoint
+    from .errors import InputError
     from .trainer import restart_training
 
+    if not os.path.isdir(args.save_dir) and is_checkpoint(args.save_dir):
+        raise InputError(f"{args.save_dir} is a downloaded checkpoint, never written to: fine-tune it into a new "
+                         f"directory with `bilm finetune --from {args.save_dir} --save_dir NEW ...`")
     with _restart_hint(args):
         restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
@@ -245,6 +251,36 @@ def _restart_hint(args):
         raise
 
 
+def _finetune(args):
+    from .finetune import finetune, resolve_save_dir
+
+    source = None
+    if args.source:
+        if args.options or args.weights:
+            args.parser.error("give --from (a checkpoint) or --options and --weights (a weight file), not both")
+        source = resolve_save_dir(args.source)
+    elif not (args.options and args.weights):
+        args.parser.error("start from --from SAVE_DIR_OR_NAME (a checkpoint) or from --options and --weights "
+                          "(a weight file)")
+    perplexity = finetune(
+        args.save_dir, args.train_prefix, args.vocab_file, args.heldout_prefix, source_dir=source,
+        options_file=args.options, weight_file=args.weights, n_epochs=args.n_epochs,
+        n_train_tokens=args.n_train_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        dropout=args.dropout, n_negative_samples=args.n_negative_samples, eval_every=args.eval_every,
+        patience=args.patience, eval_batch_size=args.eval_batch_size,
+        softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
+        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
+        overwrite=args.overwrite)
+    print(f"best held-out perplexity: {perplexity:.3f}")
+    _next_steps(args)
+
+
+def _save_dir(args):
+    """--save_dir as given, or the directory of a downloaded training checkpoint named so."""
+    from .finetune import resolve_save_dir
+    return resolve_save_dir(args.save_dir)
+
+
 def _next_steps(args):
     logger.info("next: `bilm test --save_dir %s --vocab_file %s --test_prefix HELDOUT` to evaluate, "
                 "`bilm dump-weights --save_dir %s --outfile weights.hdf5 --options_outfile options.json` to export",
@@ -254,14 +290,14 @@ def _next_steps(args):
 def _test(args):
     from .evaluation import evaluate_checkpoint
 
-    perplexity = evaluate_checkpoint(args.save_dir, args.test_prefix, args.vocab_file, args.batch_size)
+    perplexity = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size)
     print(f"perplexity: {perplexity:.3f}")
 
 
 def _dump_weights(args):
     from .checkpoints import dump_weights
 
-    dump_weights(args.save_dir, args.outfile, options_outfile=args.options_outfile, overwrite=args.overwrite)
+    dump_weights(_save_dir(args), args.outfile, options_outfile=args.options_outfile, overwrite=args.overwrite)
 
 
 def _vocab(args):
@@ -283,12 +319,13 @@ def _command(commands, name, help_text, description, example, run):
     return parser
 
 
-def _add_training_run_arguments(parser):
+def _add_training_run_arguments(parser, checkpoint_every=True):
     parser.add_argument(*_flag("n_gpus"), type=_positive_int, default=1,
                         help="towers (data-parallel replicas): GPUs, or CPU devices without GPUs (default 1)")
     parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
-    parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
-                        help="batches between checkpoints (default 1250); one is always written at the end")
+    if checkpoint_every:
+        parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
+                            help="batches between checkpoints (default 1250); one is always written at the end")
     parser.add_argument(*_flag("keep_checkpoints"), type=_positive_int, default=2,
                         help="checkpoints kept in --save_dir, the newest, earlier runs' included (default 2)")
     parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,
@@ -360,6 +397,48 @@ def _add_training_commands(commands):
     restart.add_argument(*_flag("n_epochs"), type=_positive_int, help="change the number of epochs")
     restart.add_argument(*_flag("batch_size"), type=_positive_int, help="change the streams per tower")
     _add_training_run_arguments(restart)
+
+    finetune = _command(
+        commands, "finetune", "fine-tune a pretrained biLM on new text into a new save directory",
+        "Start from a training checkpoint (--from: a save directory of bilm or of the original library, or a "
+        "downloaded checkpoint such as original-checkpoint; never written) or from a weight file (--options and "
+        "--weights: the char CNN and LSTMs; the softmax is new, for --vocab_file). Train on --train_prefix, "
+        "evaluate the held-out perplexity of --heldout_prefix every --eval_every batches, keep the best "
+        "checkpoint (the latest of --save_dir at the end: `bilm dump-weights` exports it) and stop after "
+        "--patience evaluations without improvement. Defaults follow the original's advice for small corpora "
+        "(under about 10 million tokens): tune briefly (1 epoch), watching held-out perplexity.",
+        "bilm finetune --from original-checkpoint --save_dir tuned --train_prefix 'mine/train/*' "
+        "--vocab_file vocab-2016-09-10.txt --heldout_prefix mine/heldout.txt", _finetune)
+    finetune.add_argument("--from", dest="source", metavar="SAVE_DIR_OR_NAME",
+                          help="the checkpoint to start from: a save directory or a downloaded checkpoint's name")
+    finetune.add_argument("--options", help="with --weights: the options.json of a weight file to start from")
+    finetune.add_argument("--weights", help="with --options: an HDF5 weight file to start from (a new softmax)")
+    finetune.add_argument(*_flag("save_dir"), required=True, help="the new save directory")
+    finetune.add_argument(*_flag("train_prefix"), required=True, help="glob of the new training files (quote it)")
+    finetune.add_argument(*_flag("vocab_file"), required=True,
+                          help="the checkpoint's vocabulary (with --weights: any vocabulary, for the new softmax)")
+    finetune.add_argument(*_flag("heldout_prefix"), required=True, help="glob of held-out files of the new text")
+    finetune.add_argument(*_flag("n_epochs"), type=_positive_int, default=1, help="epochs at most (default 1)")
+    finetune.add_argument(*_flag("n_train_tokens"), type=_positive_int,
+                          help="tokens per epoch (default: counted from the data)")
+    finetune.add_argument(*_flag("eval_every"), type=_positive_int, default=200,
+                          help="batches between held-out evaluations (and checkpoints) (default 200)")
+    finetune.add_argument("--patience", type=_positive_int, default=3,
+                          help="evaluations without a lower held-out perplexity before stopping (default 3)")
+    finetune.add_argument(*_flag("eval_batch_size"), type=_positive_int, default=64,
+                          help="parallel token streams of the evaluation (default 64)")
+    finetune.add_argument(*_flag("softmax_only_batches"), type=_non_negative_int, default=0,
+                          help="with --weights: first batches in which only the new softmax learns (default 0)")
+    finetune.add_argument(*_flag("batch_size"), type=_positive_int, help="streams per tower (default: the source's)")
+    finetune.add_argument(*_flag("learning_rate"), type=_number(1e-12, what="learning rate"),
+                          help="Adagrad learning rate (default: the source's; its accumulators are kept)")
+    finetune.add_argument("--dropout", type=_number(0, 1, "dropout rate"), help="dropout rate (default: the source's)")
+    finetune.add_argument(*_flag("n_negative_samples"), type=_positive_int,
+                          help="sampled softmax negatives (default: the source's)")
+    finetune.add_argument("--seed", type=int, help="seed the shard order, dropout and sampling")
+    finetune.add_argument("--overwrite", action="store_true",
+                          help="start afresh in a --save_dir that has checkpoints (they are removed)")
+    _add_training_run_arguments(finetune, checkpoint_every=False)  # checkpoints follow the evaluations
 
     test = _command(
         commands, "test", "perplexity of the latest checkpoint on held-out data",
@@ -555,7 +634,7 @@ def main(argv=None):
         parser = build_parser()
         args = parser.parse_args(argv)
         _configure(args)
-        if hasattr(args, "options"):
+        if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
         if args.command not in ("download", "sample-corpus", "vocab", "merge"):
             _import_tensorflow(args.verbose)

@@ -45,6 +45,15 @@ CATALOGUE = {
     "original-5.5b": _allennlp("2x4096_512_2048cnn_2xhighway_5.5B", "as original, trained on 5.5B tokens "
                                "(Wikipedia and WMT 2008-2012 news)", "93.6M"),
 }
+_CHECKPOINT = f"{_S3}/2x4096_512_2048cnn_2xhighway_tf_checkpoint"
+CATALOGUE["original-checkpoint"] = {
+    "description": "the original model's TensorFlow training checkpoint (step 935,588) with its options and "
+                   "793,471-token vocabulary: a save directory to fine-tune from (--from original-checkpoint)",
+    "parameters": "93.6M", "kind": "checkpoint",
+    "files": {"options": f"{_CHECKPOINT}/options.json", "vocab": f"{_S3}/vocab-2016-09-10.txt",
+              **{f"model.ckpt-935588.{part}": f"{_CHECKPOINT}/model.ckpt-935588.{part}"
+                 for part in ("index", "data-00000-of-00001")}},
+}
 FILE_NAMES = {"options": "options.json", "weights": "weights.hdf5", "vocab": "vocab.txt"}
 MANIFEST = "manifest.json"
 
@@ -69,7 +78,12 @@ def catalogue():
             raise InputError(f"{extra} (${ENV_CATALOGUE}): cannot read a JSON catalogue ({err})") from None
         for name, entry in more.items() if isinstance(more, dict) else []:
             files = entry.get("files") if isinstance(entry, dict) else None
-            if not isinstance(files, dict) or not {"options", "weights"} <= set(files):
+            checkpoint = isinstance(entry, dict) and entry.get("kind") == "checkpoint"
+            if checkpoint and not (isinstance(files, dict) and "options" in files and
+                                   any(role.endswith(".index") for role in files)):
+                raise InputError(f"{extra}: checkpoint entry '{name}' needs \"files\" with \"options\", an "
+                                 f"\"...index\" and its data files")
+            if not checkpoint and (not isinstance(files, dict) or not {"options", "weights"} <= set(files)):
                 raise InputError(f"{extra}: entry '{name}' needs \"files\" with \"options\" and \"weights\" URLs")
         entries.update(more)
     return entries
@@ -168,12 +182,45 @@ def download(name, cache=None, progress=True):
         with atomic_output(manifest_path, overwrite=True) as temporary, open(temporary, "w") as fout:
             json.dump(manifest, fout, indent=1)
         paths[role] = path
+    if entry.get("kind") == "checkpoint":
+        _write_checkpoint_state(directory, paths)
     logger.info("model %s is in %s", name, directory)
     return paths
 
 
+def _write_checkpoint_state(directory, paths):
+    """TensorFlow's ``checkpoint`` file naming the downloaded checkpoint (relative: the cache may move)."""
+    prefixes = sorted(os.path.basename(p)[:-len(".index")] for p in paths.values() if p.endswith(".index"))
+    with atomic_output(os.path.join(directory, "checkpoint"), overwrite=True) as temporary:
+        with open(temporary, "w", encoding="utf-8") as fout:
+            fout.write("".join(f'all_model_checkpoint_paths: "{prefix}"\n' for prefix in prefixes))
+            fout.write(f'model_checkpoint_path: "{prefixes[-1]}"\n')
+
+
+def is_checkpoint(name):
+    """True if ``name`` is a training checkpoint of the catalogue (a save directory, once downloaded)."""
+    entry = catalogue().get(name)
+    return isinstance(entry, dict) and entry.get("kind") == "checkpoint"
+
+
+def checkpoint_dir(name, cache=None):
+    """The save directory of a downloaded training checkpoint of the catalogue."""
+    directory = os.path.join(cache or cache_dir(), name)
+    manifest_path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(manifest_path):
+        raise InputError(f"checkpoint {name!r} is not downloaded to {directory}; run `bilm download {name}`")
+    for role, record in _read_manifest(manifest_path).items():
+        path = os.path.join(directory, FILE_NAMES.get(role, role))
+        if not os.path.exists(path) or os.path.getsize(path) != record["size"]:
+            raise DownloadError(f"{path}: missing or not the recorded size; run `bilm download {name}` again")
+    return directory
+
+
 def model_files(name, cache=None):
     """(options_file, weight_file, vocab_file or None) of a downloaded model, or of ``"default"``."""
+    if is_checkpoint(name):
+        raise InputError(f"{name!r} is a training checkpoint, not a weight file: fine-tune from it "
+                         f"(bilm finetune --from {name}), or export it (bilm dump-weights --save_dir {name})")
     if name == "default":
         files = default_model_files()
         if files is None:

@@ -163,8 +163,8 @@ def original_checkpoint_name(name):
     there (``B``: ``bias``, ``W_P_0``: ``projection/kernel``); every other name is the same.
     """
     parts = name.split("/")
-    if len(parts) == 5 and parts[1:3] == ["RNN", "MultiRNNCell"] and parts[3].startswith("Cell"):
-        return f"{parts[0]}/rnn/multi_rnn_cell/cell_{parts[3][4:]}/lstm_cell/{_ORIGINAL_LSTM[parts[4]]}"
+    if len(parts) == 6 and parts[1:3] == ["RNN", "MultiRNNCell"] and parts[3].startswith("Cell"):
+        return f"{parts[0]}/rnn/multi_rnn_cell/cell_{parts[3][4:]}/lstm_cell/{_ORIGINAL_LSTM[parts[5]]}"
     return name
 
 

@@ -157,9 +157,11 @@ def build_training_graph(options, n_gpus):
         n_gpus: towers: on GPUs when present, else on as many CPU devices.
     Returns:
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
-        ``train_op``, ``train_perplexity``, ``finite`` (bool: the batch was applied),
+        ``train_op`` and ``softmax_train_op`` (the update of all weights, of the softmax alone; their
+        value is the global step after the update),
+        ``train_perplexity``, ``finite`` (bool: the batch was applied),
         ``global_step``, ``tokens_trained`` (int64 variable: tokens trained on, all
-        towers), ``step_after_update``, ``grad_norm``, ``weights_finite``,
+        towers), ``grad_norm``, ``weights_finite``,
         ``summaries``, ``histograms``.
     """
     config = ModelOptions.of(options, training=True)
@@ -189,11 +191,18 @@ def build_training_graph(options, n_gpus):
             grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=grad_norm)
         grads = [_where_finite(finite, g) for g in grads]
         tokens_per_step = config.batch_size * config.unroll_steps * n_gpus
-        with tf.control_dependencies([optimizer.apply_gradients(zip(grads, variables), global_step=global_step)]):
-            train_op = tf.group(tokens_trained.assign_add(tokens_per_step))
+
+        def update(pairs):
+            """Apply the gradients; the value is the global step after the update."""
+            with tf.control_dependencies([optimizer.apply_gradients(pairs, global_step=global_step)]):
+                with tf.control_dependencies([tokens_trained.assign_add(tokens_per_step)]):
+                    return tf.identity(global_step)
+
+        train_op = update(list(zip(grads, variables)))
+        # Only the softmax learns (fine-tuning a pretrained body with a new softmax, at first).
+        softmax = {f"{SCOPE}/{param.name}" for param in layout.softmax_parameters(config)}
+        softmax_train_op = update([(g, v) for g, v in zip(grads, variables) if v.op.name in softmax])
         train_perplexity = tf.exp(loss)
-        with tf.control_dependencies([train_op]):
-            step_after_update = tf.identity(global_step)
         weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
         summaries = tf.summary.merge([
             tf.summary.scalar("train_perplexity", train_perplexity),
@@ -204,8 +213,9 @@ def build_training_graph(options, n_gpus):
             [tf.summary.histogram(v.op.name, v) for v in variables]
             + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
         )
-    return {"models": models, "train_op": train_op, "train_perplexity": train_perplexity, "finite": finite,
-            "global_step": global_step, "tokens_trained": tokens_trained, "step_after_update": step_after_update,
+    return {"models": models, "train_op": train_op, "softmax_train_op": softmax_train_op,
+            "train_perplexity": train_perplexity, "finite": finite,
+            "global_step": global_step, "tokens_trained": tokens_trained,
             "grad_norm": grad_norm, "weights_finite": weights_finite, "summaries": summaries,
             "histograms": histograms}
 

@@ -14,10 +14,11 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 
 import tensorflow.compat.v1 as tf
 
-from . import checkpoints
+from . import checkpoints, layout, weights
 from .errors import BilmError, OptionsError, OutputError, TrainingError, tensorflow_reason
 from .lm_dataset import count_train_tokens, load_vocab, training_data
 from .lm_graph import build_training_graph, feed, session_config
@@ -88,19 +89,20 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
             checkpoints.check_new_run(tf_save_dir, overwrite)
         elif vocab is not None:
             checkpoints.check_vocabulary(tf_save_dir, vocab, config)
-        return _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every,
-                      log_every, histogram_every, seed, overwrite, keep_checkpoints, vocab)
+        run = RunSettings(n_gpus, checkpoint_every, log_every, histogram_every, keep_checkpoints, seed)
+        return _train(config, data, tf_save_dir, tf_log_dir, run, Start(restart=restart_ckpt_file), vocab, overwrite)
 
 
 class _Checkpoints:
-    """Saves the training session's checkpoints: only sound weights, with clear errors on a full disk."""
+    """Saves the training session's checkpoints: only sound weights, the newest ``keep`` of them (earlier
+    runs' included) plus a ``protected`` one (fine-tuning's best), with clear errors on a full disk."""
 
     def __init__(self, sess, graph, tf_save_dir, keep):
-        self.sess, self.graph, self.dir = sess, graph, tf_save_dir
-        self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=keep)
-        earlier = checkpoints.checkpoint_paths(tf_save_dir)  # newest first; earlier runs' count toward `keep`
-        self.saver.recover_last_checkpoints(earlier[::-1])
+        self.sess, self.graph, self.dir, self.keep = sess, graph, tf_save_dir, keep
+        self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=None)
+        earlier = checkpoints.checkpoint_paths(tf_save_dir)  # newest first
         self.latest = earlier[0] if earlier else None
+        self.protected = None
 
     def save(self):
         """Write a checkpoint of the current step; return its path."""
@@ -122,7 +124,25 @@ class _Checkpoints:
                                 f"make room, then continue with restart")
             error.bilm_checkpoint = self.latest  # nothing more to save: say how to continue
             raise error from None
+        self._prune()
         return self.latest
+
+    def _prune(self, latest=None):
+        """Keep the newest ``keep`` checkpoints and the protected one, and list them in TensorFlow's
+        ``checkpoint`` file with ``latest`` (default: the newest) as the latest."""
+        paths = checkpoints.checkpoints_on_disk(self.dir)  # newest first, earlier runs' included
+        kept = [p for k, p in enumerate(paths) if k < self.keep or p == self.protected]
+        for path in paths:
+            if path not in kept:
+                for name in glob.glob(glob.escape(path) + ".*"):
+                    os.remove(name)
+        latest = latest or kept[0]
+        tf.train.update_checkpoint_state(self.dir, latest, [p for p in kept[::-1] if p != latest] + [latest])
+
+    def make_latest(self, path):
+        """Name ``path`` (a kept checkpoint) the latest, so that every reader of the directory uses it."""
+        self._prune(latest=path)
+        self.latest = path
 
 
 class _Events:
@@ -158,72 +178,114 @@ class _Events:
         self.writer.close()
 
 
-def _train(config, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file, checkpoint_every, log_every,
-           histogram_every, seed, overwrite, keep_checkpoints, vocab):
+@dataclass
+class RunSettings:
+    """How a training run goes (not the model): towers, checkpoints, logging, seed."""
+
+    n_gpus: int = 1
+    checkpoint_every: int = 1250
+    log_every: int = 100
+    histogram_every: int = 1250
+    keep_checkpoints: int = KEEP_CHECKPOINTS
+    seed: int = None
+
+
+@dataclass
+class Start:
+    """Where a run's variables start: from scratch, or (one of) a checkpoint to continue (``restart``),
+    a checkpoint to fine-tune from (weights and optimizer state, a new count of steps and tokens), or
+    a weight file (the body; the softmax is new)."""
+
+    restart: str = None
+    checkpoint: str = None
+    weight_file: str = None
+
+    @property
+    def new_run(self):
+        return self.restart is None
+
+    def initialize(self, sess, graph, config):
+        parameters = checkpoints.training_parameters(config)
+        if self.restart:
+            restored = checkpoints.restore(sess, self.restart, tf.global_variables(), parameters)
+            if checkpoints.TOKENS_TRAINED not in restored:  # an original's or earlier checkpoint
+                step, step_tokens = int(sess.run(graph["global_step"])), graph["tokens_per_step"]
+                sess.run(graph["tokens_trained"].assign(step * step_tokens))
+                logger.warning("%s records no tokens trained: counting %d batches of %d tokens", self.restart, step,
+                               step_tokens)
+        elif self.checkpoint:
+            counters = {graph["global_step"].op.name, graph["tokens_trained"].op.name}
+            checkpoints.restore(sess, self.checkpoint, [v for v in tf.global_variables()
+                                                        if v.op.name not in counters], parameters)
+        elif self.weight_file:
+            body = {name: p for name, p in parameters.items() if p.group != layout.SOFTMAX}
+            variables = {v.op.name: v for v in tf.global_variables()}
+            weights.check_weight_file(self.weight_file, config.for_inference(), body)
+            for name in body:
+                variable = variables[f"{checkpoints.SCOPE}/{name}"]
+                value = weights.read_dataset(self.weight_file, name)
+                placeholder = tf.placeholder(tf.float32, value.shape)
+                sess.run(variable.assign(placeholder), {placeholder: value})
+            logger.info("the model's body starts from %s; its softmax is new", self.weight_file)
+
+
+def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, overwrite=False, evaluation=None,
+           softmax_only_batches=0):
     """The run itself (the save directory is locked and checked)."""
     if vocab is not None and vocab.size > config.n_tokens_vocab:
         raise OptionsError(f"options: key 'n_tokens_vocab' is {config.n_tokens_vocab}; the training "
                            f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
-    step_tokens = tokens_per_step(config, n_gpus)
-    total_tokens = config.n_epochs * config.n_train_tokens
     with tf.Graph().as_default():
-        if seed is not None:
-            tf.set_random_seed(seed)
-        graph = build_training_graph(config, n_gpus)
-        models = graph["models"]
-        with tf.Session(config=session_config(n_gpus)) as sess:
+        if run.seed is not None:
+            tf.set_random_seed(run.seed)
+        graph = build_training_graph(config, run.n_gpus)
+        graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus)
+        if evaluation is not None:
+            evaluation.build(config)
+        with tf.Session(config=session_config(run.n_gpus)) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
-            if restart_ckpt_file:
-                restored = checkpoints.restore(sess, restart_ckpt_file, tf.global_variables(),
-                                               checkpoints.training_parameters(config))
-                if checkpoints.TOKENS_TRAINED not in restored:  # an original's or earlier checkpoint
-                    step = int(sess.run(graph["global_step"]))
-                    sess.run(graph["tokens_trained"].assign(step * step_tokens))
-                    logger.warning("%s records no tokens trained: counting %d batches of %d tokens", restart_ckpt_file,
-                                   step, step_tokens)
-            else:
+            start.initialize(sess, graph, config)
+            if start.new_run:
                 try:
-                    os.makedirs(tf_log_dir, exist_ok=True)
+                    os.makedirs(log_dir, exist_ok=True)
                 except OSError as err:
-                    raise OutputError(f"{tf_log_dir}: cannot create the log directory ({err.strerror})") from None
+                    raise OutputError(f"{log_dir}: cannot create the log directory ({err.strerror})") from None
                 if overwrite:  # only now that the new graph is built and initialised
-                    checkpoints.clear_earlier_run(tf_save_dir, tf_log_dir)
+                    checkpoints.clear_earlier_run(save_dir, log_dir)
                 if vocab is not None:
-                    checkpoints.record_vocabulary(tf_save_dir, vocab)
-            checkpoints.save_options(config, tf_save_dir)
-            saver = _Checkpoints(sess, graph, tf_save_dir, keep_checkpoints)
-            writer = _Events(tf_log_dir, sess.graph)
+                    checkpoints.record_vocabulary(save_dir, vocab)
+            checkpoints.save_options(config, save_dir)
+            saver = _Checkpoints(sess, graph, save_dir, run.keep_checkpoints)
+            writer = _Events(log_dir, sess.graph)
             try:
-                return _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens, total_tokens,
-                             checkpoint_every, log_every, histogram_every)
+                return _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches)
             finally:
                 writer.close()
 
 
-def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens, total_tokens, checkpoint_every,
-          log_every, histogram_every):
+def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches):
+    step_tokens, total_tokens = graph["tokens_per_step"], config.n_epochs * config.n_train_tokens
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
     remaining = max(0, total_tokens - tokens) // step_tokens
     if tokens == 0:
         remaining = max(1, remaining)
     total = step + remaining
-    interval = _log_interval(log_every, remaining)
+    interval = _log_interval(run.log_every, remaining)
     logger.info("training %d batches of %d tokens (%d done, %d of %d tokens), %d tower(s)", total, step_tokens, step,
-                tokens, total_tokens, n_gpus)
+                tokens, total_tokens, run.n_gpus)
     perplexity, start_step, began = float("nan"), step, time.time()
     start = began
-    batches = data.iter_batches(config.batch_size * n_gpus, config.unroll_steps)
-    fetches = {"train": graph["train_op"], "perplexity": graph["train_perplexity"], "finite": graph["finite"],
-               "grad_norm": graph["grad_norm"], "step": graph["step_after_update"]}
+    batches = data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps)
+    fetches = {"perplexity": graph["train_perplexity"], "finite": graph["finite"], "grad_norm": graph["grad_norm"]}
     try:
         while step < total:
             batch = next(batches)
-            want = dict(fetches)
+            want = dict(fetches, step=graph["softmax_train_op" if step < softmax_only_batches else "train_op"])
             if (step + 1) % interval == 0 or step + 1 == total:
                 want["summaries"] = graph["summaries"]
-            if (step + 1) % histogram_every == 0:
+            if (step + 1) % run.histogram_every == 0:
                 want["histograms"] = graph["histograms"]
-            result = sess.run(want, feed(models, batch))
+            result = sess.run(want, feed(graph["models"], batch))
             if not result["finite"]:
                 raise TrainingError(
                     f"training diverged at batch {result['step']}: train perplexity {result['perplexity']:.4g}, "
@@ -240,9 +302,12 @@ def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens,
                 eta = (total - step) * step_tokens / rate
                 logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
                             step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-            if step % checkpoint_every == 0 or step >= total:
+            evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
+            if evaluate or step % run.checkpoint_every == 0 or step >= total:
                 saver.save()
                 writer.flush(saver.latest)
+            if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer):
+                break  # stopped early
     except TrainingError:
         raise
     except (KeyboardInterrupt, BilmError, OSError, tf.errors.OpError) as err:
@@ -253,6 +318,8 @@ def _loop(sess, graph, models, data, config, n_gpus, saver, writer, step_tokens,
             stopped.bilm_note, stopped.bilm_checkpoint = err.bilm_note, getattr(err, "bilm_checkpoint", None)
             raise stopped from None
         raise
+    if evaluation is not None:
+        evaluation.finish(saver)
     tokens = int(sess.run(graph["tokens_trained"]))
     logger.info("trained %d batches (%d tokens, %d of %d in all) in %s; train perplexity %.2f; latest checkpoint %s",
                 step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
@@ -303,8 +370,8 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
         if seed is not None:
             random.seed(seed)
-        return _train(config, data, n_gpus, save_dir, log_dir or save_dir, None, checkpoint_every, log_every,
-                      1250, seed, overwrite, keep_checkpoints, vocab)
+        run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, seed=seed)
+        return _train(config, data, save_dir, log_dir or save_dir, run, Start(), vocab, overwrite)
 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
@@ -321,5 +388,5 @@ def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1,
         config = config.replace(**{key: value for key, value in option_changes.items() if value is not None})
         data = training_data(config, vocab_file, train_prefix)
         checkpoints.check_vocabulary(save_dir, data.vocab, config)
-        return _train(config, data, n_gpus, save_dir, log_dir or save_dir, ckpt_file, checkpoint_every, log_every,
-                      1250, None, False, keep_checkpoints, None)
+        run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints)
+        return _train(config, data, save_dir, log_dir or save_dir, run, Start(restart=ckpt_file))

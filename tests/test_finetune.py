@@ -1,0 +1,234 @@
+"""The original library's checkpoints, and fine-tuning from a checkpoint or a weight file."""
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+from bilm.checkpoints import dump_weights, load_options_latest_checkpoint
+from bilm.cli import main
+from bilm.errors import CheckpointError, VocabularyError
+from bilm.evaluation import evaluate_checkpoint
+from bilm.finetune import finetune
+from conftest import TINY_CORPUS
+
+VOCAB = str(TINY_CORPUS.with_name("tiny_vocab.txt"))
+TEXT = TINY_CORPUS.read_text(encoding="utf-8")
+TOKENS_PER_EPOCH = len(TEXT.split()) + len(TEXT.splitlines())  # the </S> targets count too
+N_VOCAB = len(Path(VOCAB).read_text().split())
+OPTIONS = {
+    "bidirectional": True, "dropout": 0.0, "all_clip_norm_val": 10.0,
+    "char_cnn": {"activation": "relu", "embedding": {"dim": 4}, "filters": [[1, 8], [2, 8]],
+                 "max_characters_per_token": 50, "n_characters": 261, "n_highway": 1},
+    "lstm": {"dim": 16, "projection_dim": 8, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
+             "use_skip_connections": False},
+    "n_epochs": 1, "n_train_tokens": 200, "batch_size": 2, "unroll_steps": 5, "n_tokens_vocab": N_VOCAB,
+    "n_negative_samples_batch": 4, "learning_rate": 0.2,
+}
+
+
+def original_layout(options):
+    """{name in the original's checkpoint: shape} of its trainable variables, written from the facts
+    (DESIGN.md: the original's training graph), independently of bilm's layout code."""
+    cnn, lstm = options["char_cnn"], options["lstm"]
+    e, p, d = cnn["embedding"]["dim"], lstm["projection_dim"], lstm["dim"]
+    f = sum(n for _, n in cnn["filters"])
+    shapes = {"lm/char_embed": (261, e)}
+    for i, (width, n) in enumerate(cnn["filters"]):
+        shapes[f"lm/CNN/W_cnn_{i}"] = (1, width, e, n)
+        shapes[f"lm/CNN/b_cnn_{i}"] = (n,)
+    for k in range(cnn["n_highway"]):
+        for gate in ("carry", "transform"):
+            shapes[f"lm/CNN_high_{k}/W_{gate}"] = (f, f)
+            shapes[f"lm/CNN_high_{k}/b_{gate}"] = (f,)
+    shapes["lm/CNN_proj/W_proj"], shapes["lm/CNN_proj/b_proj"] = (f, p), (p,)
+    for direction in range(2):
+        for layer in range(lstm["n_layers"]):
+            cell = f"lm/RNN_{direction}/rnn/multi_rnn_cell/cell_{layer}/lstm_cell"
+            shapes[f"{cell}/kernel"], shapes[f"{cell}/bias"] = (2 * p, 4 * d), (4 * d,)
+            shapes[f"{cell}/projection/kernel"] = (d, p)
+    shapes["lm/softmax/W"], shapes["lm/softmax/b"] = (options["n_tokens_vocab"], p), (options["n_tokens_vocab"],)
+    return shapes
+
+
+def weight_file_name(name):
+    """The original's dump_weights renaming (its _get_outname), for checking our export."""
+    name = name[len("lm/"):].replace("/rnn/", "/RNN/").replace("/multi_rnn_cell/", "/MultiRNNCell/")
+    name = name.replace("/cell_", "/Cell").replace("/lstm_cell/", "/LSTMCell/")
+    return name.replace("projection/kernel", "W_P_0").replace("LSTMCell/kernel", "LSTMCell/W_0").replace(
+        "LSTMCell/bias", "LSTMCell/B")
+
+
+def write_checkpoint(directory, variables, step, options, rename=None):
+    """A save directory: options.json and a TensorFlow checkpoint of ``variables`` ({name: array})."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "options.json").write_text(json.dumps(options))
+    with tf.Graph().as_default():
+        made = {(rename or (lambda n: n))(name): tf.Variable(value, name=(rename or (lambda n: n))(name))
+                for name, value in variables.items()}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            tf.train.Saver(made).save(sess, str(directory / "model.ckpt"), global_step=step)
+
+
+def original_checkpoint(directory, options=OPTIONS, seed=0, step=935):
+    """A checkpoint as the original's training writes it: seeded weights, Adagrad accumulators, a float
+    global_step and a train_perplexity scalar. Returns {name: value}."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name, shape in original_layout(options).items():
+        values[name] = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        values[name + "/Adagrad"] = (5.0 + rng.random(shape)).astype(np.float32)
+    values["global_step"] = np.float32(step)
+    values["train_perplexity"] = np.float32(42.0)
+    write_checkpoint(directory, values, step, options)
+    return values
+
+
+def test_dump_weights_of_an_original_checkpoint_writes_its_values(tmp_path):
+    values = original_checkpoint(tmp_path / "orig")
+    dump_weights(str(tmp_path / "orig"), str(tmp_path / "w.hdf5"))
+    expected = {weight_file_name(n): v for n, v in values.items()
+                if n.startswith("lm/") and not n.endswith("/Adagrad") and "softmax" not in n}
+    with h5py.File(tmp_path / "w.hdf5", "r") as fin:
+        found = {}
+        fin.visititems(lambda name, obj: found.update({name: obj[...]}) if isinstance(obj, h5py.Dataset) else None)
+    assert sorted(found) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(found[name], value, err_msg=name)
+
+
+def test_original_and_bilm_layouts_give_the_same_perplexity(tmp_path):
+    values = original_checkpoint(tmp_path / "orig")
+    weights = {n: v for n, v in values.items() if n.startswith("lm/") and not n.endswith("/Adagrad")}
+    write_checkpoint(tmp_path / "mine", weights, 935, OPTIONS,
+                     rename=lambda n: "lm/" + weight_file_name(n) if n.startswith("lm/") else n)
+    original = evaluate_checkpoint(str(tmp_path / "orig"), str(TINY_CORPUS), VOCAB, batch_size=2)
+    mine = evaluate_checkpoint(str(tmp_path / "mine"), str(TINY_CORPUS), VOCAB, batch_size=2)
+    assert original == pytest.approx(mine, rel=1e-6) and np.isfinite(original)
+
+
+def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(tmp_path):
+    values = original_checkpoint(tmp_path / "orig")
+    args = ["--quiet", "restart", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir",
+            str(tmp_path / "orig")]
+    # 935 batches of 10 tokens already count toward the plan; 3 more batches' worth of tokens are asked for.
+    assert main(args + ["--n_train_tokens", str(938 * 10)]) == 0
+    _, ckpt = load_options_latest_checkpoint(str(tmp_path / "orig"))
+    reader = tf.train.load_checkpoint(ckpt)
+    assert ckpt.endswith("model.ckpt-938") and reader.get_tensor("global_step") == 938
+    for name in ("lm/RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0", "lm/CNN/W_cnn_1", "lm/char_embed"):
+        old = values[name.replace("RNN/MultiRNNCell/Cell0/LSTMCell/W_0", "rnn/multi_rnn_cell/cell_0/lstm_cell/kernel")
+                     + "/Adagrad"]
+        new = reader.get_tensor(name + "/Adagrad")
+        assert (new >= old - 1e-6).all() and (new > old).any()  # kept and grown, not restarted at 1.0
+
+
+def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path, capsys):
+    other = dict(OPTIONS, lstm=dict(OPTIONS["lstm"], dim=32))
+    original_checkpoint(tmp_path / "orig")
+    (tmp_path / "orig" / "options.json").write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match=r"variable 'lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel' has "
+                                              r"shape \(16, 64\); the options need \(16, 128\)"):
+        dump_weights(str(tmp_path / "orig"), str(tmp_path / "w.hdf5"))
+    token_model = {k: v for k, v in OPTIONS.items() if k != "char_cnn"}
+    (tmp_path / "orig" / "options.json").write_text(json.dumps(token_model))
+    with pytest.raises(CheckpointError, match=r"missing variable 'lm/embedding' .*another architecture"):
+        dump_weights(str(tmp_path / "orig"), str(tmp_path / "w2.hdf5"))
+    (tmp_path / "orig" / "options.json").unlink()
+    assert main(["dump-weights", "--save_dir", str(tmp_path / "orig"), "--outfile", str(tmp_path / "w3.hdf5")]) == 2
+    assert "no options.json (expected the options file training writes" in capsys.readouterr().err
+
+
+def _tree_hash(directory):
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    before = _tree_hash(tmp_path / "orig")
+    best = finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS),
+                    source_dir=str(tmp_path / "orig"), n_epochs=6, eval_every=6, patience=2, eval_batch_size=2,
+                    seed=0)
+    assert _tree_hash(tmp_path / "orig") == before
+    history = json.loads((tmp_path / "tuned" / "finetune.json").read_text())
+    evaluations = history["evaluations"]
+    lowest = min(evaluations, key=lambda e: e["heldout_perplexity"])
+    assert history["best"] == lowest and best == pytest.approx(lowest["heldout_perplexity"])
+    assert evaluations[0]["heldout_perplexity"] > lowest["heldout_perplexity"]  # it learned
+    _, latest = load_options_latest_checkpoint(str(tmp_path / "tuned"))
+    assert latest == lowest["checkpoint"]  # dump-weights exports the best
+    # Early stopping: the run ended `patience` evaluations after the best one, or at the end of its epochs.
+    assert len(evaluations) - 1 - evaluations.index(lowest) == 2 or evaluations[-1]["step"] == 6 * TOKENS_PER_EPOCH // 10
+    assert evaluate_checkpoint(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, 2) == pytest.approx(best, rel=1e-5)
+
+
+def test_finetune_refuses_another_vocabulary_and_its_source_as_target(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    smaller = tmp_path / "v.txt"
+    smaller.write_text("\n".join(Path(VOCAB).read_text().split()[:-1]) + "\n")
+    with pytest.raises(VocabularyError, match=r"42 tokens; the checkpoint's softmax has 43 rows"):
+        finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), str(smaller), str(TINY_CORPUS),
+                 source_dir=str(tmp_path / "orig"))
+    with pytest.raises(Exception, match="is where the source of this job lies"):
+        finetune(str(tmp_path), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), source_dir=str(tmp_path / "orig"))
+
+
+def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path):
+    values = original_checkpoint(tmp_path / "orig")
+    weight_file, options_file = str(tmp_path / "w.hdf5"), str(tmp_path / "options.json")
+    dump_weights(str(tmp_path / "orig"), weight_file, options_outfile=options_file)
+    n_batches = TOKENS_PER_EPOCH // 10  # one epoch of the tiny corpus in batches of 2 x 5 tokens
+    finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), options_file=options_file,
+             weight_file=weight_file, batch_size=2, n_negative_samples=4, eval_every=100, eval_batch_size=2,
+             softmax_only_batches=n_batches, seed=0)
+    _, ckpt = load_options_latest_checkpoint(str(tmp_path / "tuned"))
+    reader = tf.train.load_checkpoint(ckpt)
+    assert reader.get_tensor("global_step") == n_batches
+    with h5py.File(weight_file, "r") as fin:  # the body is exactly the weight file's
+        for name in ("RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_0", "CNN/W_cnn_0", "char_embed", "CNN_high_0/W_carry"):
+            np.testing.assert_array_equal(reader.get_tensor("lm/" + name), fin[name][...], err_msg=name)
+    softmax = reader.get_tensor("lm/softmax/W")
+    assert not np.allclose(softmax, values["lm/softmax/W"])  # a new softmax (not the checkpoint's), trained
+    assert np.abs(reader.get_tensor("lm/softmax/W/Adagrad") - 1.0).max() > 0  # it learned
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_a_published_checkpoint_is_downloaded_and_used_by_name(tmp_path, monkeypatch, capsys):
+    values = original_checkpoint(tmp_path / "served")
+    served = tmp_path / "served"
+    (served / "vocab.txt").write_text(Path(VOCAB).read_text())
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        files = {"options": f"{url}/options.json", "vocab": f"{url}/vocab.txt"}
+        files.update({f"model.ckpt-935.{part}": f"{url}/model.ckpt-935.{part}"
+                      for part in ("index", "data-00000-of-00001")})
+        catalogue = tmp_path / "catalogue.json"
+        catalogue.write_text(json.dumps({"tiny-checkpoint": {"kind": "checkpoint", "files": files}}))
+        monkeypatch.setenv("BILM_CATALOGUE", str(catalogue))
+        monkeypatch.setenv("BILM_CACHE", str(tmp_path / "cache"))
+        assert main(["--quiet", "download", "tiny-checkpoint"]) == 0
+        assert main(["--quiet", "dump-weights", "--save_dir", "tiny-checkpoint", "--outfile",
+                     str(tmp_path / "w.hdf5")]) == 0
+        with h5py.File(tmp_path / "w.hdf5", "r") as fin:
+            np.testing.assert_array_equal(fin["CNN/W_cnn_0"][...], values["lm/CNN/W_cnn_0"])
+        assert main(["--quiet", "restart", "--save_dir", "tiny-checkpoint", "--train_prefix", str(TINY_CORPUS),
+                     "--vocab_file", VOCAB]) == 2  # never written to: fine-tune it instead
+        assert "is a downloaded checkpoint, never written to" in capsys.readouterr().err
+    finally:
+        httpd.shutdown()
