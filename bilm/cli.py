@@ -205,6 +205,17 @@ TRAINING_FLAGS = {
 }
 
 
+def _cluster(args):
+    """The cluster of --workers/--worker_index, or of $TF_CONFIG, or None."""
+    from .cluster import Cluster
+
+    if args.workers or args.worker_index is not None:
+        if not (args.workers and args.worker_index is not None):
+            args.parser.error("--workers and --worker_index go together")
+        return Cluster.of(args.workers.split(","), args.worker_index)
+    return Cluster.from_tf_config()
+
+
 def _train(args):
     from .trainer import train_new_model
 
@@ -213,7 +224,8 @@ def _train(args):
         train_new_model(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
                         n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                        keep_checkpoints=args.keep_checkpoints, **changes)
+                        keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
+                        worker_timeout=args.worker_timeout, **changes)
     _next_steps(args)
 
 
@@ -228,7 +240,8 @@ def _restart(args):
     with _restart_hint(args):
         restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         keep_checkpoints=args.keep_checkpoints, n_train_tokens=args.n_train_tokens,
+                         keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
+                         worker_timeout=args.worker_timeout, n_train_tokens=args.n_train_tokens,
                          n_epochs=args.n_epochs, batch_size=args.batch_size)
     _next_steps(args)
 
@@ -246,6 +259,8 @@ def _restart_hint(args):
                 command += ["--n_gpus", str(args.n_gpus)]
             if args.log_dir:
                 command += ["--log_dir", args.log_dir]
+            if args.workers:
+                command += ["--workers", args.workers, "--worker_index", str(args.worker_index)]
             note = getattr(err, "bilm_note", None)
             err.bilm_note = f"{note + '; ' if note else ''}continue with: {shlex.join(command)}"
         raise
@@ -270,8 +285,9 @@ def _finetune(args):
         patience=args.patience, eval_batch_size=args.eval_batch_size,
         softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
-        overwrite=args.overwrite)
-    print(f"best held-out perplexity: {perplexity:.3f}")
+        overwrite=args.overwrite, cluster=_cluster(args), worker_timeout=args.worker_timeout)
+    if perplexity is not None:  # the chief's
+        print(f"best held-out perplexity: {perplexity:.3f}")
     _next_steps(args)
 
 
@@ -326,6 +342,15 @@ def _add_training_run_arguments(parser, checkpoint_every=True):
     if checkpoint_every:
         parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,
                             help="batches between checkpoints (default 1250); one is always written at the end")
+    cluster = parser.add_argument_group(
+        "cluster", "Train as one worker of a cluster (every worker runs the same command with its own index); "
+                   "without these flags, $TF_CONFIG describes the cluster when set. Run clusters on a trusted network "
+                   "only: TensorFlow's servers have no authentication.")
+    cluster.add_argument(*_flag("workers"), metavar="HOST:PORT,...", help="every worker's address; the first is the chief")
+    cluster.add_argument(*_flag("worker_index"), type=_non_negative_int, help="this worker's position in --workers")
+    cluster.add_argument(*_flag("worker_timeout"), type=_number(1, what="number of seconds"), default=600,
+                         help="seconds a batch may wait for the other workers before the run stops, naming the ones "
+                              "that are gone (default 600)")
     parser.add_argument(*_flag("keep_checkpoints"), type=_positive_int, default=2,
                         help="checkpoints kept in --save_dir, the newest, earlier runs' included (default 2)")
     parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,

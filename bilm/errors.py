@@ -40,6 +40,10 @@ class TrainingError(BilmError, RuntimeError):
     """Training stopped: it diverged, or was interrupted (what was saved is named)."""
 
 
+class WorkerLostError(TrainingError):
+    """Another worker of a training cluster stopped responding."""
+
+
 class OutputExistsError(BilmError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
 

@@ -9,6 +9,7 @@ library's advice for small corpora (under about 10 million tokens) is to tune on
 briefly while watching held-out perplexity, since the model overfits: the defaults
 (one epoch, an evaluation every 200 batches, patience 3) follow it.
 """
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from .lm_dataset import count_train_tokens, load_vocab, training_data
 from .lm_graph import SCOPE, LanguageModel, feed
 from .options import ELMO_ORIGINAL, N_CHARACTERS_TRAINING, ModelOptions
 from .outputs import check_not_an_input
-from .trainer import KEEP_CHECKPOINTS, RunSettings, Start, _train, save_dir_lock
+from .trainer import KEEP_CHECKPOINTS, RunSettings, Start, _setup, _train, save_dir_lock
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,17 @@ class HeldoutEvaluation:
         self.heldout, self.every, self.patience, self.batch_size = heldout, every, patience, batch_size
         self.history, self.best = [], None
 
-    def build(self, config):
-        """The evaluation graph, sharing the training graph's variables (call inside it)."""
+    def build(self, config, collectives=None):
+        """The evaluation graph, sharing the training graph's variables (call inside it). On a cluster
+        the chief evaluates and tells every worker whether to stop."""
         eval_config = config.replace(batch_size=self.batch_size, unroll_steps=1)
         with tf.name_scope("heldout"), tf.variable_scope(SCOPE, reuse=True):
             self.model = LanguageModel(eval_config, is_training=False)
         self.reset = tf.variables_initializer(self.model.states.flat_variables())
         self.value = tf.placeholder(tf.float32, [])
         self.summary = tf.summary.scalar("heldout_perplexity", self.value)
+        self.stop = tf.placeholder_with_default(False, [])
+        self.agreed = self.stop if collectives is None else collectives.broadcast(self.stop)
 
     def perplexity(self, sess):
         sess.run(self.reset)
@@ -62,8 +66,12 @@ class HeldoutEvaluation:
             raise InputError(f"the held-out text has fewer than {self.batch_size} token streams' worth of tokens")
         return float(np.exp(np.mean(losses)))
 
-    def evaluate(self, sess, step, train_perplexity, saver, writer):
-        """Evaluate after the checkpoint of ``step``; return True to stop."""
+    def evaluate(self, sess, step, train_perplexity, saver, writer, chief=True):
+        """Evaluate after the checkpoint of ``step`` (on the chief); return True (on every worker) to stop."""
+        stop = self._evaluate(sess, step, train_perplexity, saver, writer) if chief else False
+        return bool(sess.run(self.agreed, {self.stop: stop}))
+
+    def _evaluate(self, sess, step, train_perplexity, saver, writer):
         perplexity = self.perplexity(sess)
         writer.add(sess.run(self.summary, {self.value: perplexity}), step)
         improved = self.best is None or perplexity < self.best["heldout_perplexity"]
@@ -94,7 +102,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
              weight_file=None, n_epochs=1, n_train_tokens=None, batch_size=None, learning_rate=None, dropout=None,
              n_negative_samples=None, eval_every=EVAL_EVERY, patience=PATIENCE, eval_batch_size=EVAL_BATCH_SIZE,
              softmax_only_batches=0, n_gpus=1, log_dir=None, keep_checkpoints=KEEP_CHECKPOINTS, log_every=100,
-             seed=None, overwrite=False):
+             seed=None, overwrite=False, cluster=None, worker_timeout=600.0):
     """Fine-tune a pretrained biLM into a new save directory; return the best held-out perplexity.
 
     Start from ``source_dir`` (a training save directory: its latest checkpoint, either
@@ -115,8 +123,11 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
     for source in (source_dir, weight_file):
         if source is not None:
             check_not_an_input(save_dir, {"source": source}, directory=True)
-    with save_dir_lock(save_dir):
-        checkpoints.check_new_run(save_dir, overwrite)
+    run = RunSettings(n_gpus, checkpoint_every=eval_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
+                      seed=seed, cluster=cluster, worker_timeout=worker_timeout)
+    with save_dir_lock(save_dir) if run.chief else contextlib.nullcontext():
+        if run.chief:
+            checkpoints.check_new_run(save_dir, overwrite)
         if source_dir is not None:
             source, ckpt_file = checkpoints.load_save_dir(source_dir)
             raw, start = source.to_dict(), Start(checkpoint=ckpt_file)
@@ -133,16 +144,16 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
                    "n_train_tokens": n_train_tokens or 1}
         raw.update({key: value for key, value in changes.items() if value is not None})
         config = ModelOptions(raw, source_dir or options_file, training=True)
-        data = training_data(config, vocab, train_prefix)
+        data = training_data(config, vocab, train_prefix, worker=run.worker())
         heldout = training_data(config, vocab, heldout_prefix, test=True)
         if n_train_tokens is None:
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
         evaluation = HeldoutEvaluation(heldout, eval_every, patience, eval_batch_size)
-        run = RunSettings(n_gpus, checkpoint_every=eval_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
-                          seed=seed)
         _train(config, data, save_dir, log_dir or save_dir, run, start, vocab, overwrite, evaluation,
-               softmax_only_batches)
+               softmax_only_batches, setup=_setup(vocab, train_prefix))
         if evaluation.best is None:
+            if not run.chief:
+                return None  # the chief evaluates
             raise OutputError(f"{save_dir}: no evaluation was made")
         return evaluation.best["heldout_perplexity"]
 

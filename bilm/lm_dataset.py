@@ -103,9 +103,11 @@ class LMDataset:
         shuffle_on_load: shuffle the sentences of a shard (``random.shuffle``) when it
             is read; this holds the shard's lines in memory, otherwise the shard is
             streamed line by line.
+        worker: ``(k, n)``: read only the shards k, k + n, ... of the sorted list (worker
+            k of a cluster of n): no sentence is seen twice per epoch across workers.
     """
 
-    def __init__(self, filepattern, vocab, reverse=False, test=False, shuffle_on_load=False):
+    def __init__(self, filepattern, vocab, reverse=False, test=False, shuffle_on_load=False, worker=(0, 1)):
         missing = [token for token, idx in ((BOS_TOKEN, vocab.bos), (EOS_TOKEN, vocab.eos), (UNK_TOKEN, vocab.unk))
                    if idx < 0]
         if missing:
@@ -113,7 +115,7 @@ class LMDataset:
                 f"the vocabulary has no {', '.join(missing)}; training needs <S>, </S> and <UNK>, one per line"
             )
         self._filepattern = filepattern
-        self._shards = shard_files(filepattern)
+        self._shards = shard_files(filepattern, worker)
         if not any(_has_sentence(path) for path in self._shards):
             raise InputError(
                 f"{filepattern!r} ({len(self._shards)} file(s)) contains no sentences; "
@@ -215,9 +217,11 @@ class BidirectionalLMDataset:
     its own random shard order).
     """
 
-    def __init__(self, filepattern, vocab, test=False, shuffle_on_load=False):
-        self._data_forward = LMDataset(filepattern, vocab, reverse=False, test=test, shuffle_on_load=shuffle_on_load)
-        self._data_reverse = LMDataset(filepattern, vocab, reverse=True, test=test, shuffle_on_load=shuffle_on_load)
+    def __init__(self, filepattern, vocab, test=False, shuffle_on_load=False, worker=(0, 1)):
+        self._data_forward = LMDataset(filepattern, vocab, reverse=False, test=test, shuffle_on_load=shuffle_on_load,
+                                       worker=worker)
+        self._data_reverse = LMDataset(filepattern, vocab, reverse=True, test=test, shuffle_on_load=shuffle_on_load,
+                                       worker=worker)
 
     @property
     def vocab(self):
@@ -247,24 +251,29 @@ def load_vocab(vocab_file, max_word_length=None):
     return Vocabulary(vocab_file, validate_file=True)
 
 
-def training_data(options, vocab, filepattern, test=False):
+def training_data(options, vocab, filepattern, test=False, worker=(0, 1)):
     """The dataset of ``filepattern`` for a model (``ModelOptions``).
 
     ``vocab`` is a loaded vocabulary or a vocabulary file (loaded with the model's
     characters). Training shuffles each shard's sentences; test mode reads them in order.
+    ``worker``: ``(k, n)``, worker k of a cluster of n reads its share of the shards.
     """
     if isinstance(vocab, (str, os.PathLike)):
         vocab = load_vocab(vocab, options.max_characters if options.char_input else None)
     dataset = BidirectionalLMDataset if options.bidirectional else LMDataset
-    return dataset(filepattern, vocab, test=test, shuffle_on_load=not test)
+    return dataset(filepattern, vocab, test=test, shuffle_on_load=not test, worker=worker)
 
 
-def shard_files(filepattern):
-    """The training files a glob pattern matches, sorted; an error if none."""
+def shard_files(filepattern, worker=(0, 1)):
+    """The training files a glob pattern matches, sorted (worker k of n: files k, k + n, ...); an error if none."""
     files = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
     if not files:
         raise InputError(f"no training file matches {filepattern!r}; expected a glob of text files")
-    return files
+    k, n = worker
+    if len(files) < n:
+        raise InputError(f"{filepattern!r} matches {len(files)} file(s), fewer than the {n} workers of the cluster: "
+                         f"each worker reads its own shards, so split the corpus into at least {n} files")
+    return files[k::n]
 
 
 def count_train_tokens(filepattern, vocab=None):

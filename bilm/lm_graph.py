@@ -145,7 +145,7 @@ def _where_finite(finite, grad):
     return tf.where_v2(finite, grad, 0.0)
 
 
-def build_training_graph(options, n_gpus):
+def build_training_graph(options, n_gpus, collectives=None):
     """Towers, averaged and clipped gradients, the Adagrad update and the summaries.
 
     A batch whose loss or gradient norm is not finite changes no weight (its gradients
@@ -155,6 +155,8 @@ def build_training_graph(options, n_gpus):
     Args:
         options: training options (dict or ``ModelOptions``); ``batch_size`` per tower.
         n_gpus: towers: on GPUs when present, else on as many CPU devices.
+        collectives: a ``bilm.cluster.Collectives``: average the gradients (and the loss)
+            across the workers of a cluster too.
     Returns:
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
         ``train_op`` and ``softmax_train_op`` (the update of all weights, of the softmax alone; their
@@ -183,14 +185,19 @@ def build_training_graph(options, n_gpus):
 
     with tf.device("/cpu:0"):
         grads_and_vars = average_gradients(tower_grads)
+        loss = tf.add_n(losses) / n_gpus
+        n_workers = 1
+        if collectives is not None:  # the average over every worker's towers
+            grads_and_vars = collectives.mean_gradients(grads_and_vars)
+            loss = collectives.mean(loss)
+            n_workers = collectives.cluster.size
         grads, variables = zip(*grads_and_vars)
         grad_norm = tf.global_norm(grads)
-        loss = tf.add_n(losses) / n_gpus
         finite = tf.logical_and(tf.math.is_finite(grad_norm), tf.math.is_finite(loss))
         if config.clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=grad_norm)
         grads = [_where_finite(finite, g) for g in grads]
-        tokens_per_step = config.batch_size * config.unroll_steps * n_gpus
+        tokens_per_step = config.batch_size * config.unroll_steps * n_gpus * n_workers
 
         def update(pairs):
             """Apply the gradients; the value is the global step after the update."""

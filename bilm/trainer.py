@@ -8,7 +8,9 @@ exactly the tokens that are left. A run interrupted (Ctrl-C, SIGTERM through the
 first; a run whose loss or gradients stop being finite stops at once without saving,
 so its last good checkpoint stays the latest.
 """
+import contextlib
 import glob
+import json
 import logging
 import os
 import random
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 import tensorflow.compat.v1 as tf
 
 from . import checkpoints, layout, weights
-from .errors import BilmError, OptionsError, OutputError, TrainingError, tensorflow_reason
-from .lm_dataset import count_train_tokens, load_vocab, training_data
+from .errors import BilmError, OptionsError, OutputError, TrainingError, WorkerLostError, tensorflow_reason
+from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
+from .cluster import Collectives, check_same_setup, lost_worker_error
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
 from .outputs import OutputLock
@@ -57,7 +60,7 @@ def save_dir_lock(tf_save_dir):
 
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
           checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False,
-          keep_checkpoints=KEEP_CHECKPOINTS):
+          keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0):
     """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
     Args:
@@ -77,19 +80,23 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
         overwrite: start a new model in a ``tf_save_dir`` that already has checkpoints
             (their files and the earlier TensorBoard events are removed once the new
             graph is built); without it that is an error (use restart).
+        cluster: a ``bilm.cluster.Cluster``: this process is one of its workers; ``data``
+            is this worker's share (``worker=(index, size)``), and each batch is averaged
+            over every worker (``worker_timeout``: seconds to wait for them).
     Returns:
         the final training perplexity.
     Raises:
         TrainingError: the loss or gradients stopped being finite (nothing is saved).
     """
-    with save_dir_lock(tf_save_dir):
+    run = RunSettings(n_gpus, checkpoint_every, log_every, histogram_every, keep_checkpoints, seed, cluster,
+                      worker_timeout)
+    with _guard(tf_save_dir, run):
         config = ModelOptions.of(options, training=True)
         vocab = getattr(data, "vocab", None)
-        if restart_ckpt_file is None:
+        if restart_ckpt_file is None and run.chief:
             checkpoints.check_new_run(tf_save_dir, overwrite)
-        elif vocab is not None:
+        elif vocab is not None and run.chief:
             checkpoints.check_vocabulary(tf_save_dir, vocab, config)
-        run = RunSettings(n_gpus, checkpoint_every, log_every, histogram_every, keep_checkpoints, seed)
         return _train(config, data, tf_save_dir, tf_log_dir, run, Start(restart=restart_ckpt_file), vocab, overwrite)
 
 
@@ -97,15 +104,17 @@ class _Checkpoints:
     """Saves the training session's checkpoints: only sound weights, the newest ``keep`` of them (earlier
     runs' included) plus a ``protected`` one (fine-tuning's best), with clear errors on a full disk."""
 
-    def __init__(self, sess, graph, tf_save_dir, keep):
-        self.sess, self.graph, self.dir, self.keep = sess, graph, tf_save_dir, keep
+    def __init__(self, sess, graph, tf_save_dir, keep, enabled=True):
+        self.sess, self.graph, self.dir, self.keep, self.enabled = sess, graph, tf_save_dir, keep, enabled
         self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=None)
-        earlier = checkpoints.checkpoint_paths(tf_save_dir)  # newest first
+        earlier = checkpoints.checkpoint_paths(tf_save_dir) if enabled else []  # newest first
         self.latest = earlier[0] if earlier else None
         self.protected = None
 
     def save(self):
-        """Write a checkpoint of the current step; return its path."""
+        """Write a checkpoint of the current step (the chief of a cluster only); return its path."""
+        if not self.enabled:
+            return self.latest
         if not self.sess.run(self.graph["weights_finite"]):
             raise TrainingError(f"{self.dir}: the weights are not finite; not saved (the latest checkpoint, "
                                 f"{self.latest}, is the last good one)")
@@ -141,8 +150,9 @@ class _Checkpoints:
 
     def make_latest(self, path):
         """Name ``path`` (a kept checkpoint) the latest, so that every reader of the directory uses it."""
-        self._prune(latest=path)
-        self.latest = path
+        if self.enabled:
+            self._prune(latest=path)
+            self.latest = path
 
 
 class _Events:
@@ -180,7 +190,12 @@ class _Events:
 
 @dataclass
 class RunSettings:
-    """How a training run goes (not the model): towers, checkpoints, logging, seed."""
+    """How a training run goes (not the model): towers, checkpoints, logging, seed, cluster.
+
+    ``cluster``: a ``bilm.cluster.Cluster`` to train across machines (None: this one);
+    ``worker_timeout``: seconds a step may wait for the other workers before the run
+    stops naming the ones that are gone.
+    """
 
     n_gpus: int = 1
     checkpoint_every: int = 1250
@@ -188,6 +203,17 @@ class RunSettings:
     histogram_every: int = 1250
     keep_checkpoints: int = KEEP_CHECKPOINTS
     seed: int = None
+    cluster: object = None
+    worker_timeout: float = 600.0
+
+    @property
+    def chief(self):
+        """True where checkpoints, options and summaries are written (worker 0 of a cluster)."""
+        return self.cluster is None or self.cluster.chief
+
+    def worker(self):
+        """(k, n): this worker's share of the shards."""
+        return (0, 1) if self.cluster is None else (self.cluster.index, self.cluster.size)
 
 
 @dataclass
@@ -230,37 +256,56 @@ class Start:
 
 
 def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, overwrite=False, evaluation=None,
-           softmax_only_batches=0):
-    """The run itself (the save directory is locked and checked)."""
+           softmax_only_batches=0, setup=""):
+    """The run itself (the save directory is locked and checked). ``setup``: what every worker of a
+    cluster must share (options, vocabulary, data), compared at start."""
     if vocab is not None and vocab.size > config.n_tokens_vocab:
         raise OptionsError(f"options: key 'n_tokens_vocab' is {config.n_tokens_vocab}; the training "
                            f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
-    with tf.Graph().as_default():
+    session = session_config(run.n_gpus)
+    server = run.cluster.start_server(session) if run.cluster else None
+    placement = tf.device(run.cluster.device) if run.cluster else contextlib.nullcontext()
+    with tf.Graph().as_default(), placement:
         if run.seed is not None:
-            tf.set_random_seed(run.seed)
-        graph = build_training_graph(config, run.n_gpus)
-        graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus)
+            tf.set_random_seed(run.seed + (run.cluster.index if run.cluster else 0))
+        collectives = Collectives(run.cluster) if run.cluster else None
+        graph = build_training_graph(config, run.n_gpus, collectives)
+        graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus) * (run.cluster.size if run.cluster else 1)
         if evaluation is not None:
-            evaluation.build(config)
-        with tf.Session(config=session_config(run.n_gpus)) as sess:
+            evaluation.build(config, collectives)
+        if collectives is not None:
+            broadcast = collectives.broadcast_from_chief(tf.global_variables())
+            fingerprints = collectives.fingerprints(json.dumps([config.to_dict(), setup], sort_keys=True))
+        with tf.Session(server.target if server else "", config=session) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
-            start.initialize(sess, graph, config)
-            if start.new_run:
+            if run.chief:
+                start.initialize(sess, graph, config)
+            if collectives is not None:
+                limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
                 try:
-                    os.makedirs(log_dir, exist_ok=True)
-                except OSError as err:
-                    raise OutputError(f"{log_dir}: cannot create the log directory ({err.strerror})") from None
-                if overwrite:  # only now that the new graph is built and initialised
-                    checkpoints.clear_earlier_run(save_dir, log_dir)
-                if vocab is not None:
-                    checkpoints.record_vocabulary(save_dir, vocab)
-            checkpoints.save_options(config, save_dir)
-            saver = _Checkpoints(sess, graph, save_dir, run.keep_checkpoints)
-            writer = _Events(log_dir, sess.graph)
+                    check_same_setup(sess, fingerprints, run.cluster, "options, a vocabulary or training files", limit)
+                    sess.run(broadcast, options=limit)
+                except tf.errors.OpError as err:
+                    raise lost_worker_error(err, run.cluster, -1) from None
+            if run.chief:
+                for directory in (save_dir, log_dir):
+                    try:
+                        os.makedirs(directory, exist_ok=True)
+                    except OSError as err:
+                        raise OutputError(f"{directory}: cannot create the directory ({err.strerror})") from None
+                if start.new_run:
+                    if overwrite:  # only now that the new graph is built and initialised
+                        checkpoints.clear_earlier_run(save_dir, log_dir)
+                    if vocab is not None:
+                        checkpoints.record_vocabulary(save_dir, vocab)
+                checkpoints.save_options(config, save_dir)
+            saver = _Checkpoints(sess, graph, save_dir, run.keep_checkpoints, enabled=run.chief)
+            writer = _Events(log_dir, sess.graph) if run.chief else None
             try:
                 return _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches)
             finally:
-                writer.close()
+                if writer is not None:
+                    writer.close()
 
 
 def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches):
@@ -271,21 +316,28 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
         remaining = max(1, remaining)
     total = step + remaining
     interval = _log_interval(run.log_every, remaining)
-    logger.info("training %d batches of %d tokens (%d done, %d of %d tokens), %d tower(s)", total, step_tokens, step,
-                tokens, total_tokens, run.n_gpus)
+    where = f" on worker {run.cluster.index} of {run.cluster.size}" if run.cluster else ""
+    logger.info("training %d batches of %d tokens (%d done, %d of %d tokens), %d tower(s)%s", total, step_tokens, step,
+                tokens, total_tokens, run.n_gpus, where)
     perplexity, start_step, began = float("nan"), step, time.time()
     start = began
     batches = data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps)
     fetches = {"perplexity": graph["train_perplexity"], "finite": graph["finite"], "grad_norm": graph["grad_norm"]}
+    limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000)) if run.cluster else None
     try:
         while step < total:
             batch = next(batches)
             want = dict(fetches, step=graph["softmax_train_op" if step < softmax_only_batches else "train_op"])
-            if (step + 1) % interval == 0 or step + 1 == total:
+            if run.chief and ((step + 1) % interval == 0 or step + 1 == total):
                 want["summaries"] = graph["summaries"]
-            if (step + 1) % run.histogram_every == 0:
+            if run.chief and (step + 1) % run.histogram_every == 0:
                 want["histograms"] = graph["histograms"]
-            result = sess.run(want, feed(graph["models"], batch))
+            try:
+                result = sess.run(want, feed(graph["models"], batch), options=limit)
+            except tf.errors.OpError as err:
+                if run.cluster is None:
+                    raise
+                raise lost_worker_error(err, run.cluster, step) from None
             if not result["finite"]:
                 raise TrainingError(
                     f"training diverged at batch {result['step']}: train perplexity {result['perplexity']:.4g}, "
@@ -297,7 +349,7 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                     writer.add(result[key], step)
             if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
                 start = time.time()
-            if "summaries" in want and step > start_step + 1:
+            if (step % interval == 0 or step == total) and step > start_step + 1:
                 rate = (step - start_step - 1) * step_tokens / max(time.time() - start, 1e-9)
                 eta = (total - step) * step_tokens / rate
                 logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
@@ -305,9 +357,13 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
             evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
             if evaluate or step % run.checkpoint_every == 0 or step >= total:
                 saver.save()
-                writer.flush(saver.latest)
-            if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer):
+                if writer is not None:
+                    writer.flush(saver.latest)
+            if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer, run.chief):
                 break  # stopped early
+    except WorkerLostError as err:
+        _save_on_stop(err, sess, graph, saver, total_tokens)  # the chief keeps the last complete batch
+        raise
     except TrainingError:
         raise
     except (KeyboardInterrupt, BilmError, OSError, tf.errors.OpError) as err:
@@ -323,7 +379,8 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     tokens = int(sess.run(graph["tokens_trained"]))
     logger.info("trained %d batches (%d tokens, %d of %d in all) in %s; train perplexity %.2f; latest checkpoint %s",
                 step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
-                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), perplexity, saver.latest)
+                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), perplexity,
+                saver.latest if run.chief else "(the chief's)")
     return perplexity
 
 
@@ -331,6 +388,9 @@ def _save_on_stop(err, sess, graph, saver, total_tokens):
     """Save the last completed batch of a stopped run; note on ``err`` what was kept."""
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
     where = f"batch {step} ({tokens:,} of {total_tokens:,} tokens)"
+    if not saver.enabled:
+        err.bilm_note = f"stopped after {where}; the chief saves the checkpoints"
+        return
     if step == 0:
         note = "no batch was trained: nothing to save"
     elif saver.latest is not None and saver.latest.endswith(f"-{step}"):
@@ -344,9 +404,20 @@ def _save_on_stop(err, sess, graph, saver, total_tokens):
     logger.warning("training stopped at batch %d: %s", step, note)
 
 
+def _guard(save_dir, run):
+    """The save directory's lock on the chief (the other workers of a cluster do not write there)."""
+    return save_dir_lock(save_dir) if run.chief else contextlib.nullcontext()
+
+
+def _setup(vocab, train_prefix):
+    """What every worker of a cluster must share besides the options: the vocabulary and the shard names."""
+    names = [os.path.basename(path) for path in shard_files(train_prefix)]
+    return {"vocabulary": checkpoints.vocabulary_identity(vocab)["sha256"], "shards": names}
+
+
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,
                     token_input=False, seed=None, overwrite=False, checkpoint_every=1250, log_every=100,
-                    keep_checkpoints=KEEP_CHECKPOINTS, **option_changes):
+                    keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, **option_changes):
     """Train a new model on the files of ``train_prefix``: the original ELMo hyperparameters, then changes.
 
     Args:
@@ -355,38 +426,48 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
         n_train_tokens: tokens per epoch (counted from the files when None).
         seed: seeds the shard order (``random``) and TensorFlow's initialisation,
             dropout and sampling.
+        cluster: a ``bilm.cluster.Cluster``: this process is one of its workers (every
+            worker runs this function with the same arguments).
     Everything that can be checked (the save directory, the options, the vocabulary)
     is checked before the corpus is counted or anything is written.
     Returns the final training perplexity.
     """
-    with save_dir_lock(save_dir):
-        checkpoints.check_new_run(save_dir, overwrite)
+    run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, seed=seed,
+                      cluster=cluster, worker_timeout=worker_timeout)
+    with _guard(save_dir, run):
+        if run.chief:
+            checkpoints.check_new_run(save_dir, overwrite)
         max_chars = ELMO_ORIGINAL["char_cnn"]["max_characters_per_token"]
         vocab = load_vocab(vocab_file, None if token_input else max_chars)
         options = training_options(vocab.size, n_train_tokens or 1, token_input, **option_changes)
         config = ModelOptions(options, "the training options", training=True)  # checked before counting
-        data = training_data(config, vocab, train_prefix)
+        data = training_data(config, vocab, train_prefix, worker=run.worker())
         if n_train_tokens is None:
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
         if seed is not None:
-            random.seed(seed)
-        run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, seed=seed)
-        return _train(config, data, save_dir, log_dir or save_dir, run, Start(), vocab, overwrite)
+            random.seed(seed + run.worker()[0])
+        return _train(config, data, save_dir, log_dir or save_dir, run, Start(), vocab, overwrite,
+                      setup=_setup(vocab, train_prefix))
 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
-                     log_every=100, keep_checkpoints=KEEP_CHECKPOINTS, **option_changes):
+                     log_every=100, keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0,
+                     **option_changes):
     """Continue training from the latest intact checkpoint of ``save_dir``.
 
     ``option_changes``: ``n_train_tokens``, ``n_epochs``, ``batch_size`` (None values are
     ignored). The tokens already trained count: the run trains the tokens left of
     ``n_epochs * n_train_tokens``, in batches of the new size. The vocabulary must be
-    the run's (checked against ``vocabulary.json``). Returns the final training perplexity.
+    the run's (checked against ``vocabulary.json``). On a cluster every worker reads
+    the options of ``save_dir``; the chief restores the checkpoint and gives the weights
+    to the others. Returns the final training perplexity.
     """
-    with save_dir_lock(save_dir):
+    run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, cluster=cluster,
+                      worker_timeout=worker_timeout)
+    with _guard(save_dir, run):
         config, ckpt_file = checkpoints.load_save_dir(save_dir)
         config = config.replace(**{key: value for key, value in option_changes.items() if value is not None})
-        data = training_data(config, vocab_file, train_prefix)
+        data = training_data(config, vocab_file, train_prefix, worker=run.worker())
         checkpoints.check_vocabulary(save_dir, data.vocab, config)
-        run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints)
-        return _train(config, data, save_dir, log_dir or save_dir, run, Start(restart=ckpt_file))
+        return _train(config, data, save_dir, log_dir or save_dir, run, Start(restart=ckpt_file),
+                      setup=_setup(data.vocab, train_prefix))

@@ -1,0 +1,209 @@
+"""Training across machines on TensorFlow's distributed runtime: synchronous data parallelism.
+
+Every worker of a cluster (``TF_CONFIG``, as Kubernetes' TFJob and TensorFlow's launchers
+set it, or ``--workers``/``--worker_index``) runs the same training graph on its own
+shards of the corpus, with its own towers (GPUs); after each batch the towers' averaged
+gradients are averaged across workers by TensorFlow's collective all-reduce (sparse
+gradients of large tables are gathered, not densified), so every worker applies the
+same update to its copy of the weights, as one machine would with the whole batch.
+The chief (worker 0) initialises or restores the weights and broadcasts them; only it
+writes checkpoints, ``options.json`` and TensorBoard events.
+
+TensorFlow's gRPC servers have no authentication and run any graph a client sends
+them: run a cluster on a trusted network only (or through an SSH tunnel or a VPN).
+TensorFlow's server listens on its port on all interfaces (hard-coded in TensorFlow);
+``bilm`` warns when a cluster address is neither loopback nor private.
+"""
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from .errors import InputError, TrainingError, WorkerLostError
+
+logger = logging.getLogger(__name__)
+
+GROUP_KEY = 1
+DENSE_LIMIT = 1 << 20  # sparse gradients of tables up to this many values are reduced densely
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The workers of a training cluster and this process's place in it.
+
+    Attributes:
+        workers: ``["host:port", ...]``; worker 0 is the chief.
+        index: this worker's position in ``workers``.
+    """
+
+    workers: tuple
+    index: int
+
+    @property
+    def size(self):
+        return len(self.workers)
+
+    @property
+    def chief(self):
+        return self.index == 0
+
+    @property
+    def device(self):
+        return f"/job:worker/replica:0/task:{self.index}"
+
+    @classmethod
+    def from_tf_config(cls, text=None):
+        """The cluster ``TF_CONFIG`` describes (None if unset). A ``chief`` job, as TFJob writes, comes first."""
+        text = os.environ.get("TF_CONFIG") if text is None else text
+        if not text:
+            return None
+        try:
+            config = json.loads(text)
+            cluster, task = config["cluster"], config["task"]
+            workers = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
+            kind, index = task["type"], int(task["index"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, \"task\": "
+                             f"{{\"type\": \"worker\", \"index\": K}}}} ({err})") from None
+        if kind not in ("chief", "worker"):
+            raise InputError(f"TF_CONFIG: task type {kind!r}; bilm's synchronous training has only workers (and a "
+                             f"chief)")
+        position = index if kind == "chief" else len(cluster.get("chief", [])) + index
+        return cls.of(workers, position, "TF_CONFIG")
+
+    @classmethod
+    def of(cls, workers, index, source="--workers"):
+        workers = tuple(workers)
+        if len(workers) < 2:
+            raise InputError(f"{source}: a cluster needs at least 2 workers, got {len(workers)}")
+        if not 0 <= index < len(workers):
+            raise InputError(f"{source}: worker index {index} is not in [0, {len(workers)})")
+        for address in workers:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise InputError(f"{source}: worker address {address!r}; expected host:port")
+        if len(set(workers)) != len(workers):
+            raise InputError(f"{source}: the same address twice in {list(workers)}")
+        cluster = cls(workers, index)
+        cluster.warn_if_exposed()
+        return cluster
+
+    def warn_if_exposed(self):
+        for address in self.workers:
+            host = address.rpartition(":")[0].strip("[]")
+            try:
+                ip = ipaddress.ip_address(socket.gethostbyname(host))
+            except (OSError, ValueError):
+                continue
+            if not (ip.is_loopback or ip.is_private or ip.is_link_local):
+                logger.warning("cluster address %s is public: TensorFlow's servers have no authentication and run "
+                               "any graph sent to them; use a trusted network, an SSH tunnel or a VPN", address)
+
+    def start_server(self, config):
+        """Start this worker's TensorFlow server (collective ops led by the chief); return it."""
+        config.experimental.collective_group_leader = "/job:worker/replica:0/task:0"
+        spec = tf.train.ClusterSpec({"worker": list(self.workers)})
+        try:
+            return tf.distribute.Server(spec, job_name="worker", task_index=self.index, config=config, start=True)
+        except (tf.errors.OpError, RuntimeError) as err:
+            raise InputError(f"worker {self.index} ({self.workers[self.index]}): cannot start its server "
+                             f"({str(err).strip().splitlines()[0]})") from None
+
+    def unreachable(self, timeout=2.0):
+        """The other workers whose port no longer accepts connections."""
+        lost = []
+        for k, address in enumerate(self.workers):
+            if k == self.index:
+                continue
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            except OSError:
+                lost.append(f"worker {k} ({address})")
+        return lost
+
+
+class Collectives:
+    """TensorFlow collective ops among the workers of a ``Cluster``, each with its own instance key."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self._next_key = 1
+
+    def _key(self):
+        self._next_key += 1
+        return self._next_key
+
+    def mean(self, tensor):
+        return tf.raw_ops.CollectiveReduceV2(input=tensor, group_size=self.cluster.size, group_key=GROUP_KEY,
+                                             instance_key=self._key(), ordering_token=[], merge_op="Add",
+                                             final_op="Div")
+
+    def gather(self, tensor):
+        """Concatenation of every worker's ``tensor`` along axis 0 (shapes must be equal)."""
+        return tf.raw_ops.CollectiveGatherV2(input=tensor, group_size=self.cluster.size, group_key=GROUP_KEY,
+                                             instance_key=self._key(), ordering_token=[])
+
+    def mean_gradients(self, grads_and_vars):
+        """Average [(gradient, variable)] across workers.
+
+        Sparse gradients of large tables (the softmax, a token embedding) stay sparse:
+        every worker's rows are gathered. A collective keeps its shape from step to step,
+        so only sparse gradients with a fixed number of rows are gathered; the others
+        (the char embedding's, whose rows follow the distinct tokens of a batch) are
+        reduced densely, as small tables are.
+        """
+        averaged = []
+        for grad, var in grads_and_vars:
+            sparse = isinstance(grad, tf.IndexedSlices) and grad.values.shape[0] is not None
+            if sparse and var.shape.num_elements() > DENSE_LIMIT:
+                values = self.gather(grad.values) / self.cluster.size
+                averaged.append((tf.IndexedSlices(values, self.gather(grad.indices), grad.dense_shape), var))
+            else:
+                averaged.append((self.mean(tf.convert_to_tensor(grad)), var))
+        return averaged
+
+    def broadcast(self, tensor):
+        """The chief's value of ``tensor`` (static shape), on every worker."""
+        key = self._key()
+        if self.cluster.chief:
+            sent = tf.raw_ops.CollectiveBcastSendV2(input=tensor, group_size=self.cluster.size, group_key=GROUP_KEY,
+                                                    instance_key=key)
+            with tf.control_dependencies([sent]):
+                return tf.identity(tensor)
+        return tf.raw_ops.CollectiveBcastRecvV2(group_size=self.cluster.size, group_key=GROUP_KEY, instance_key=key,
+                                                shape=tensor.shape.as_list(), T=tensor.dtype.base_dtype)
+
+    def broadcast_from_chief(self, variables):
+        """An op giving every worker the chief's values of ``variables``."""
+        return tf.group(*[variable.assign(self.broadcast(variable.read_value())) for variable in variables])
+
+    def fingerprints(self, text):
+        """Every worker's fingerprint (4 int64 of a SHA-256) of ``text``: (W, 4)."""
+        digest = np.frombuffer(hashlib.sha256(text.encode("utf-8")).digest(), dtype=np.int64)
+        return tf.reshape(self.gather(tf.constant(digest)), [self.cluster.size, 4])
+
+
+def check_same_setup(sess, fingerprints, cluster, what, options=None):
+    """Raise ``TrainingError`` naming the workers whose setup (options, vocabulary, data) is not the chief's."""
+    values = sess.run(fingerprints, options=options)
+    others = [k for k in range(cluster.size) if not np.array_equal(values[k], values[0])]
+    if others:
+        names = ", ".join(f"worker {k} ({cluster.workers[k]})" for k in others)
+        raise TrainingError(f"{names}: started with {what} other than the chief's; start every worker with the "
+                            f"same options, vocabulary and training files")
+
+
+def lost_worker_error(err, cluster, step):
+    """A one-line ``WorkerLostError`` for a step that failed because another worker is gone."""
+    lost = cluster.unreachable()
+    who = ", ".join(lost) if lost else "another worker"
+    when = f"at batch {step + 1}" if step >= 0 else "before training began"
+    return WorkerLostError(f"{who} stopped responding {when} ({type(err).__name__}); the cluster stops: "
+                           f"continue with restart on every worker once it is back")
