@@ -257,6 +257,11 @@ def machine_line():
             f"TensorFlow {tf_version}; load average at start {os.getloadavg()[0]:.2f}")
 
 
+def rate(tokens, seconds):
+    """tokens/s as a table cell; a difference of times at or below zero (noise) gives n/a."""
+    return f"{tokens / seconds:,.0f}" if seconds > 0 else "n/a (noise)"
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -288,8 +293,9 @@ def training_section(work, original, sizes, log_dir, repeat):
                           for n in sizes]
     rows, rates = [], {}
     for label, (r_small, r_large) in results.items():
-        rates[label] = (large - small) * TOKENS_PER_BATCH / (r_large["seconds"] - r_small["seconds"])
-        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}", f"{rates[label]:,.0f}",
+        rates[label] = (large - small) * TOKENS_PER_BATCH / max(r_large["seconds"] - r_small["seconds"], 1e-9)
+        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
+                     rate((large - small) * TOKENS_PER_BATCH, r_large["seconds"] - r_small["seconds"]),
                      f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
     if original:
         o, b = results["original bilm-tf"], results["bilm"]
@@ -314,10 +320,11 @@ def dump_section(work, original, sizes, log_dir, repeat):
         r_small, r_large = (best_of(repeat, "job_dump", log_dir, work=work, original=path, n_sentences=n,
                                     state_mode=mode) for n in sizes)
         whole[label], small_s[label], peak[label] = r_large["seconds"], r_small["seconds"], r_large["peak_gb"]
-        steady[label] = (r_large["tokens"] - r_small["tokens"]) / (r_large["seconds"] - r_small["seconds"])
+        steady_tokens, steady_seconds = r_large["tokens"] - r_small["tokens"], r_large["seconds"] - r_small["seconds"]
+        steady[label] = steady_tokens / max(steady_seconds, 1e-9)
         outputs[label] = r_small["outfile"]
         rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
-                     f"{r_large['tokens'] / r_large['seconds']:,.0f}", f"{steady[label]:,.0f}",
+                     rate(r_large["tokens"], r_large["seconds"]), rate(steady_tokens, steady_seconds),
                      f"{r_large['peak_gb']:.2f}"])
         tokens = r_large["tokens"]
     if original:
@@ -337,6 +344,7 @@ def dump_section(work, original, sizes, log_dir, repeat):
             print(f"\nSame output check ({small} sentences): mean cosine per layer, {label.split(' (')[0]} "
                   f"vs the original: {cosines}")
     sys.stdout.flush()
+    return steady
 
 
 def ceiling_section(work, n, repeats, log_dir):
@@ -352,6 +360,7 @@ def ceiling_section(work, n, repeats, log_dir):
     print(f"\n### float32 matrix product {n} x {n} (best of {repeats} after a warm-up)\n")
     rows = [[label, f"{r['gflops']:.0f}"] for label, r in results] + [["ceiling (best)", f"{best:.0f}"]]
     print(table(["what", "GFLOP/s"], rows), flush=True)
+    return best
 
 
 def main():
@@ -404,12 +413,20 @@ def main():
     print(f"Each training or dump figure: one whole call in a fresh process"
           f"{f', the fastest of {args.repeat}' if args.repeat > 1 else ''}.")
     sys.stdout.flush()
+    steady = ceiling = None
     if "train" in sections:
         training_section(work, original, train_sizes, log_dir, args.repeat)
     if "dump" in sections:
-        dump_section(work, original, dump_sizes, log_dir, args.repeat)
+        steady = dump_section(work, original, dump_sizes, log_dir, args.repeat)
     if "ceiling" in sections:
-        ceiling_section(work, 4096, matmul_repeats, log_dir)
+        ceiling = ceiling_section(work, 4096, matmul_repeats, log_dir)
+    if steady and ceiling:
+        from inference import FULL_OPTIONS, flops_per_position
+        gflop = flops_per_position(FULL_OPTIONS) / 1e9
+        shares = "; ".join(f"{label.split(' (')[0]} {100 * tokens_per_s * gflop / ceiling:.0f}%"
+                           for label, tokens_per_s in steady.items())
+        print(f"\nSteady dump rates as a share of the ceiling ({gflop:.3f} GFLOP per token of the full-size model, "
+              f"at most {ceiling / gflop:,.0f} tokens/s): {shares}")
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}; data and child logs in {workdir}")
 
 
