@@ -178,11 +178,18 @@ def run(name, log_dir, env=None, tag="", **kwargs):
     raise RuntimeError(f"{name} {label} failed (exit {process.returncode}); log {log_path}:\n{tail}")
 
 
-def best_of(repeat, name, log_dir, **kwargs):
-    """The fastest of ``repeat`` runs of a timed job (each in a fresh process): load from
-    elsewhere on a shared machine only ever slows a run down."""
-    return min((run(name, log_dir, tag=f"run{k}" if repeat > 1 else "", **kwargs) for k in range(repeat)),
-               key=lambda result: result["seconds"])
+def fastest_in_rounds(jobs, repeat, log_dir):
+    """Run every job of ``jobs`` ({key: (name, kwargs)}), in order, ``repeat`` times over
+    (round after round, so that load from elsewhere on a shared machine falls on every
+    job alike), each run in a fresh process; keep each job's fastest run (load from
+    elsewhere only ever slows a run down)."""
+    best = {}
+    for k in range(repeat):
+        for key, (name, kwargs) in jobs.items():
+            result = run(name, log_dir, tag=f"run{k}" if repeat > 1 else "", **kwargs)
+            if key not in best or result["seconds"] < best[key]["seconds"]:
+                best[key] = result
+    return best
 
 
 # --- data, written once by the parent ----------------------------------------------------
@@ -262,6 +269,11 @@ def rate(tokens, seconds):
     return f"{tokens / seconds:,.0f}" if seconds > 0 else "n/a (noise)"
 
 
+def ratio(a, b):
+    """a / b as a table cell, n/a when either is missing."""
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -287,13 +299,14 @@ def mean_cosines(file_a, file_b):
 def training_section(work, original, sizes, log_dir, repeat):
     small, large = sizes
     libraries = ([("original bilm-tf", original)] if original else []) + [("bilm", None)]
-    results = {}
-    for label, path in libraries:
-        results[label] = [best_of(repeat, "job_train", log_dir, work=work, original=path, n_batches=n)
-                          for n in sizes]
+    jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n})
+            for n in sizes for label, path in libraries}  # the libraries alternate
+    best = fastest_in_rounds(jobs, repeat, log_dir)
+    results = {label: [best[label, n] for n in sizes] for label, _ in libraries}
     rows, rates = [], {}
     for label, (r_small, r_large) in results.items():
-        rates[label] = (large - small) * TOKENS_PER_BATCH / max(r_large["seconds"] - r_small["seconds"], 1e-9)
+        difference = r_large["seconds"] - r_small["seconds"]
+        rates[label] = (large - small) * TOKENS_PER_BATCH / difference if difference > 0 else None
         rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
                      rate((large - small) * TOKENS_PER_BATCH, r_large["seconds"] - r_small["seconds"]),
                      f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
@@ -301,7 +314,7 @@ def training_section(work, original, sizes, log_dir, repeat):
         o, b = results["original bilm-tf"], results["bilm"]
         rows.append(["bilm / original (speed; memory)", f"{o[0]['seconds'] / b[0]['seconds']:.2f}x",
                      f"{o[1]['seconds'] / b[1]['seconds']:.2f}x",
-                     f"{rates['bilm'] / rates['original bilm-tf']:.2f}x",
+                     ratio(rates["bilm"], rates["original bilm-tf"]),
                      f"{b[1]['peak_gb'] / o[1]['peak_gb']:.2f}x", ""])
     print(f"\n### Training end to end ({work['train_tokens']:,}-token corpus in {TRAIN_SHARDS} shards, "
           f"{N_WORDS + 3:,}-token vocabulary, batch 32 x 20, 1 tower)\n")
@@ -315,13 +328,15 @@ def dump_section(work, original, sizes, log_dir, repeat):
     variants = ([("original bilm-tf (sentence at a time, stateful)", original, None)] if original else [])
     variants += [("bilm, state_mode='warm' (default, batched)", None, "warm"),
                  ("bilm, state_mode='zero' (batched)", None, "zero")]
+    jobs = {(label, n): ("job_dump", {"work": work, "original": path, "n_sentences": n, "state_mode": mode})
+            for n in sizes for label, path, mode in variants}  # the libraries alternate
+    best = fastest_in_rounds(jobs, repeat, log_dir)
     rows, whole, small_s, steady, peak, outputs = [], {}, {}, {}, {}, {}
     for label, path, mode in variants:
-        r_small, r_large = (best_of(repeat, "job_dump", log_dir, work=work, original=path, n_sentences=n,
-                                    state_mode=mode) for n in sizes)
+        r_small, r_large = best[label, small], best[label, large]
         whole[label], small_s[label], peak[label] = r_large["seconds"], r_small["seconds"], r_large["peak_gb"]
         steady_tokens, steady_seconds = r_large["tokens"] - r_small["tokens"], r_large["seconds"] - r_small["seconds"]
-        steady[label] = steady_tokens / max(steady_seconds, 1e-9)
+        steady[label] = steady_tokens / steady_seconds if steady_seconds > 0 else None
         outputs[label] = r_small["outfile"]
         rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
                      rate(r_large["tokens"], r_large["seconds"]), rate(steady_tokens, steady_seconds),
@@ -331,7 +346,7 @@ def dump_section(work, original, sizes, log_dir, repeat):
         base = variants[0][0]
         for label, _, _ in variants[1:]:
             rows.append([f"{label.split(' (')[0]} / original (speed; memory)", f"{small_s[base] / small_s[label]:.2f}x",
-                         f"{whole[base] / whole[label]:.2f}x", "", f"{steady[label] / steady[base]:.2f}x",
+                         f"{whole[base] / whole[label]:.2f}x", "", ratio(steady[label], steady[base]),
                          f"{peak[label] / peak[base]:.2f}x"])
     print(f"\n### dump_bilm_embeddings, full-size model (first {large} sentences, {tokens:,} tokens; "
           f"seeded random weights)\n")
@@ -411,7 +426,7 @@ def main():
               "    git clone https://github.com/allenai/bilm-tf /tmp/bilm-tf\n"
               "    python benchmarks/vs_original.py --original /tmp/bilm-tf")
     print(f"Each training or dump figure: one whole call in a fresh process"
-          f"{f', the fastest of {args.repeat}' if args.repeat > 1 else ''}.")
+          f"{f', the fastest of {args.repeat} (in {args.repeat} rounds over all jobs)' if args.repeat > 1 else ''}.")
     sys.stdout.flush()
     steady = ceiling = None
     if "train" in sections:
@@ -424,7 +439,7 @@ def main():
         from inference import FULL_OPTIONS, flops_per_position
         gflop = flops_per_position(FULL_OPTIONS) / 1e9
         shares = "; ".join(f"{label.split(' (')[0]} {100 * tokens_per_s * gflop / ceiling:.0f}%"
-                           for label, tokens_per_s in steady.items())
+                           for label, tokens_per_s in steady.items() if tokens_per_s)
         print(f"\nSteady dump rates as a share of the ceiling ({gflop:.3f} GFLOP per token of the full-size model, "
               f"at most {ceiling / gflop:,.0f} tokens/s): {shares}")
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}; data and child logs in {workdir}")
