@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -172,7 +173,7 @@ def run(name, log_dir, env=None, tag="", **kwargs):
     for line in process.stdout.splitlines():
         if line.startswith("RESULT "):
             logger.info("%s %s: %.1f s", name, label, time.perf_counter() - start)
-            return json.loads(line[len("RESULT "):])
+            return dict(json.loads(line[len("RESULT "):]), log=log_path)
     with open(log_path) as log:
         tail = log.read()[-4000:]
     raise RuntimeError(f"{name} {label} failed (exit {process.returncode}); log {log_path}:\n{tail}")
@@ -183,13 +184,22 @@ def fastest_in_rounds(jobs, repeat, log_dir):
     (round after round, so that load from elsewhere on a shared machine falls on every
     job alike), each run in a fresh process; keep each job's fastest run (load from
     elsewhere only ever slows a run down)."""
-    best = {}
+    best, seconds = {}, {}
     for k in range(repeat):
         for key, (name, kwargs) in jobs.items():
             result = run(name, log_dir, tag=f"run{k}" if repeat > 1 else "", **kwargs)
+            seconds.setdefault(key, []).append(result["seconds"])
             if key not in best or result["seconds"] < best[key]["seconds"]:
                 best[key] = result
+    for key, result in best.items():
+        result["all_seconds"] = seconds[key]
     return best
+
+
+def all_runs_line(best):
+    """Every run's time of each job, in the order run: the spread shows the machine's noise."""
+    return "All runs (s): " + "; ".join(
+        f"{label} {n}: " + ", ".join(f"{t:.1f}" for t in result["all_seconds"]) for (label, n), result in best.items())
 
 
 # --- data, written once by the parent ----------------------------------------------------
@@ -296,6 +306,21 @@ def mean_cosines(file_a, file_b):
     return [float(s / count) for s in sums]
 
 
+def own_report(log_path):
+    """The training rate a library logs itself at batch 100 of a run, as a table cell.
+
+    The original prints ``Total time: S`` (seconds since its loop started, first batch
+    included) every 100 batches; bilm logs ``N tokens/s`` (first batch excluded).
+    """
+    with open(log_path) as fin:
+        text = fin.read()
+    original = re.findall(r"Total time: ([0-9.]+)", text)
+    if original:
+        return f"{100 * TOKENS_PER_BATCH / float(original[-1]):,.0f} (100 batches / loop time)"
+    own = re.findall(r"batch 100/\d+: .*?([0-9,]+) tokens/s", text)
+    return f"{int(own[-1].replace(',', '')):,} (batches 2-100)" if own else ""
+
+
 def training_section(work, original, sizes, log_dir, repeat):
     small, large = sizes
     libraries = ([("original bilm-tf", original)] if original else []) + [("bilm", None)]
@@ -309,18 +334,19 @@ def training_section(work, original, sizes, log_dir, repeat):
         rates[label] = (large - small) * TOKENS_PER_BATCH / difference if difference > 0 else None
         rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
                      rate((large - small) * TOKENS_PER_BATCH, r_large["seconds"] - r_small["seconds"]),
-                     f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
+                     own_report(r_large["log"]), f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
     if original:
         o, b = results["original bilm-tf"], results["bilm"]
         rows.append(["bilm / original (speed; memory)", f"{o[0]['seconds'] / b[0]['seconds']:.2f}x",
                      f"{o[1]['seconds'] / b[1]['seconds']:.2f}x",
-                     ratio(rates["bilm"], rates["original bilm-tf"]),
+                     ratio(rates["bilm"], rates["original bilm-tf"]), "",
                      f"{b[1]['peak_gb'] / o[1]['peak_gb']:.2f}x", ""])
     print(f"\n### Training end to end ({work['train_tokens']:,}-token corpus in {TRAIN_SHARDS} shards, "
           f"{N_WORDS + 3:,}-token vocabulary, batch 32 x 20, 1 tower)\n")
     print(table(["library", f"whole call, {small} batches (s)", f"whole call, {large} batches (s)",
-                 f"steady tokens/s ({large - small} batches)", f"peak RSS GB ({large} batches)",
-                 "checkpoints saved"], rows), flush=True)
+                 f"steady tokens/s ({large - small} batches)", f"the library's own tokens/s log ({large} batches)",
+                 f"peak RSS GB ({large} batches)", "checkpoints saved"], rows))
+    print("\n" + all_runs_line(best), flush=True)
 
 
 def dump_section(work, original, sizes, log_dir, repeat):
@@ -352,6 +378,7 @@ def dump_section(work, original, sizes, log_dir, repeat):
           f"seeded random weights)\n")
     print(table(["library", f"whole call, {small} sentences (s)", f"whole call, {large} sentences (s)",
                  "tokens/s (whole call)", f"steady tokens/s ({large} - {small} sentences)", "peak RSS GB"], rows))
+    print("\n" + all_runs_line(best))
     if original:
         base = variants[0][0]
         for label, _, _ in variants[1:]:
