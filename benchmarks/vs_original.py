@@ -1,6 +1,6 @@
 """bilm against AllenAI's original bilm-tf, the original's own code, in the same run on the same data.
 
-    python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--quick]
+    python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--quick] [--repeat 3]
 
 The original (https://github.com/allenai/bilm-tf, TensorFlow 1.x code) is imported from
 the checkout given with ``--original`` and run on this machine's TensorFlow 2 through
@@ -22,7 +22,10 @@ Prints Markdown tables:
 
 Every measurement runs in its own child process (fresh memory, fresh TensorFlow) and
 sends its figures back as one JSON line; peak RSS is the child's ``ru_maxrss``.
-``--quick`` makes everything small (a smoke test, not a measurement).
+``--quick`` makes everything small (a smoke test, not a measurement); ``--repeat N`` runs
+the whole list of jobs N times over (the libraries alternating) and keeps each job's
+fastest run, for a machine shared with other work. Needs ``tf_keras`` for the original
+(``pip install "tf_keras~=2.21"``; a benchmark-only dependency).
 """
 import argparse
 import importlib.metadata
