@@ -1,0 +1,479 @@
+"""bilm against AllenAI's original bilm-tf, the original's own code, in the same run on the same data.
+
+    python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--quick] [--repeat 3]
+
+The original (https://github.com/allenai/bilm-tf, TensorFlow 1.x code) is imported from
+the checkout given with ``--original`` and run on this machine's TensorFlow 2 through
+``benchmarks/original_shim.py``; nothing of it is copied here. Without ``--original``
+only the bilm rows and the matrix-product ceiling are measured.
+
+Prints Markdown tables:
+
+1. training end to end (``bilm.training.train`` of each library, the reference
+   configuration, one tower): whole calls of 25 and of 100 batches, each in a fresh
+   process, and the steady rate 75 batches' tokens / (t100 - t25), which leaves out
+   graph building and set-up;
+2. ``dump_bilm_embeddings`` of the full-size ELMo model (seeded random weights in the
+   original's HDF5 layout) on the first 300 sentences of a seeded synthetic corpus:
+   whole-call time, tokens/s, peak RSS, and the steady rate from the 300- and
+   100-sentence calls;
+3. the machine's float32 matrix-product rate (4096 x 4096) in TensorFlow (defaults, and
+   with ``TF_ENABLE_ONEDNN_OPTS=1``) and in NumPy.
+
+Every measurement runs in its own child process (fresh memory, fresh TensorFlow) and
+sends its figures back as one JSON line; peak RSS is the child's ``ru_maxrss``.
+``--quick`` makes everything small (a smoke test, not a measurement); ``--repeat N`` runs
+the whole list of jobs N times over (the libraries alternating) and keeps each job's
+fastest run, for a machine shared with other work. Needs ``tf_keras`` for the original
+(``pip install "tf_keras~=2.21"``; a benchmark-only dependency).
+"""
+import argparse
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SEED = 0
+logger = logging.getLogger("vs_original")
+
+N_WORDS = 8000  # vocabulary: <S>, </S>, <UNK>, then the 8,000 most frequent words
+TRAIN_OPTIONS = {
+    "bidirectional": True,
+    "char_cnn": {"activation": "relu", "embedding": {"dim": 16}, "filters": [[1, 32], [2, 32], [3, 64], [4, 128]],
+                 "max_characters_per_token": 50, "n_characters": 261, "n_highway": 1},
+    "dropout": 0.1,
+    "lstm": {"cell_clip": 3, "dim": 512, "n_layers": 2, "proj_clip": 3, "projection_dim": 128,
+             "use_skip_connections": True},
+    "all_clip_norm_val": 10.0,
+    "n_epochs": 1,
+    "batch_size": 32,
+    "unroll_steps": 20,
+    "n_negative_samples_batch": 1024,
+    "n_tokens_vocab": N_WORDS + 3,
+}
+TOKENS_PER_BATCH = TRAIN_OPTIONS["batch_size"] * TRAIN_OPTIONS["unroll_steps"]
+TRAIN_SENTENCES, TRAIN_SHARDS = 20000, 4
+
+
+# --- jobs, each run in a child process ----------------------------------------------------
+
+def _seed_everything():
+    import numpy as np
+    random.seed(SEED)
+    np.random.seed(SEED)
+
+
+def _import_library(original):
+    """The ``bilm`` package to measure: the original's from its checkout (through the shim), or this one."""
+    if original:
+        sys.path.insert(0, HERE)
+        import original_shim
+        return original_shim.import_original(original)
+    sys.path.insert(0, REPO)
+    import bilm
+    return bilm
+
+
+def job_train(work, original, n_batches):
+    """One whole call of the library's ``bilm.training.train`` for ``n_batches`` batches."""
+    lib = _import_library(original)
+    import bilm.data
+    import bilm.training
+    _seed_everything()
+    options = dict(TRAIN_OPTIONS, n_train_tokens=n_batches * TOKENS_PER_BATCH)
+    save_dir = tempfile.mkdtemp(prefix="train_", dir=work["dir"])
+    kwargs = {} if original else {"seed": SEED}  # bilm's defaults: checkpoint_every=1250, log_every=100
+    if original:  # the original sets no seed: give its default graph the seed bilm's train(seed=) sets
+        import tensorflow as tf  # the shim: TF 1.x names
+        tf.set_random_seed(SEED)
+    start = time.perf_counter()
+    vocab = bilm.training.load_vocab(work["train_vocab"], 50)
+    data = bilm.data.BidirectionalLMDataset(work["train_pattern"], vocab, test=False, shuffle_on_load=True)
+    bilm.training.train(options, data, 1, save_dir, save_dir, **kwargs)
+    seconds = time.perf_counter() - start
+    checkpoints = sorted(f for f in os.listdir(save_dir) if f.endswith(".index"))
+    return {"seconds": seconds, "batches": n_batches, "checkpoints": checkpoints, "library": lib.__file__}
+
+
+def job_dump(work, original, n_sentences, state_mode=None):
+    """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus."""
+    lib = _import_library(original)
+    dataset = os.path.join(work["dir"], f"first_{n_sentences}.txt")
+    tag = "original" if original else f"bilm_{state_mode}"
+    outfile = os.path.join(work["dir"], f"dump_{tag}_{n_sentences}.hdf5")
+    args = (work["vocab"], dataset, work["options"], work["weights"], outfile)
+    start = time.perf_counter()
+    if original:
+        lib.model.dump_bilm_embeddings(*args)
+    else:
+        lib.dump_bilm_embeddings(*args, state_mode=state_mode, overwrite=True)
+    seconds = time.perf_counter() - start
+    with open(dataset) as fin:
+        tokens = sum(len(line.split()) for line in fin)
+    return {"seconds": seconds, "tokens": tokens, "outfile": outfile, "library": lib.__file__}
+
+
+def job_matmul_tf(work, n, repeats):
+    """Best time of one n x n float32 product in TensorFlow (graph mode, as both libraries run)."""
+    import tensorflow.compat.v1 as tf
+    tf.disable_eager_execution()
+    a = tf.Variable(tf.random.normal((n, n), seed=SEED))
+    b = tf.Variable(tf.random.normal((n, n), seed=SEED + 1))
+    product = tf.reduce_sum(tf.matmul(a, b))  # a scalar back, so no 64 MB copy out per call
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        sess.run(product)
+        best = min(_timed(lambda: sess.run(product)) for _ in range(repeats))
+    return {"gflops": 2 * n ** 3 / best / 1e9, "tf_version": tf.__version__}
+
+
+def job_matmul_numpy(work, n, repeats):
+    """Best time of one n x n float32 product ``a @ b`` in NumPy."""
+    import numpy as np
+    rng = np.random.default_rng(SEED)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return {"gflops": 2 * n ** 3 / best / 1e9}
+
+
+def _timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def child(spec):
+    """Run one job (in this fresh process) and print its result as a JSON line."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # the libraries' own progress, into the job's log
+    name, kwargs = json.loads(spec)
+    result = globals()[name](**kwargs)
+    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    sys.stdout.flush()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run(name, log_dir, env=None, tag="", **kwargs):
+    """Run job ``name`` in a child process (environment ``env``); its output goes to a log file in ``log_dir``."""
+    label = "_".join([str(v) for k, v in sorted(kwargs.items()) if k != "work" and v is not None] + [tag])
+    log_path = os.path.join(log_dir, f"{name}_{label}.log".replace("/", "_"))
+    logger.info("%s %s ...", name, label)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps([name, kwargs])],
+                                 stdout=subprocess.PIPE, stderr=log, text=True, env=env, check=False)
+        log.write(process.stdout)
+    for line in process.stdout.splitlines():
+        if line.startswith("RESULT "):
+            logger.info("%s %s: %.1f s", name, label, time.perf_counter() - start)
+            return dict(json.loads(line[len("RESULT "):]), log=log_path)
+    with open(log_path) as log:
+        tail = log.read()[-4000:]
+    raise RuntimeError(f"{name} {label} failed (exit {process.returncode}); log {log_path}:\n{tail}")
+
+
+def fastest_in_rounds(jobs, repeat, log_dir):
+    """Run every job of ``jobs`` ({key: (name, kwargs)}), in order, ``repeat`` times over
+    (round after round, so that load from elsewhere on a shared machine falls on every
+    job alike), each run in a fresh process; keep each job's fastest run (load from
+    elsewhere only ever slows a run down)."""
+    best, seconds = {}, {}
+    for k in range(repeat):
+        for key, (name, kwargs) in jobs.items():
+            result = run(name, log_dir, tag=f"run{k}" if repeat > 1 else "", **kwargs)
+            seconds.setdefault(key, []).append(result["seconds"])
+            if key not in best or result["seconds"] < best[key]["seconds"]:
+                best[key] = result
+    for key, result in best.items():
+        result["all_seconds"] = seconds[key]
+    return best
+
+
+def all_runs_line(best):
+    """Every run's time of each job, in the order run: the spread shows the machine's noise."""
+    return "All runs (s): " + "; ".join(
+        f"{label} {n}: " + ", ".join(f"{t:.1f}" for t in result["all_seconds"]) for (label, n), result in best.items())
+
+
+# --- data, written once by the parent ----------------------------------------------------
+
+def write_training_data(directory):
+    """The training corpus in shard files and its 8,003-token vocabulary (most frequent first)."""
+    from inference import write_corpus
+
+    from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    corpus = write_corpus(tempfile.mkdtemp(dir=directory), TRAIN_SENTENCES, seed=SEED + 1)
+    with open(corpus) as fin:
+        lines = fin.readlines()
+    per_shard = -(-len(lines) // TRAIN_SHARDS)
+    shards = []
+    for k in range(TRAIN_SHARDS):
+        shards.append(os.path.join(directory, f"train_shard_{k}.txt"))
+        with open(shards[-1], "w") as fout:
+            fout.writelines(lines[k * per_shard:(k + 1) * per_shard])
+    counts, _ = count_tokens(shards)
+    if len(counts) < N_WORDS:
+        raise RuntimeError(f"the synthetic corpus has only {len(counts)} distinct words")
+    vocab = os.path.join(directory, "train_vocab.txt")
+    write_vocabulary(build_vocabulary(counts, max_size=N_WORDS + 3), vocab)
+    n_tokens = sum(counts.values())
+    return {"train_pattern": os.path.join(directory, "train_shard_*.txt"), "train_vocab": vocab,
+            "train_tokens": n_tokens}
+
+
+def write_dump_data(directory, sizes):
+    """The full-size model (seeded random weights), a corpus, its vocabulary, and its first-n-lines files."""
+    from inference import write_corpus, write_model
+
+    from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    options, weights = write_model(directory, seed=SEED)
+    corpus = write_corpus(directory, 2000, seed=SEED)  # as benchmarks/inference.py
+    vocab = os.path.join(directory, "vocab.txt")
+    write_vocabulary(build_vocabulary(count_tokens([corpus])[0]), vocab)
+    with open(corpus) as fin:
+        lines = fin.readlines()
+    for n in sizes:
+        with open(os.path.join(directory, f"first_{n}.txt"), "w") as fout:
+            fout.writelines(lines[:n])
+    return {"options": options, "weights": weights, "vocab": vocab}
+
+
+# --- report ------------------------------------------------------------------------------
+
+def machine_line():
+    """CPU model, cores, memory, AVX-512, TensorFlow version, load."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fin:
+            for line in fin:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    tf_version = "not installed"
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            tf_version = f"{importlib.metadata.version(dist)} ({dist})"
+            break
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return (f"Machine: {model}, {os.cpu_count()} cores, {memory_gb:.0f} GiB; AVX-512: "
+            f"{'yes (' + ', '.join(avx512) + ')' if avx512 else 'no'}; Python {platform.python_version()}, "
+            f"TensorFlow {tf_version}; load average at start {os.getloadavg()[0]:.2f}")
+
+
+def rate(tokens, seconds):
+    """tokens/s as a table cell; a difference of times at or below zero (noise) gives n/a."""
+    return f"{tokens / seconds:,.0f}" if seconds > 0 else "n/a (noise)"
+
+
+def ratio(a, b):
+    """a / b as a table cell, n/a when either is missing."""
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_cosines(file_a, file_b):
+    """Mean cosine similarity per layer between two dump outputs (same sentences)."""
+    import h5py
+    import numpy as np
+    sums, count = None, 0
+    with h5py.File(file_a, "r") as a, h5py.File(file_b, "r") as b:
+        for key in a:
+            if key not in b or not key.isdigit():
+                continue
+            x, y = a[key][...], b[key][...]
+            cos = (x * y).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1) + 1e-12)
+            sums = cos.sum(-1) if sums is None else sums + cos.sum(-1)
+            count += x.shape[1]
+    return [float(s / count) for s in sums]
+
+
+def own_report(log_path):
+    """The training rate a library logs itself at batch 100 of a run, as a table cell.
+
+    The original prints ``Total time: S`` (seconds since its loop started, first batch
+    included) every 100 batches; bilm logs ``N tokens/s`` (first batch excluded).
+    """
+    with open(log_path) as fin:
+        text = fin.read()
+    original = re.findall(r"Total time: ([0-9.]+)", text)
+    if original:
+        return f"{100 * TOKENS_PER_BATCH / float(original[-1]):,.0f} (100 batches / loop time)"
+    own = re.findall(r"batch 100/\d+: .*?([0-9,]+) tokens/s", text)
+    return f"{int(own[-1].replace(',', '')):,} (batches 2-100)" if own else ""
+
+
+def training_section(work, original, sizes, log_dir, repeat):
+    small, large = sizes
+    libraries = ([("original bilm-tf", original)] if original else []) + [("bilm", None)]
+    jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n})
+            for n in sizes for label, path in libraries}  # the libraries alternate
+    best = fastest_in_rounds(jobs, repeat, log_dir)
+    results = {label: [best[label, n] for n in sizes] for label, _ in libraries}
+    rows, rates = [], {}
+    for label, (r_small, r_large) in results.items():
+        difference = r_large["seconds"] - r_small["seconds"]
+        rates[label] = (large - small) * TOKENS_PER_BATCH / difference if difference > 0 else None
+        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
+                     rate((large - small) * TOKENS_PER_BATCH, r_large["seconds"] - r_small["seconds"]),
+                     own_report(r_large["log"]), f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
+    if original:
+        o, b = results["original bilm-tf"], results["bilm"]
+        rows.append(["bilm / original (speed; memory)", f"{o[0]['seconds'] / b[0]['seconds']:.2f}x",
+                     f"{o[1]['seconds'] / b[1]['seconds']:.2f}x",
+                     ratio(rates["bilm"], rates["original bilm-tf"]), "",
+                     f"{b[1]['peak_gb'] / o[1]['peak_gb']:.2f}x", ""])
+    print(f"\n### Training end to end ({work['train_tokens']:,}-token corpus in {TRAIN_SHARDS} shards, "
+          f"{N_WORDS + 3:,}-token vocabulary, batch 32 x 20, 1 tower)\n")
+    print(table(["library", f"whole call, {small} batches (s)", f"whole call, {large} batches (s)",
+                 f"steady tokens/s ({large - small} batches)", f"the library's own tokens/s log ({large} batches)",
+                 f"peak RSS GB ({large} batches)", "checkpoints saved"], rows))
+    print("\n" + all_runs_line(best), flush=True)
+
+
+def dump_section(work, original, sizes, log_dir, repeat):
+    small, large = sizes
+    variants = ([("original bilm-tf (sentence at a time, stateful)", original, None)] if original else [])
+    variants += [("bilm, state_mode='warm' (default, batched)", None, "warm"),
+                 ("bilm, state_mode='zero' (batched)", None, "zero")]
+    jobs = {(label, n): ("job_dump", {"work": work, "original": path, "n_sentences": n, "state_mode": mode})
+            for n in sizes for label, path, mode in variants}  # the libraries alternate
+    best = fastest_in_rounds(jobs, repeat, log_dir)
+    rows, whole, small_s, steady, peak, outputs = [], {}, {}, {}, {}, {}
+    for label, path, mode in variants:
+        r_small, r_large = best[label, small], best[label, large]
+        whole[label], small_s[label], peak[label] = r_large["seconds"], r_small["seconds"], r_large["peak_gb"]
+        steady_tokens, steady_seconds = r_large["tokens"] - r_small["tokens"], r_large["seconds"] - r_small["seconds"]
+        steady[label] = steady_tokens / steady_seconds if steady_seconds > 0 else None
+        outputs[label] = r_small["outfile"]
+        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
+                     rate(r_large["tokens"], r_large["seconds"]), rate(steady_tokens, steady_seconds),
+                     f"{r_large['peak_gb']:.2f}"])
+        tokens = r_large["tokens"]
+    if original:
+        base = variants[0][0]
+        for label, _, _ in variants[1:]:
+            rows.append([f"{label.split(' (')[0]} / original (speed; memory)", f"{small_s[base] / small_s[label]:.2f}x",
+                         f"{whole[base] / whole[label]:.2f}x", "", ratio(steady[label], steady[base]),
+                         f"{peak[label] / peak[base]:.2f}x"])
+    print(f"\n### dump_bilm_embeddings, full-size model (first {large} sentences, {tokens:,} tokens; "
+          f"seeded random weights)\n")
+    print(table(["library", f"whole call, {small} sentences (s)", f"whole call, {large} sentences (s)",
+                 "tokens/s (whole call)", f"steady tokens/s ({large} - {small} sentences)", "peak RSS GB"], rows))
+    print("\n" + all_runs_line(best))
+    if original:
+        base = variants[0][0]
+        for label, _, _ in variants[1:]:
+            cosines = ", ".join(f"{c:.4f}" for c in mean_cosines(outputs[base], outputs[label]))
+            print(f"\nSame output check ({small} sentences): mean cosine per layer, {label.split(' (')[0]} "
+                  f"vs the original: {cosines}")
+    sys.stdout.flush()
+    return steady
+
+
+def ceiling_section(work, n, repeats, log_dir):
+    env_default = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    results = [
+        ("TensorFlow, defaults", run("job_matmul_tf", log_dir, env=env_default, work=work, n=n, repeats=repeats)),
+        ("TensorFlow, TF_ENABLE_ONEDNN_OPTS=1",
+         run("job_matmul_tf", log_dir, env=dict(env_default, TF_ENABLE_ONEDNN_OPTS="1"), work=work, n=n,
+             repeats=repeats, tag="onednn")),
+        ("NumPy `a @ b`", run("job_matmul_numpy", log_dir, work=work, n=n, repeats=repeats)),
+    ]
+    best = max(r["gflops"] for _, r in results)
+    print(f"\n### float32 matrix product {n} x {n} (best of {repeats} after a warm-up)\n")
+    rows = [[label, f"{r['gflops']:.0f}"] for label, r in results] + [["ceiling (best)", f"{best:.0f}"]]
+    print(table(["what", "GFLOP/s"], rows), flush=True)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--original", help="checkout of https://github.com/allenai/bilm-tf (its bilm/ is run)")
+    parser.add_argument("--quick", action="store_true", help="everything small: a smoke test, not a measurement")
+    parser.add_argument("--sections", default="train,dump,ceiling",
+                        help="comma-separated subset of train,dump,ceiling (default: all)")
+    parser.add_argument("--train-batches", help="two batch counts, e.g. 25,100 (default; --quick: 5,10)")
+    parser.add_argument("--dump-sentences", help="two sentence counts, e.g. 100,300 (default; --quick: 30,60)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each timed training/dump job this many times, keep the fastest (default 1)")
+    parser.add_argument("--workdir", help="where to write data and logs (default: a new temporary directory)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    sys.path[:0] = [REPO, HERE]
+    if args.original and not os.path.isfile(os.path.join(args.original, "bilm", "training.py")):
+        parser.error(f"--original {args.original}: no bilm/training.py there; expected a checkout of bilm-tf")
+    original = os.path.abspath(args.original) if args.original else None
+
+    train_sizes, dump_sizes = ((5, 10), (30, 60)) if args.quick else ((25, 100), (100, 300))
+    if args.train_batches:
+        train_sizes = tuple(int(n) for n in args.train_batches.split(","))
+    if args.dump_sentences:
+        dump_sizes = tuple(int(n) for n in args.dump_sentences.split(","))
+    sections = set(args.sections.split(","))
+    matmul_repeats = 3 if args.quick else 10
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_vs_original_")
+    os.makedirs(workdir, exist_ok=True)
+    log_dir = os.path.join(workdir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    logger.info("writing data to %s", workdir)
+    work = {"dir": workdir}
+    if "train" in sections:
+        work.update(write_training_data(workdir))
+    if "dump" in sections:
+        work.update(write_dump_data(workdir, dump_sizes))
+
+    print("## bilm vs the original bilm-tf" + (" (--quick: a smoke test, not a measurement)" if args.quick else ""))
+    print("\n" + machine_line())
+    if original:
+        print(f"Original: {original} (run through benchmarks/original_shim.py); bilm: {REPO}")
+    else:
+        print("Comparison with the original skipped: no --original given. To include it:\n"
+              "    git clone https://github.com/allenai/bilm-tf /tmp/bilm-tf\n"
+              "    python benchmarks/vs_original.py --original /tmp/bilm-tf")
+    print(f"Each training or dump figure: one whole call in a fresh process"
+          f"{f', the fastest of {args.repeat} (in {args.repeat} rounds over all jobs)' if args.repeat > 1 else ''}.")
+    sys.stdout.flush()
+    steady = ceiling = None
+    if "train" in sections:
+        training_section(work, original, train_sizes, log_dir, args.repeat)
+    if "dump" in sections:
+        steady = dump_section(work, original, dump_sizes, log_dir, args.repeat)
+    if "ceiling" in sections:
+        ceiling = ceiling_section(work, 4096, matmul_repeats, log_dir)
+    if steady and ceiling:
+        from inference import FULL_OPTIONS, flops_per_position
+        gflop = flops_per_position(FULL_OPTIONS) / 1e9
+        shares = "; ".join(f"{label.split(' (')[0]} {100 * tokens_per_s * gflop / ceiling:.0f}%"
+                           for label, tokens_per_s in steady.items() if tokens_per_s)
+        print(f"\nSteady dump rates as a share of the ceiling ({gflop:.3f} GFLOP per token of the full-size model, "
+              f"at most {ceiling / gflop:,.0f} tokens/s): {shares}")
+    print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}; data and child logs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()
