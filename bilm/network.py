@@ -105,17 +105,18 @@ def token_embedding(token_ids, params):
     return tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids)
 
 
-def lstm_cell(input_gates, state, options, kernel_h, projection=None):
+def lstm_cell(input_gates, state, options, kernel_h, projection=None, projection_tap=None):
     """One step of the LSTM cell: TensorFlow LSTMCell conventions.
 
     Args:
         input_gates: (B, 4D), the input part ``x W_x + B`` of the gates.
         state: (c (B, D), h (B, P)).
         kernel_h: (P, 4D), the recurrent part of ``W_0``; projection: (D, P) or None.
+        projection_tap: (B, P) zeros added to the projected output (see ``_weight_tap``).
     Returns:
-        the new (c, h). Gates are split as i, j, f, o with forget bias 1.0; the cell is
-        clipped to +-cell_clip, the output ``o * tanh(c)`` projected (when P < D) and
-        clipped to +-proj_clip.
+        the new (c, h) and the output before its projection ``o * tanh(c)`` (B, D). Gates
+        are split as i, j, f, o with forget bias 1.0; the cell is clipped to
+        +-cell_clip, the output projected (when P < D) and clipped to +-proj_clip.
     """
     c_prev, h_prev = state
     gates = input_gates + tf.matmul(h_prev, kernel_h)  # (B, 4D)
@@ -123,12 +124,14 @@ def lstm_cell(input_gates, state, options, kernel_h, projection=None):
     c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
     if options.cell_clip is not None:
         c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
-    h = tf.sigmoid(o) * tf.tanh(c)
+    output = h = tf.sigmoid(o) * tf.tanh(c)
     if projection is not None:
-        h = tf.matmul(h, projection)
+        h = tf.matmul(output, projection)
+        if projection_tap is not None:
+            h = h + projection_tap
         if options.proj_clip is not None:
             h = tf.clip_by_value(h, -options.proj_clip, options.proj_clip)
-    return c, h
+    return (c, h), output
 
 
 def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, lengths=None):
@@ -151,25 +154,61 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
         (c, h) of each row after its last real step.
     """
     in_dim = int(inputs.shape[-1])
-    kernel_x, kernel_h = kernel[:in_dim], kernel[in_dim:]
+    kernel_x, kernel_h = tf.split(kernel, [in_dim, int(kernel.shape[0]) - in_dim], axis=0)  # (cheaper gradient)
     n_static = tf.compat.dimension_value(inputs.shape[1])
     if lengths is None and n_static is not None:
         return _unrolled_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, n_static)
     return _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths)
 
 
+def _weight_tap(weight, shape, inputs_of):
+    """Zeros of ``shape`` (B, T, out) whose gradient is the gradient of ``weight`` (in, out) for every step.
+
+    An unrolled layer multiplies ``weight`` by its inputs at each of T steps; left to
+    itself, back-propagation makes T small matrix products for the weight's gradient
+    and adds them up. Used with a stop-gradient copy of ``weight`` inside the steps
+    and added to the steps' results, these zeros receive the gradient of every step's
+    result, and their own gradient is the weight's in one product:
+    ``inputs^T (BT, in) x d_results (BT, out)``. ``inputs_of()``: the (B, T, in) inputs of
+    the steps, known once they have run.
+    """
+    @tf.custom_gradient
+    def tap(w):
+        def gradient(d_results):
+            inputs = inputs_of()
+            return tf.matmul(tf.reshape(inputs, [-1, int(inputs.shape[-1])]),
+                             tf.reshape(d_results, [-1, int(w.shape[-1])]), transpose_a=True)
+        return tf.zeros(shape), gradient
+
+    return tap(weight)
+
+
 def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection, n_steps):
-    """Every step real, a static number of them: one input product, the steps unrolled."""
+    """Every step real, a static number of them (training windows): one input product, the steps
+    unrolled, and the recurrent weights' gradients in one product each (``_weight_tap``)."""
     dim, out_dim = options.state_sizes
     in_dim = int(inputs.shape[-1])
+    steps_shape = tf.shape(inputs)[:2]
+    taps = {}
     input_gates = tf.matmul(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
-    input_gates = tf.reshape(input_gates, tf.concat([tf.shape(inputs)[:2], [4 * dim]], axis=0))  # (B, T, 4D)
-    outputs = []
-    for step_gates in tf.unstack(input_gates, num=n_steps, axis=1):  # (unstack: a cheap gradient, unlike slices)
-        state = lstm_cell(step_gates, state, options, kernel_h, projection)
+    input_gates = tf.reshape(input_gates, tf.concat([steps_shape, [4 * dim]], axis=0))  # (B, T, 4D)
+    input_gates += _weight_tap(kernel_h, tf.concat([steps_shape, [4 * dim]], axis=0), lambda: taps["h"])
+    projection_taps = [None] * n_steps
+    if projection is not None:
+        projection_taps = tf.unstack(_weight_tap(projection, tf.concat([steps_shape, [out_dim]], axis=0),
+                                                 lambda: taps["output"]), num=n_steps, axis=1)
+        projection = tf.stop_gradient(projection)
+    kernel_h = tf.stop_gradient(kernel_h)
+    h_before, outputs, cell_outputs = [], [], []
+    for step_gates, tap in zip(tf.unstack(input_gates, num=n_steps, axis=1), projection_taps):
+        h_before.append(state[1])  # (unstack: a cheap gradient, unlike slices)
+        state, cell_output = lstm_cell(step_gates, state, options, kernel_h, projection, tap)
         outputs.append(state[1])
-    outputs = tf.stack(outputs, axis=1) if outputs else tf.zeros(tf.concat([tf.shape(inputs)[:2], [out_dim]], 0))
-    return outputs, state
+        cell_outputs.append(cell_output)
+    if not outputs:
+        return tf.zeros(tf.concat([steps_shape, [out_dim]], 0)), state
+    taps["h"], taps["output"] = tf.stack(h_before, axis=1), tf.stack(cell_outputs, axis=1)
+    return tf.stack(outputs, axis=1), state
 
 
 def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths):
@@ -194,7 +233,7 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     def step(t, c_prev, h_prev, outputs, block):
         offset = t % STEPS_PER_BLOCK
         block = tf.cond(tf.equal(offset, 0), lambda: input_gates(t), lambda: block)
-        c, h = lstm_cell(block[offset], (c_prev, h_prev), options, kernel_h, projection)
+        (c, h), _ = lstm_cell(block[offset], (c_prev, h_prev), options, kernel_h, projection)
         if lengths is not None:
             live = tf.expand_dims(t < lengths, 1)  # (B, 1)
             c = tf.where_v2(live, c, c_prev)

@@ -22,7 +22,7 @@ import tensorflow.compat.v1 as tf
 
 from . import checkpoints, layout, weights
 from .errors import BilmError, OptionsError, OutputError, TrainingError, WorkerLostError, tensorflow_reason
-from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
+from .lm_dataset import Prefetch, count_train_tokens, load_vocab, shard_files, training_data
 from .cluster import Collectives, check_same_setup, lost_worker_error
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
@@ -321,7 +321,7 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                 tokens, total_tokens, run.n_gpus, where)
     perplexity, start_step, began = float("nan"), step, time.time()
     start = began
-    batches = data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps)
+    batches = Prefetch(data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps))
     fetches = {"perplexity": graph["train_perplexity"], "finite": graph["finite"], "grad_norm": graph["grad_norm"]}
     limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000)) if run.cluster else None
     try:
@@ -374,6 +374,8 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
             stopped.bilm_note, stopped.bilm_checkpoint = err.bilm_note, getattr(err, "bilm_checkpoint", None)
             raise stopped from None
         raise
+    finally:
+        batches.close()
     if evaluation is not None:
         evaluation.finish(saver)
     tokens = int(sess.run(graph["tokens_trained"]))

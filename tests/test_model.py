@@ -262,3 +262,32 @@ def test_graph_api_in_eager_mode_says_what_to_do(tmp_path):
     assert tf.executing_eagerly()  # TF2's default outside a graph
     with pytest.raises(InputError, match=r"executing eagerly .*tf\.Graph\(\)\.as_default\(\).*bilm\.keras\.ELMo"):
         model(tf.constant(char_ids_for_sentences([["hello"]])))
+
+
+@pytest.mark.parametrize("clips", [(3.0, 3.0), (0.05, 0.02)], ids=["loose clips", "clips that bite"])
+def test_unrolled_training_lstm_has_the_gradients_of_the_loop(clips):
+    """Training windows run the unrolled LSTM (one product per weight gradient); inference runs the loop.
+    Same outputs, and the same gradients as back-propagation through the loop."""
+    from bilm import network
+    from bilm.options import ModelOptions
+    options = ModelOptions(make_options(dim=12, projection_dim=6, cell_clip=clips[0], proj_clip=clips[1]))
+    rng = np.random.default_rng(3)
+    kernel = tf.constant(rng.standard_normal((12, 48)).astype(np.float32) * 0.5)
+    bias = tf.constant(rng.standard_normal(48).astype(np.float32) * 0.1)
+    projection = tf.constant(rng.standard_normal((12, 6)).astype(np.float32) * 0.5)
+    with tf.Graph().as_default():
+        kernel, bias, projection = (tf.Variable(v.numpy()) for v in (kernel, bias, projection))
+        inputs = tf.constant(rng.standard_normal((3, 7, 6)).astype(np.float32))
+        state = tuple(tf.constant(rng.standard_normal((3, n)).astype(np.float32) * 0.3) for n in (12, 6))
+        weights = tf.constant(rng.standard_normal((3, 7, 6)).astype(np.float32))
+        results = []
+        for lengths in (None, tf.constant([7, 7, 7])):  # unrolled, then the loop
+            outputs, (c, h) = network.lstm_layer(inputs, state, options, kernel, bias, projection, lengths)
+            loss = tf.reduce_sum(outputs * weights) + tf.reduce_sum(c) + 2 * tf.reduce_sum(h)
+            results.append([outputs, c, h] + tf.gradients(loss, [kernel, bias, projection, inputs] + list(state)))
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            unrolled, looped = sess.run(results)
+    for got, expected in zip(unrolled, looped):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(looped[3]).max() > 0  # the kernel's gradient is not zero
