@@ -150,12 +150,16 @@ def _add_text_arguments(parser):
 # -- commands ------------------------------------------------------------------------------------------
 
 def _embed(args):
+    from .devices import parse_devices
     from .dumps import dump_bilm_embeddings
+
     dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
                          state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard,
                          overwrite=args.overwrite, resume=args.resume, encoding=args.encoding,
                          encoding_errors=args.encoding_errors, empty_lines=args.empty_lines, tokenize=args.tokenize,
-                         layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True)
+                         layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True,
+                         precision=args.precision, dtype=args.dtype, pool=args.pool,
+                         devices=parse_devices(args.devices) if args.devices else None)
 
 
 def _merge(args):
@@ -532,6 +536,16 @@ def build_parser():
                             "(n_tokens, 2P) array: the top layer, the average of the layers, or their mix")
     embed.add_argument(*_flag("mix_weights"), type=_floats, metavar="W0,W1,...",
                        help="with --layers mix (only): one weight per layer, used as given")
+    embed.add_argument("--pool", choices=["mean", "max"],
+                       help="one vector per line: the mean or max over its tokens (of each layer with --layers all)")
+    embed.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                       help="the datasets' type: float32 (default) or float16 (half the size)")
+    embed.add_argument("--precision", choices=["float32", "tf32", "bfloat16", "float16"], default="float32",
+                       help="the computation: float32 (exact: the original's numbers on any GPU; default), tf32, "
+                            "or bfloat16/float16 mixed precision (faster on GPUs with tensor cores)")
+    embed.add_argument("--devices", metavar="gpu:0,gpu:1|cpu:N",
+                       help="share the lines among several devices, one process each: GPUs by index, or N processes "
+                            "sharing the CPU cores; one output file")
     add_output_arguments(embed)
 
     merge = _command(
@@ -612,7 +626,7 @@ def _handle_sigterm(handler):
 
 
 @contextlib.contextmanager
-def _silenced_stderr(on):
+def silenced_stderr(on):
     """Redirect file descriptor 2 to /dev/null (TensorFlow's C++ start-up lines bypass Python)."""
     if not on:
         yield
@@ -644,7 +658,7 @@ def _configure(args):
 
 
 def _import_tensorflow(verbose):
-    with _silenced_stderr(not verbose):
+    with silenced_stderr(not verbose):
         import tensorflow  # noqa: F401
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.propagate = False  # TensorFlow has its own handler: no line twice

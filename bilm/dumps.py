@@ -15,12 +15,14 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 from . import layout, sessions, states
+from .precision import check_precision
 from .embedder import WINDOW, ElmoEmbedder
 from .errors import InputError, flag
 from .inference import BidirectionalLanguageModel
 from .options import ModelOptions
 from .outputs import FLUSH_SECONDS, PartsJob, atomic_output
-from .pooling import LAYER_CHOICES, select_layers
+from .pooling import LAYER_CHOICES, POOLINGS, pool_tokens, select_layers
+from .prefetch import Prefetch
 from .text import DatasetReader
 from .vocabulary import UnicodeCharsVocabulary
 from .weights import open_hdf5
@@ -31,6 +33,7 @@ TOKEN_CHUNK = 512  # tokens per char-CNN call of dump_token_embeddings
 TOKEN_PART = 16384  # tokens per part file of dump_token_embeddings, at most
 SENTENCE_PART = 4096  # sentences per part file of dump_bilm_embeddings, at most
 SENTENCE_TO_INDEX = "sentence_to_index"
+DTYPES = ("float32", "float16")
 
 
 def file_fingerprint(path):
@@ -103,7 +106,8 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                          state_mode=states.JOB_DEFAULT, batch_size=64, shard=(0, 1), overwrite=False, resume=False,
                          encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART, layers="all",
                          mix_weights=None, sentence_to_index=False, encoding="utf-8", tokenize=None,
-                         window=WINDOW, flush_seconds=FLUSH_SECONDS):
+                         window=WINDOW, flush_seconds=FLUSH_SECONDS, precision="float32", dtype="float32", pool=None,
+                         devices=None, progress=None, threads=None):
     """Write every biLM layer of every sentence of a dataset.
 
     ``dataset_file`` has one sentence per line (whitespace-tokenized, or see
@@ -130,24 +134,41 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
         layers: ``"all"`` (the original's layout), or ``"top"``, ``"average"``, ``"mix"``
             (with ``mix_weights``, one per layer): one (n_tokens, 2P) array per line
             (see ``bilm.pooling.select_layers``).
+        pool: None, or ``"mean"``/``"max"`` over the tokens: one vector per line (per
+            layer with ``layers="all"``: (n_layers + 1, 2P); else (2P,)).
+        dtype: ``"float32"`` (default) or ``"float16"`` (half the size) for the datasets.
+        precision: ``"float32"`` (exact, default), ``"tf32"``, ``"bfloat16"``, ``"float16"``
+            (``bilm.precision``).
         sentence_to_index: also write ``sentence_to_index``, a (1,) string dataset
             holding the JSON {sentence (the line, stripped): line index}, as
             ``allennlp elmo`` does; a sentence on several lines maps to the last one.
         window: sentences sorted by length together before batching.
+        devices: several devices to share the lines (``bilm.devices``: e.g.
+            ``["gpu:0", "gpu:1"]`` or ``["cpu", "cpu"]``), one process each; the output
+            is the same file.
+        progress: a function called with the number of sentences each batch adds (instead
+            of a progress bar); threads: TensorFlow's threads per operation (default: all cores).
     """
+    if devices is not None and len(devices) > 1:
+        from .devices import dump_on_devices
+        return dump_on_devices(devices, vocab_file, dataset_file, options_file, weight_file, outfile, state_mode,
+                               batch_size, overwrite, resume, encoding_errors, empty_lines, part_size, layers,
+                               mix_weights, sentence_to_index, encoding, tokenize, window, flush_seconds, precision,
+                               dtype, pool)
     options = ModelOptions.of(options_file)
     options.require_char_input("dump_bilm_embeddings")
     states.check_state_mode(state_mode)
+    check_precision(precision)
     reader = DatasetReader(dataset_file, shard, encoding, encoding_errors, empty_lines, tokenize)
     if part_size < 1:
         raise InputError(f"part_size is {part_size}; expected at least 1")
     check_layers(layers, mix_weights, options.n_layers + 1)
+    output = OutputForm(layers, mix_weights, pool, dtype)
     settings = {"dataset_file": file_fingerprint(dataset_file), "vocab_file": file_fingerprint(vocab_file),
                 "options_file": file_fingerprint(options_file), "weight_file": file_fingerprint(weight_file),
                 "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "window": window,
                 "encoding": reader.encoding, "encoding_errors": encoding_errors, "empty_lines": empty_lines,
-                "tokenize": tokenize, "layers": layers,
-                "mix_weights": None if mix_weights is None else [float(w) for w in mix_weights]}
+                "tokenize": tokenize, "precision": precision, **output.settings()}
     inputs = {"input text": dataset_file, "vocabulary": vocab_file, "options file": options_file,
               "weight file": weight_file}
     with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
@@ -155,35 +176,67 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
             return
         n_sentences = reader.scan()
         index_of = {}
-        with ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window) as embedder:
+        config = sessions.config(threads=threads)
+        with ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window, precision,
+                          config) as embedder:
             carried = embedder.state_mode == "stateful"
-            progress = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None)
+            bar = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None if progress is None else True)
             units_per_part = max(1, -(-part_size // embedder.batch_size))
-            with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer:
+
+            def batches():
+                """(unit, indices, sentences, char ids or None if done), made ahead in a thread."""
+                unit = 0
+                for window_lines in _windows(reader, embedder.window):
+                    if sentence_to_index:
+                        index_of.update((line, str(index)) for index, line, _ in window_lines)
+                    for indices, batch in embedder.batches([(index, tokens) for index, _, tokens in window_lines]):
+                        yield unit, indices, batch, None if unit in job.done else embedder.char_ids(batch)
+                        unit += 1
+
+            with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer, \
+                    Prefetch(batches()) as prepared:
                 try:
-                    unit = 0
-                    for window_lines in _windows(reader, embedder.window):
-                        if sentence_to_index:
-                            index_of.update((line, str(index)) for index, line, _ in window_lines)
-                        for indices, batch in embedder.batches([(index, tokens) for index, _, tokens in window_lines]):
-                            if unit not in job.done:
-                                if carried and unit - 1 in job.done:
-                                    embedder.set_states(job.states_before(unit))
-                                arrays = embedder.embed_batch(batch)
-                                writer.add(unit, {str(index): select_layers(array, layers, mix_weights)
-                                                  for index, array in zip(indices, arrays)})
-                            progress.update(len(batch))
-                            unit += 1
+                    for unit, indices, batch, ids in prepared:
+                        if ids is not None:
+                            if carried and unit - 1 in job.done:
+                                embedder.set_states(job.states_before(unit))
+                            arrays = embedder.embed_ids(ids, batch)
+                            writer.add(unit, {str(index): output(array) for index, array in zip(indices, arrays)})
+                        bar.update(len(batch))
+                        if progress is not None:
+                            progress(len(batch))
                 except KeyboardInterrupt as err:
-                    _interrupted(err, job, progress.n, n_sentences, "sentences")
+                    _interrupted(err, job, bar.n, n_sentences, "sentences")
                     raise
                 finally:
-                    progress.close()
+                    bar.close()
         record = {}
         if sentence_to_index:
             record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
         job.finish(add=record)
     logger.info("wrote %d sentences to %s", n_sentences, outfile)
+
+
+class OutputForm:
+    """What is written for each sentence: which layers, pooled over the tokens or not, in which type."""
+
+    def __init__(self, layers="all", mix_weights=None, pool=None, dtype="float32"):
+        if pool is not None and pool not in POOLINGS:
+            raise InputError(f"{flag('pool', '--pool')} is {pool!r}; expected one of {POOLINGS} or None")
+        if dtype not in DTYPES:
+            raise InputError(f"{flag('dtype', '--dtype')} is {dtype!r}; expected one of {DTYPES}")
+        self.layers, self.mix_weights, self.pool, self.dtype = layers, mix_weights, pool, dtype
+
+    def __call__(self, embeddings):
+        """float32 (n_layers + 1, n_tokens, 2P) -> the array written."""
+        array = select_layers(embeddings, self.layers, self.mix_weights)
+        if self.pool is not None:
+            array = pool_tokens(array, self.pool)
+        return array.astype(self.dtype)
+
+    def settings(self):
+        return {"layers": self.layers, "pool": self.pool, "dtype": self.dtype,
+                "mix_weights": None if self.mix_weights is None else [float(w) for w in self.mix_weights]}
 
 
 def _windows(reader, size):

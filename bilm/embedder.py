@@ -13,6 +13,7 @@ from .batching import Batcher
 from .errors import InputError
 from .inference import BidirectionalLanguageModel
 from .options import ModelOptions
+from .precision import session_precision
 
 WINDOW = 4096  # sentences sorted by length together
 
@@ -28,6 +29,9 @@ class ElmoEmbedder:
             carried, exactly as the original's ``dump_bilm_embeddings``.
         batch_size: sentences per batch (deterministic modes).
         window: sentences read ahead and sorted by length before batching.
+        precision: ``"float32"`` (exact, default; TF32 off while it runs), ``"tf32"``,
+            ``"bfloat16"``, ``"float16"`` (``bilm.precision``).
+        session_config: a ``tf.ConfigProto`` (default: ``bilm.sessions.config()``).
 
     ``embed_sentences(sentences)`` returns, per sentence, float32
     (n_layers + 1, n_tokens, 2P); ``iter_embeddings(sentences)`` streams
@@ -35,13 +39,14 @@ class ElmoEmbedder:
     """
 
     def __init__(self, options_file, weight_file, vocab_file=None, state_mode=states.JOB_DEFAULT, batch_size=64,
-                 window=WINDOW):
+                 window=WINDOW, precision="float32", session_config=None):
         options = ModelOptions.of(options_file)
         options.require_char_input("ElmoEmbedder")
         states.check_state_mode(state_mode)
         if batch_size < 1 or window < 1:
             raise InputError(f"batch_size ({batch_size}) and window ({window}) must be at least 1")
         self.state_mode = state_mode
+        self.precision = precision
         self.batch_size = batch_size if state_mode != "stateful" else 1
         self.window = window
         self._batcher = Batcher(vocab_file, options.max_characters)
@@ -49,7 +54,7 @@ class ElmoEmbedder:
         with self._graph.as_default():
             self._ids = tf.placeholder(tf.int32, (None, None, options.max_characters), name="char_ids")
             model = BidirectionalLanguageModel(options, weight_file, max_batch_size=self.batch_size,
-                                               state_mode=state_mode)
+                                               state_mode=state_mode, precision=precision)
             self._lm_embeddings = model(self._ids)["lm_embeddings"]
             self._carried = []
             if state_mode == "stateful":
@@ -58,8 +63,12 @@ class ElmoEmbedder:
                 self._carried_values = [tf.placeholder(v.dtype.base_dtype, v.shape) for v in self._carried]
                 self._restore_states = tf.group(*[v.assign(value) for v, value in
                                                   zip(self._carried, self._carried_values)])
-            self._session = tf.Session(config=sessions.config())
-            self._session.run(tf.global_variables_initializer())
+            self._session = tf.Session(config=session_config or sessions.config())
+            self._run(tf.global_variables_initializer())
+
+    def _run(self, fetches, feed_dict=None):
+        with session_precision(self.precision):
+            return self._session.run(fetches, feed_dict)
 
     def close(self):
         self._session.close()
@@ -82,10 +91,18 @@ class ElmoEmbedder:
         chosen = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         return [([window[i][0] for i in rows], [window[i][1] for i in rows]) for rows in chosen]
 
+    def char_ids(self, sentences):
+        """The batch's character ids (what ``embed_ids`` takes): int32 (B, T + 2, C)."""
+        return self._batcher.batch_sentences(sentences)
+
+    def embed_ids(self, ids, sentences):
+        """float32 (n_layers + 1, n_tokens, 2P) for each sentence of a batch, from its ``char_ids``."""
+        lm_embeddings = self._run(self._lm_embeddings, {self._ids: ids})
+        return [lm_embeddings[row, :, :len(sentence)] for row, sentence in enumerate(sentences)]
+
     def embed_batch(self, sentences):
         """float32 (n_layers + 1, n_tokens, 2P) for each sentence of one batch."""
-        lm_embeddings = self._session.run(self._lm_embeddings, {self._ids: self._batcher.batch_sentences(sentences)})
-        return [lm_embeddings[row, :, :len(sentence)] for row, sentence in enumerate(sentences)]
+        return self.embed_ids(self.char_ids(sentences), sentences)
 
     def embed_window(self, window):
         """Stream ``(index, array)`` for a list of ``(index, tokens)``, in the order computed."""
@@ -109,13 +126,13 @@ class ElmoEmbedder:
 
     def get_states(self):
         """The carried LSTM states (stateful mode) as a {name: array} dict (empty otherwise)."""
-        values = self._session.run(self._carried)
+        values = self._run(self._carried)
         return {f"state_{k}": value for k, value in enumerate(values)}
 
     def set_states(self, saved):
         """Restore states saved by ``get_states``."""
         if self._carried:
-            self._session.run(self._restore_states,
+            self._run(self._restore_states,
                               {value: saved[f"state_{k}"] for k, value in enumerate(self._carried_values)})
 
     def embed_sentences(self, sentences):

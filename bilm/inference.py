@@ -13,6 +13,7 @@ from . import layout, network, states, weights
 from .batching import Batcher
 from .errors import InputError
 from .options import ModelOptions
+from .precision import check_precision, reduced_parameters
 
 SCOPE = layout.INFERENCE_SCOPE
 CNN_CHUNK = 256  # distinct tokens per char-CNN step: bounds the memory of the convolutions
@@ -65,6 +66,9 @@ class BidirectionalLanguageModel:
             position or the batch size, and there is no batch size limit.
         warmup_ids: for ``"warm"``: the warm-up sentences as id arrays from the model's
             batcher, one (1, n + 2[, C]) batch per sentence; required for token input.
+        precision: ``"float32"`` (exact, default), ``"tf32"``, ``"bfloat16"`` or
+            ``"float16"`` (``bilm.precision``). The graph's products follow the reduced
+            types; TF32 is TensorFlow's process-wide setting (``bilm.precision.session_precision``).
 
     Calling the model on an int32 placeholder of ids, shape (B, T + 2, C) for
     characters or (B, T + 2) for tokens, returns a dict:
@@ -80,7 +84,7 @@ class BidirectionalLanguageModel:
     """
 
     def __init__(self, options_file, weight_file, use_character_inputs=True, embedding_weight_file=None,
-                 max_batch_size=128, state_mode=states.GRAPH_API_DEFAULT, warmup_ids=None):
+                 max_batch_size=128, state_mode=states.GRAPH_API_DEFAULT, warmup_ids=None, precision="float32"):
         self._options = ModelOptions.of(options_file)
         if use_character_inputs:
             self._options.require_char_input("use_character_inputs=True")
@@ -90,6 +94,7 @@ class BidirectionalLanguageModel:
         if max_batch_size < 1:
             raise InputError(f"max_batch_size is {max_batch_size}; expected at least 1")
         self._state_mode = states.check_state_mode(state_mode)
+        self._precision = check_precision(precision)
         if state_mode == "warm" and warmup_ids is None and not use_character_inputs:
             raise InputError("state_mode='warm' with token input needs warmup_ids (batches from its TokenBatcher)")
         self._use_character_inputs = use_character_inputs
@@ -194,11 +199,12 @@ class BidirectionalLanguageModel:
                                  f"the options' max_characters_per_token is {max_chars}")
 
     def _build(self, ids):
-        params, initializers, _ = self._variables()
+        weights_f32, initializers, _ = self._variables()
+        params = reduced_parameters(weights_f32, self._parameters, self._precision)
         embedding = self._embed(ids, params)  # (B, T + 2, P)
         real = tf.reduce_any(ids > 0, axis=2) if self._use_character_inputs else ids > 0  # (B, T + 2)
         lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)  # (B,) with begin/end
-        policy = self._state_policy(params, initializers)
+        policy = self._state_policy(weights_f32, initializers)  # warm-up states in float32
         checks = []
         if policy.max_batch_size is not None:
             checks.append(tf.debugging.assert_less_equal(

@@ -24,9 +24,7 @@ a time, when it is packed.
 import glob
 import logging
 import os
-import queue
 import random
-import threading
 
 import numpy as np
 
@@ -292,49 +290,3 @@ def count_train_tokens(filepattern, vocab=None):
         if warning:
             logger.warning(warning)
     return sum(counts.values()) + n_sentences
-
-
-class Prefetch:
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
-
-    The training step runs in TensorFlow without holding Python's lock, so the next
-    batches are packed while the current one trains. Items come in the same order; an
-    exception raised while producing them is raised here, at the item it replaced.
-    """
-
-    _END = object()
-
-    def __init__(self, iterable, depth=2):
-        self._queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(iter(iterable),), daemon=True)
-        self._thread.start()
-
-    def _produce(self, iterator):
-        try:
-            for item in iterator:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._queue.put(("end", None))
-        except BaseException as err:  # raised again in the consumer
-            self._queue.put(("error", err))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        kind, value = self._queue.get()
-        if kind == "item":
-            return value
-        if kind == "error":
-            raise value
-        raise StopIteration
-
-    def close(self):
-        self._stop.set()

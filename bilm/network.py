@@ -19,6 +19,14 @@ LSTM_FORGET_BIAS = 1.0
 STEPS_PER_BLOCK = 8
 
 
+def _product(x, weight):
+    """x (..., in) x weight (in, out), in the weight's type (float32, or a reduced one for mixed
+    precision: ``bilm.precision``); the result is float32."""
+    if weight.dtype.base_dtype == DTYPE:
+        return tf.matmul(x, weight)
+    return tf.cast(tf.matmul(tf.cast(x, weight.dtype), weight), DTYPE)
+
+
 def initializer(param):
     """The TensorFlow initializer of a ``layout.Parameter`` (training's initial values)."""
     kind, *args = param.init
@@ -89,20 +97,21 @@ def _embed_tokens(ids, options, params):
         conv = tf.nn.conv2d(x, params[f"CNN/W_cnn_{i}"], strides=[1, 1, 1, 1], padding="VALID")  # (1, N, C', n)
         # Max over positions; max(conv + b) == max(conv) + b exactly: the bias is added after pooling.
         pooled_conv = tf.nn.max_pool2d(conv, [1, 1, options.max_characters - width + 1, 1], 1, "VALID")
-        pooled.append(activation(tf.squeeze(pooled_conv, [0, 2]) + params[f"CNN/b_cnn_{i}"]))  # (N, n)
+        pooled_conv = tf.cast(tf.squeeze(pooled_conv, [0, 2]), DTYPE)  # (N, n); float32 from here on
+        pooled.append(activation(pooled_conv + params[f"CNN/b_cnn_{i}"]))
     flat = tf.concat(pooled, axis=1)  # (N, F)
     for k in range(options.n_highway):
         p = {name: params[f"CNN_high_{k}/{name}"] for name in ("W_carry", "b_carry", "W_transform", "b_transform")}
-        gate = tf.nn.sigmoid(tf.matmul(flat, p["W_carry"]) + p["b_carry"])
-        flat = gate * tf.nn.relu(tf.matmul(flat, p["W_transform"]) + p["b_transform"]) + (1.0 - gate) * flat
+        gate = tf.nn.sigmoid(_product(flat, p["W_carry"]) + p["b_carry"])
+        flat = gate * tf.nn.relu(_product(flat, p["W_transform"]) + p["b_transform"]) + (1.0 - gate) * flat
     if "CNN_proj/W_proj" in params:
-        flat = tf.matmul(flat, params["CNN_proj/W_proj"]) + params["CNN_proj/b_proj"]  # (N, P)
+        flat = _product(flat, params["CNN_proj/W_proj"]) + params["CNN_proj/b_proj"]  # (N, P)
     return flat
 
 
 def token_embedding(token_ids, params):
     """Token ids (B, T) -> (B, T, P) from the ``embedding`` parameter (V, P)."""
-    return tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids)
+    return tf.cast(tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids), DTYPE)
 
 
 def lstm_cell(input_gates, state, options, kernel_h, projection=None, projection_tap=None):
@@ -119,14 +128,14 @@ def lstm_cell(input_gates, state, options, kernel_h, projection=None, projection
         +-cell_clip, the output projected (when P < D) and clipped to +-proj_clip.
     """
     c_prev, h_prev = state
-    gates = input_gates + tf.matmul(h_prev, kernel_h)  # (B, 4D)
+    gates = input_gates + _product(h_prev, kernel_h)  # (B, 4D)
     i, j, f, o = tf.split(gates, 4, axis=1)
     c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
     if options.cell_clip is not None:
         c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
     output = h = tf.sigmoid(o) * tf.tanh(c)
     if projection is not None:
-        h = tf.matmul(output, projection)
+        h = _product(output, projection)
         if projection_tap is not None:
             h = h + projection_tap
         if options.proj_clip is not None:
@@ -190,7 +199,7 @@ def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection,
     in_dim = int(inputs.shape[-1])
     steps_shape = tf.shape(inputs)[:2]
     taps = {}
-    input_gates = tf.matmul(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
+    input_gates = _product(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
     input_gates = tf.reshape(input_gates, tf.concat([steps_shape, [4 * dim]], axis=0))  # (B, T, 4D)
     input_gates += _weight_tap(kernel_h, tf.concat([steps_shape, [4 * dim]], axis=0), lambda: taps["h"])
     projection_taps = [None] * n_steps
@@ -228,7 +237,7 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     def input_gates(t):
         """x W_x + B for steps [t, t + STEPS_PER_BLOCK): (STEPS_PER_BLOCK, B, 4D)."""
         x = tf.reshape(time_major[t:t + STEPS_PER_BLOCK], [-1, in_dim])
-        return tf.reshape(tf.matmul(x, kernel_x) + bias, [STEPS_PER_BLOCK, batch_size, 4 * dim])
+        return tf.reshape(_product(x, kernel_x) + bias, [STEPS_PER_BLOCK, batch_size, 4 * dim])
 
     def step(t, c_prev, h_prev, outputs, block):
         offset = t % STEPS_PER_BLOCK

@@ -59,6 +59,18 @@ def select_layers(embeddings, layer="average", mix_weights=None, gamma=1.0):
     raise InputError(f"layer is {layer!r}; expected 'all', 'top', 'average', 'mix' or an int in [0, {n_layers})")
 
 
+def pool_tokens(vectors, pooling):
+    """Mean or max over the token axis (the one before last) of (..., n_tokens, D) -> (..., D); zeros for
+    a sentence without tokens."""
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling is {pooling!r}; expected one of {POOLINGS} (--pool)")
+    vectors = np.asarray(vectors)
+    if vectors.shape[-2] == 0:
+        return np.zeros(vectors.shape[:-2] + vectors.shape[-1:], np.float32)
+    pooled = vectors.mean(axis=-2) if pooling == "mean" else vectors.max(axis=-2)
+    return pooled.astype(np.float32)
+
+
 def sentence_vectors(embeddings, layer="average", pooling="mean", mix_weights=None, gamma=1.0):
     """float32 (n_sentences, 2P): one vector per sentence.
 
@@ -68,15 +80,7 @@ def sentence_vectors(embeddings, layer="average", pooling="mean", mix_weights=No
         pooling: ``"mean"`` or ``"max"`` over the sentence's tokens (a sentence without
             tokens gets zeros).
     """
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling is {pooling!r}; expected one of {POOLINGS}")
     if layer == "all":
         raise InputError("sentence_vectors needs one layer: 'top', 'average', 'mix' or an int, not 'all'")
-    vectors = []
-    for sentence in embeddings:
-        tokens = select_layers(sentence, layer, mix_weights, gamma)
-        if len(tokens) == 0:
-            vectors.append(np.zeros(tokens.shape[-1], np.float32))
-        else:
-            vectors.append(tokens.mean(axis=0) if pooling == "mean" else tokens.max(axis=0))
-    return np.stack(vectors).astype(np.float32)
+    return np.stack([pool_tokens(select_layers(sentence, layer, mix_weights, gamma), pooling)
+                     for sentence in embeddings])

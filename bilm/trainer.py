@@ -22,10 +22,11 @@ import tensorflow.compat.v1 as tf
 
 from . import checkpoints, layout, weights
 from .errors import BilmError, OptionsError, OutputError, TrainingError, WorkerLostError, tensorflow_reason
-from .lm_dataset import Prefetch, count_train_tokens, load_vocab, shard_files, training_data
+from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
 from .cluster import Collectives, check_same_setup, lost_worker_error
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
+from .prefetch import Prefetch
 from .outputs import OutputLock
 
 logger = logging.getLogger(__name__)
