@@ -1,0 +1,138 @@
+"""Embedding at scale: exact float32 (no TF32), reduced precisions, several devices, pooled and float16 outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+from bilm.cli import main
+from bilm.dumps import dump_bilm_embeddings
+from bilm.embedder import ElmoEmbedder
+from conftest import make_options, random_sentences, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    options_file, weight_file = write_model(directory, make_options(skip=True), seed=9)
+    sentences = random_sentences(np.random.default_rng(11), 120, max_len=15)
+    data = directory / "data.txt"
+    data.write_text("".join(" ".join(s) + "\n" for s in sentences), encoding="utf-8")
+    return {"options": options_file, "weights": weight_file, "data": str(data), "sentences": sentences}
+
+
+def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it(model, monkeypatch):
+    seen = []
+    run = tf.Session.run
+
+    def recording(self, *args, **kwargs):
+        seen.append(tf.config.experimental.tensor_float_32_execution_enabled())
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.Session, "run", recording)
+    assert tf.config.experimental.tensor_float_32_execution_enabled()  # TensorFlow's default
+    with ElmoEmbedder(model["options"], model["weights"]) as embedder:
+        embedder.embed_sentences(model["sentences"][:5])
+    assert seen and not any(seen)  # TF32 off in every step of bilm's sessions
+    assert tf.config.experimental.tensor_float_32_execution_enabled()  # and back on afterwards
+    seen.clear()
+    with ElmoEmbedder(model["options"], model["weights"], precision="tf32") as embedder:
+        embedder.embed_sentence(["a", "cat"])
+    assert seen and all(seen)
+
+
+def _cosines(a, b):
+    a, b = np.concatenate(a, axis=1), np.concatenate(b, axis=1)  # (L, N, D)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.mark.parametrize("precision, mean_bound, worst_bound", [("tf32", 1 - 1e-7, 1 - 1e-6),
+                                                                ("bfloat16", 0.999, 0.99), ("float16", 0.9999, 0.999)])
+def test_reduced_precisions_agree_with_float32_within_their_bounds(model, precision, mean_bound, worst_bound):
+    sentences = model["sentences"][:60]
+    with ElmoEmbedder(model["options"], model["weights"]) as embedder:
+        exact = embedder.embed_sentences(sentences)
+    with ElmoEmbedder(model["options"], model["weights"], precision=precision) as embedder:
+        reduced = embedder.embed_sentences(sentences)
+    cosines = _cosines(exact, reduced)
+    assert cosines.mean(axis=1).min() >= mean_bound and cosines.min() >= worst_bound, cosines.mean(axis=1)
+    if precision != "tf32":  # really computed in the reduced type (TF32 is float32 on a CPU)
+        assert max(np.abs(e - r).max() for e, r in zip(exact, reduced)) > 1e-5
+
+
+def test_pool_and_dtype_outputs_are_computed_from_the_float32_layers(model, tmp_path):
+    every = tmp_path / "all.hdf5"
+    dump_bilm_embeddings(None, model["data"], model["options"], model["weights"], str(every))
+    outputs = {}
+    for name, kwargs in {"mean": dict(pool="mean"), "max_top": dict(pool="max", layers="top"),
+                         "half": dict(dtype="float16"), "half_mean_average": dict(pool="mean", layers="average",
+                                                                                  dtype="float16")}.items():
+        outputs[name] = tmp_path / f"{name}.hdf5"
+        dump_bilm_embeddings(None, model["data"], model["options"], model["weights"], str(outputs[name]), **kwargs)
+    with h5py.File(every, "r") as fin:
+        layers = {key: fin[key][...] for key in fin}
+    files = {name: h5py.File(path, "r") for name, path in outputs.items()}
+    for key, value in layers.items():  # (3, n, 16), float32
+        assert files["mean"][key].dtype == np.float32 and files["half"][key].dtype == np.float16
+        np.testing.assert_allclose(files["mean"][key][...], value.mean(axis=1), atol=1e-6)
+        np.testing.assert_allclose(files["max_top"][key][...], value[-1].max(axis=0), atol=1e-6)
+        np.testing.assert_array_equal(files["half"][key][...], value.astype(np.float16))
+        np.testing.assert_array_equal(files["half_mean_average"][key][...],
+                                      value.mean(axis=0).mean(axis=0).astype(np.float16))
+    for handle in files.values():
+        handle.close()
+    assert outputs["half"].stat().st_size < 0.6 * every.stat().st_size
+
+
+def _same_file(a, b):
+    with h5py.File(a, "r") as got, h5py.File(b, "r") as want:
+        assert sorted(got) == sorted(want)
+        for key in want:
+            if key == "sentence_to_index":
+                assert json.loads(got[key][0]) == json.loads(want[key][0])
+            else:
+                np.testing.assert_allclose(got[key][...], want[key][...], atol=1e-6, err_msg=key)
+
+
+def test_two_cpu_devices_write_the_file_of_one_process_even_after_a_kill(model, tmp_path):
+    one = tmp_path / "one.hdf5"
+    args = [model["data"], "--options", model["options"], "--weights", model["weights"], "--batch-size", "4"]
+    assert main(["--quiet", "embed", args[0], str(one), *args[1:]]) == 0
+    two = tmp_path / "two.hdf5"
+    assert main(["--quiet", "embed", args[0], str(two), *args[1:], "--devices", "cpu:2"]) == 0
+    _same_file(two, one)
+    # Killed (SIGKILL: no chance to save) while both devices compute; --resume continues every device's share.
+    killed = tmp_path / "killed.hdf5"
+    process = subprocess.Popen([sys.executable, "-m", "bilm.cli", "--quiet", "embed", args[0], str(killed), *args[1:],
+                                "--devices", "cpu:2"], cwd=ROOT, start_new_session=True)
+    directory = Path(str(killed) + ".devices")
+    deadline = time.time() + 120
+    while not list(directory.glob("device-*.hdf5.parts/part-*")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the command and its device processes
+    process.wait()
+    assert not killed.exists() and directory.is_dir()
+    assert main(["--quiet", "embed", args[0], str(killed), *args[1:], "--devices", "cpu:2"]) == 2  # parts are there
+    assert main(["--quiet", "embed", args[0], str(killed), *args[1:], "--devices", "cpu:2", "--resume"]) == 0
+    _same_file(killed, one)
+    assert not directory.exists()
+
+
+def test_a_failing_device_stops_the_job_with_its_error(model, tmp_path, capsys):
+    out = tmp_path / "out.hdf5"
+    broken = tmp_path / "weights.hdf5"
+    broken.write_bytes(Path(model["weights"]).read_bytes()[:5000])  # each device reads it: each fails
+    assert main(["--quiet", "embed", model["data"], str(out), "--options", model["options"], "--weights",
+                 str(broken), "--devices", "cpu:2"]) == 2
+    error = capsys.readouterr().err
+    assert "bilm: error: device cpu (process " in error and "weights.hdf5" in error and "--resume" in error
+    assert not out.exists()
