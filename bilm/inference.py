@@ -202,30 +202,14 @@ class BidirectionalLanguageModel:
         weights_f32, initializers, _ = self._variables()
         params = reduced_parameters(weights_f32, self._parameters, self._precision)
         embedding = self._embed(ids, params)  # (B, T + 2, P)
-        real = tf.reduce_any(ids > 0, axis=2) if self._use_character_inputs else ids > 0  # (B, T + 2)
-        lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)  # (B,) with begin/end
         policy = self._state_policy(weights_f32, initializers)  # warm-up states in float32
         checks = []
         if policy.max_batch_size is not None:
             checks.append(tf.debugging.assert_less_equal(
                 tf.shape(ids)[0], policy.max_batch_size,
                 message=f"batch larger than max_batch_size={policy.max_batch_size} of BidirectionalLanguageModel"))
-        with tf.control_dependencies(checks):
-            lstm_layers, updates = network.bidirectional_lstm(embedding, lengths, policy, self._options, params)
-        layers = [tf.concat([embedding, embedding], axis=2)] + lstm_layers
-
-        with tf.control_dependencies(updates):
-            stacked = tf.stack(layers, axis=1)  # (B, n_layers + 1, T + 2, 2P)
-            n_tokens = lengths - 2
-            max_tokens = tf.shape(ids)[1] - 2
-            # Drop begin/end: token t is position t + 1; past the length, position t + 2
-            # (the values the original's reverse_sequence trick leaves there).
-            positions = tf.range(max_tokens)[None, :]
-            index = positions + 1 + tf.cast(positions >= n_tokens[:, None], tf.int32)  # (B, T)
-            lm_embeddings = tf.gather(stacked, index, axis=2, batch_dims=1)
-            mask = tf.sequence_mask(n_tokens, max_tokens)
-            n_tokens = tf.identity(n_tokens)
-        ops = {"lm_embeddings": lm_embeddings, "lengths": n_tokens, "mask": mask, "token_embeddings": embedding}
+        ops = network.language_model(embedding, network.sentence_lengths(ids), policy, self._options, params, checks)
+        ops["token_embeddings"] = embedding
         carried = policy.variables if isinstance(policy, states.Stateful) else [[], []]
         self._graphs[ids] = types.SimpleNamespace(
             policy=policy, ops=ops,

@@ -318,3 +318,39 @@ def bidirectional_lstm(embedding, lengths, states, options, params):
         per_direction.append(outputs)
         updates += states.store(direction, finals, batch_size)
     return [tf.concat(pair, axis=2) for pair in zip(*per_direction)], updates
+
+
+def sentence_lengths(ids):
+    """int32 (B,): the real positions (begin/end included) of char ids (B, T + 2, C) or token ids (B, T + 2)."""
+    real = tf.reduce_any(ids > 0, axis=2) if ids.shape.rank == 3 else ids > 0
+    return tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+
+
+def language_model(embedding, lengths, states, options, params, checks=()):
+    """The biLM's layers for a batch of sentences, begin/end removed.
+
+    Args:
+        embedding: float32 (B, T + 2, P) token vectors (begin/end markers included).
+        lengths: int32 (B,) real positions per sentence, begin/end included.
+        states: a state policy (``bilm.states``).
+        checks: ops to run before the LSTMs (e.g. a batch size limit).
+    Returns:
+        ``lm_embeddings`` (B, n_layers + 1, T, 2P): layer 0 the token embedding twice, layer
+        l [forward_l, backward_l]; ``mask`` bool (B, T); ``lengths`` int32 (B,) tokens per
+        sentence. They run after the state updates (if the policy carries states).
+    """
+    with tf.control_dependencies(list(checks)):
+        lstm_layers, updates = bidirectional_lstm(embedding, lengths, states, options, params)
+    layers = [tf.concat([embedding, embedding], axis=2)] + lstm_layers
+    with tf.control_dependencies(updates):
+        stacked = tf.stack(layers, axis=1)  # (B, n_layers + 1, T + 2, 2P)
+        n_tokens = lengths - 2
+        max_tokens = tf.shape(embedding)[1] - 2
+        # Drop begin/end: token t is position t + 1; past the length, position t + 2
+        # (the values the original's reverse_sequence trick leaves there).
+        positions = tf.range(max_tokens)[None, :]
+        index = positions + 1 + tf.cast(positions >= n_tokens[:, None], tf.int32)  # (B, T)
+        lm_embeddings = tf.gather(stacked, index, axis=2, batch_dims=1)
+        mask = tf.sequence_mask(n_tokens, max_tokens)
+        n_tokens = tf.identity(n_tokens)
+    return {"lm_embeddings": lm_embeddings, "mask": mask, "lengths": n_tokens}

@@ -111,51 +111,68 @@ class Zero:
         return []
 
 
-class Warm(Zero):
-    """Every sentence starts from the states after the warm-up text (see the module doc).
+class Given(Zero):
+    """Every sentence starts from the given states: ``values[direction][layer] = (c (1, D), h (1, P))``."""
 
-    The states are non-trainable variables ``warm_c``/``warm_h`` (1, size) per direction
-    and layer, whose initial value runs the warm-up sentences through the network one
-    after the other from zero states (as the original's stateful mode would, one
-    sentence per batch), after the weights are initialised (``after``).
+    name = "given"
 
-    Args:
-        options: ``ModelOptions``.
-        params: the network's parameters by name.
-        embed: a function (ids (1, N[, C]), params) -> token vectors (1, N, P).
-        warmup_ids: the warm-up sentences' ids, each (n + 2[, C]) with begin/end, as the
-            model's batcher gives them (shifted by one).
-        after: ops to run before (the weights' initializers).
-    """
-
-    name = "warm"
-
-    def __init__(self, options, params, embed, warmup_ids, after=()):
+    def __init__(self, options, values):
         super().__init__(options)
-        ids = np.concatenate([np.asarray(sentence) for sentence in warmup_ids])
-        forward = np.arange(len(ids))
-        ends = np.cumsum([len(sentence) for sentence in warmup_ids])
-        backward = np.concatenate([forward[end - len(s):end][::-1] for s, end in zip(warmup_ids, ends)])
-        with tf.name_scope("warm_states"), tf.control_dependencies(list(after)):
-            # Values, not variables: a variable's initial value may read others only through
-            # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
-            params = {name: value.read_value() for name, value in params.items()}
-            embedding = embed(tf.constant(ids[None], tf.int32), params)  # (1, N, P)
-            self.variables = []
-            for direction, order in enumerate((forward, backward)):
-                inputs = tf.gather(embedding, order, axis=1)
-                zeros = [tuple(tf.zeros([1, size]) for size in self._sizes) for _ in range(self._n_layers)]
-                _, finals = network.lstm_stack(inputs, zeros, options, params, direction,
-                                               lengths=tf.constant([len(ids)]))  # a loop, not unrolled
-                self.variables.append([tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
-                                             for name, value in zip(("warm_c", "warm_h"), final))
-                                       for final in finals])
+        self.variables = values
 
     def _start(self, direction, layer):
         return self.variables[direction][layer]
 
     def flat_variables(self):
         return [v for d in self.variables for layer in d for v in layer]
+
+
+def warm_up(options, params, embed, warmup_ids):
+    """The states after running the warm-up sentences one after the other from zero states (as the
+    original's stateful mode would, one sentence per batch): ``[direction][layer] = (c (1, D), h (1, P))``.
+
+    Args:
+        params: the network's parameters (values) by name.
+        embed: a function (ids (1, N[, C]), params) -> token vectors (1, N, P).
+        warmup_ids: the warm-up sentences' ids, each (n + 2[, C]) with begin/end, as the
+            model's batcher gives them (shifted by one).
+    """
+    ids = np.concatenate([np.asarray(sentence) for sentence in warmup_ids])
+    forward = np.arange(len(ids))
+    ends = np.cumsum([len(sentence) for sentence in warmup_ids])
+    backward = np.concatenate([forward[end - len(s):end][::-1] for s, end in zip(warmup_ids, ends)])
+    embedding = embed(tf.constant(ids[None], tf.int32), params)  # (1, N, P)
+    sizes = options.state_sizes
+    finals_by_direction = []
+    for direction, order in enumerate((forward, backward)):
+        inputs = tf.gather(embedding, order, axis=1)
+        zeros = [tuple(tf.zeros([1, size]) for size in sizes) for _ in range(options.n_layers)]
+        _, finals = network.lstm_stack(inputs, zeros, options, params, direction,
+                                       lengths=tf.constant([len(ids)]))  # a loop, not unrolled
+        finals_by_direction.append(finals)
+    return finals_by_direction
+
+
+class Warm(Given):
+    """Every sentence starts from the states after the warm-up text (see the module doc).
+
+    The states are non-trainable variables ``warm_c``/``warm_h`` (1, size) per direction
+    and layer, whose initial value is ``warm_up`` run after the weights are initialised
+    (``after``: their initializers). Args as ``warm_up``.
+    """
+
+    name = "warm"
+
+    def __init__(self, options, params, embed, warmup_ids, after=()):
+        with tf.name_scope("warm_states"), tf.control_dependencies(list(after)):
+            # Values, not variables: a variable's initial value may read others only through
+            # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
+            values = {name: value.read_value() for name, value in params.items()}
+            finals = warm_up(options, values, embed, warmup_ids)
+            variables = [[tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
+                                for name, value in zip(("warm_c", "warm_h"), final)) for final in direction]
+                         for direction in finals]
+        super().__init__(options, variables)
 
 
 def warmup_sentences(text_file=WARMUP_TEXT):
