@@ -72,6 +72,8 @@ class ELMo(keras.layers.Layer):
                         for name, param in self.parameters.items()}
         self._warm = self._warm_states() if state_mode == "warm" else None
         self.supports_masking = True
+        self.build(None)  # the weights do not depend on the inputs: made now, eagerly, not in a trace
+
 
     def _warm_states(self):
         """The warm-up states, computed now, eagerly, from the weight file's values."""
