@@ -218,7 +218,8 @@ def build_training_graph(options, n_gpus, collectives=None):
         ])
         histograms = tf.summary.merge(
             [tf.summary.histogram(v.op.name, v) for v in variables]
-            + [tf.summary.histogram(v.op.name + "/gradient", g) for g, v in zip(grads, variables)]
+            + [tf.summary.histogram(v.op.name + "/gradient", g.values if isinstance(g, tf.IndexedSlices) else g)
+               for g, v in zip(grads, variables)]  # the rows a sparse gradient has (not densified)
         )
     return {"models": models, "train_op": train_op, "softmax_train_op": softmax_train_op,
             "train_perplexity": train_perplexity, "finite": finite,
