@@ -20,7 +20,8 @@ def tour_blocks(readme=ROOT / "README.md"):
 def test_the_tour_has_every_kind_of_step():
     blocks = tour_blocks()
     commands = " ".join(code for _, code in blocks)
-    assert [language for language, _ in blocks].count("python") >= 1
+    assert [language for language, _ in blocks].count("python") >= 2
+    assert all(re.search(r"^print\(.*\)\s+# ", code, flags=re.M) for language, code in blocks if language == "python")
     for step in ("bilm embed", "bilm sample-corpus", "bilm train", "bilm test", "bilm dump-weights", "bilm export"):
         assert step in commands
 
@@ -39,6 +40,7 @@ def test_the_tour_runs_verbatim(tmp_path):
         assert result.returncode == 0, f"block {k} failed:\n{code}\n{result.stderr[-3000:]}"
         if k == 0:
             assert "(3, 6, 256)" in result.stdout  # the second line's dataset
-        if language == "python":
-            assert "(1, 3, 256)" in result.stdout
+        if language == "python":  # what each print's comment says it prints
+            for expected in re.findall(r"^print\(.*\)\s+# (.+)$", code, flags=re.M):
+                assert expected in result.stdout, f"block {k}: {expected} not printed:\n{result.stdout}"
     assert (tmp_path / "mine.hdf5").is_file() and (tmp_path / "elmo_savedmodel" / "saved_model.pb").is_file()
