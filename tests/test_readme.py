@@ -44,3 +44,18 @@ def test_the_tour_runs_verbatim(tmp_path):
             for expected in re.findall(r"^print\(.*\)\s+# (.+)$", code, flags=re.M):
                 assert expected in result.stdout, f"block {k}: {expected} not printed:\n{result.stdout}"
     assert (tmp_path / "mine.hdf5").is_file() and (tmp_path / "elmo_savedmodel" / "saved_model.pb").is_file()
+
+
+def test_the_two_worker_cluster_block_runs_verbatim(tmp_path):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Training across machines")
+    block, = [code for language, code in re.findall(r"```(bash|python)\n(.*?)```", text[start:], flags=re.S)
+              if "--worker_index" in code][:1]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "cluster_demo" / "ckpt"
+    assert (ckpt / "checkpoint").is_file() and (ckpt / "options.json").is_file()
+    assert "worker 1 of 2" in result.stderr and "worker 0 of 2" in result.stderr  # both logged their rate
