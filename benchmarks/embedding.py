@@ -183,7 +183,7 @@ def main():
             print(f"| {label} | {precision} | {fmt(row['mean'], 5)} | {fmt(row['worst'])} | {fmt(row['max_abs'])} |")
 
     sizes = run("job_sizes", work=work)
-    print(f"\n| output form | bytes/token | gzip bytes/token | lzf bytes/token | read s (plain; gzip; lzf) |")
+    print("\n| output form | bytes/token | gzip bytes/token | lzf bytes/token | read s (plain; gzip; lzf) |")
     print("|---|---|---|---|---|")
     for row in sizes["rows"]:
         t = sizes["tokens"]

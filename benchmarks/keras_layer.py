@@ -68,7 +68,7 @@ def main():
     directory = tempfile.mkdtemp(prefix="bilm_keras_")
     options, weights = write_model(directory)
     corpus = write_corpus(directory, args.sentences)
-    print(f"| path | tokens/s | peak RSS GB |\n|---|---|---|")
+    print("| path | tokens/s | peak RSS GB |\n|---|---|---|")
     for path, label in (("graph", "graph API (BidirectionalLanguageModel, session)"),
                         ("function", "Keras layer in tf.function"), ("eager", "Keras layer, eager")):
         spec = dict(path=path, options=options, weights=weights, corpus=corpus, n=args.sentences, size=args.batch)

@@ -10,6 +10,20 @@ from .vocabulary import (BOS_CHAR, EOS_CHAR, UnicodeCharsVocabulary, Vocabulary,
                          token_char_ids)
 
 
+def window_batches(window, batch_size, by_length=True):
+    """[(indices, sentences)]: the batches of a window of ``(index, tokens)``, in the order computed.
+
+    Sorted by length (stable) unless ``by_length`` is False, then cut every
+    ``batch_size`` sentences: the same window always gives the same batches. A job's
+    batches are its units of work (``bilm.outputs.PartsJob``), on one machine or many.
+    """
+    order = list(range(len(window)))
+    if by_length:
+        order.sort(key=lambda i: len(window[i][1]))
+    chosen = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [([window[i][0] for i in rows], [window[i][1] for i in rows]) for rows in chosen]
+
+
 def _check_sentences(sentences):
     if isinstance(sentences, str):
         raise InputError("batch_sentences expects a list of tokenized sentences (lists of str), got one str")

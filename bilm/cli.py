@@ -152,7 +152,12 @@ def _add_text_arguments(parser):
 def _embed(args):
     from .devices import parse_devices
     from .dumps import dump_bilm_embeddings
+    from .errors import InputError
 
+    if args.ray is not None:
+        return _embed_on_ray(args)
+    if args.ray_workers is not None:
+        raise InputError("--ray-workers goes with --ray (the number of Ray actors)")
     dump_bilm_embeddings(args.vocab, args.input, args.options, args.weights, args.output,
                          state_mode=args.state_mode, batch_size=args.batch_size, shard=args.shard,
                          overwrite=args.overwrite, resume=args.resume, encoding=args.encoding,
@@ -160,6 +165,20 @@ def _embed(args):
                          layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True,
                          precision=args.precision, dtype=args.dtype, pool=args.pool,
                          devices=parse_devices(args.devices) if args.devices else None)
+
+
+def _embed_on_ray(args):
+    from .errors import InputError
+    from .ray_embed import dump_on_ray
+
+    other = "--devices" if args.devices else "--shard" if args.shard != (0, 1) else None
+    if other:
+        raise InputError(f"--ray shares the lines among the Ray cluster's workers: give it without {other}")
+    dump_on_ray(args.ray, args.vocab, args.input, args.options, args.weights, args.output,
+                state_mode=args.state_mode, batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
+                encoding=args.encoding, encoding_errors=args.encoding_errors, empty_lines=args.empty_lines,
+                tokenize=args.tokenize, layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True,
+                precision=args.precision, dtype=args.dtype, pool=args.pool, workers=args.ray_workers)
 
 
 def _merge(args):
@@ -546,6 +565,13 @@ def build_parser():
     embed.add_argument("--devices", metavar="gpu:0,gpu:1|cpu:N",
                        help="share the lines among several devices, one process each: GPUs by index, or N processes "
                             "sharing the CPU cores; one output file")
+    embed.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
+                            "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
+                            "only). The output is written here, as without --ray")
+    embed.add_argument(*_flag("ray_workers"), type=_positive_int, metavar="N",
+                       help="with --ray: Ray actors, one model each (default: one per GPU of the cluster, else one "
+                            "per machine sharing its CPUs)")
     add_output_arguments(embed)
 
     merge = _command(

@@ -155,22 +155,9 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                                batch_size, overwrite, resume, encoding_errors, empty_lines, part_size, layers,
                                mix_weights, sentence_to_index, encoding, tokenize, window, flush_seconds, precision,
                                dtype, pool)
-    options = ModelOptions.of(options_file)
-    options.require_char_input("dump_bilm_embeddings")
-    states.check_state_mode(state_mode)
-    check_precision(precision)
-    reader = DatasetReader(dataset_file, shard, encoding, encoding_errors, empty_lines, tokenize)
-    if part_size < 1:
-        raise InputError(f"part_size is {part_size}; expected at least 1")
-    check_layers(layers, mix_weights, options.n_layers + 1)
-    output = OutputForm(layers, mix_weights, pool, dtype)
-    settings = {"dataset_file": file_fingerprint(dataset_file), "vocab_file": file_fingerprint(vocab_file),
-                "options_file": file_fingerprint(options_file), "weight_file": file_fingerprint(weight_file),
-                "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "window": window,
-                "encoding": reader.encoding, "encoding_errors": encoding_errors, "empty_lines": empty_lines,
-                "tokenize": tokenize, "precision": precision, **output.settings()}
-    inputs = {"input text": dataset_file, "vocabulary": vocab_file, "options file": options_file,
-              "weight file": weight_file}
+    options, reader, output, settings, inputs = embedding_job(
+        vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, shard, encoding_errors,
+        empty_lines, part_size, layers, mix_weights, encoding, tokenize, window, precision, dtype, pool)
     with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
         if job.complete:
             return
@@ -215,6 +202,33 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
             record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
         job.finish(add=record)
     logger.info("wrote %d sentences to %s", n_sentences, outfile)
+
+
+def embedding_job(vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, shard, encoding_errors,
+                  empty_lines, part_size, layers, mix_weights, encoding, tokenize, window, precision, dtype, pool):
+    """Check the arguments of a ``dump_bilm_embeddings`` job (on one machine or on Ray).
+
+    Returns (``ModelOptions``, ``DatasetReader``, ``OutputForm``, the job's settings for
+    ``PartsJob``, its inputs {what: path}). Jobs with the same settings have the same
+    units (batches), so one can finish the parts of the other.
+    """
+    options = ModelOptions.of(options_file)
+    options.require_char_input("dump_bilm_embeddings")
+    states.check_state_mode(state_mode)
+    check_precision(precision)
+    reader = DatasetReader(dataset_file, shard, encoding, encoding_errors, empty_lines, tokenize)
+    if part_size < 1:
+        raise InputError(f"part_size is {part_size}; expected at least 1")
+    check_layers(layers, mix_weights, options.n_layers + 1)
+    output = OutputForm(layers, mix_weights, pool, dtype)
+    settings = {"dataset_file": file_fingerprint(dataset_file), "vocab_file": file_fingerprint(vocab_file),
+                "options_file": file_fingerprint(options_file), "weight_file": file_fingerprint(weight_file),
+                "state_mode": state_mode, "batch_size": batch_size, "shard": list(shard), "window": window,
+                "encoding": reader.encoding, "encoding_errors": encoding_errors, "empty_lines": empty_lines,
+                "tokenize": tokenize, "precision": precision, **output.settings()}
+    inputs = {"input text": dataset_file, "vocabulary": vocab_file, "options file": options_file,
+              "weight file": weight_file}
+    return options, reader, output, settings, inputs
 
 
 class OutputForm:

@@ -9,7 +9,7 @@ import itertools
 import tensorflow.compat.v1 as tf
 
 from . import sessions, states
-from .batching import Batcher
+from .batching import Batcher, window_batches
 from .errors import InputError
 from .inference import BidirectionalLanguageModel
 from .options import ModelOptions
@@ -85,11 +85,7 @@ class ElmoEmbedder:
         Sorted by length unless states are carried; the same window always gives the
         same batches, hence the same numbers.
         """
-        order = list(range(len(window)))
-        if self.state_mode != "stateful":
-            order.sort(key=lambda i: len(window[i][1]))
-        chosen = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
-        return [([window[i][0] for i in rows], [window[i][1] for i in rows]) for rows in chosen]
+        return window_batches(window, self.batch_size, by_length=self.state_mode != "stateful")
 
     def char_ids(self, sentences):
         """The batch's character ids (what ``embed_ids`` takes): int32 (B, T + 2, C)."""

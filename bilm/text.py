@@ -30,19 +30,23 @@ def check_encoding(encoding):
                          f"as utf-8 or latin-1") from None
 
 
-def read_text_lines(path, what="text file", error=InputError, encoding_errors="strict", hint="", encoding="utf-8"):
+def read_text_lines(path, what="text file", error=InputError, encoding_errors="strict", hint="", encoding="utf-8",
+                    start=(0, 1)):
     """Yield ``(line number from 1, line)`` of a text file, read line by line.
 
     A missing file or a line that is not in ``encoding`` (with ``encoding_errors``
     ``"strict"``) raises ``error`` naming the file and line; ``hint`` is appended to
-    that message. A UTF-8 byte-order mark at the start is dropped.
+    that message. A UTF-8 byte-order mark at the start is dropped. ``start``:
+    (byte offset, its line number) of the line to begin at, to read part of a file.
     """
     if not os.path.isfile(path):
         raise error(f"{path}: {what} not found")
     codec = check_encoding(encoding)
     label = "UTF-8" if codec == "utf-8" else encoding
+    offset, first = start
     with open(path, "rb") as fin:
-        for line_number, raw in enumerate(fin, start=1):
+        fin.seek(offset)
+        for line_number, raw in enumerate(fin, start=first):
             name = "utf-8-sig" if line_number == 1 and codec == "utf-8" else codec
             try:
                 yield line_number, raw.decode(name, encoding_errors)

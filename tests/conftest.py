@@ -112,3 +112,14 @@ def write_vocab(path, corpus=TINY_CORPUS, min_count=1):
     tokens = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
     Path(path).write_text("\n".join(["<S>", "</S>", "<UNK>"] + tokens) + "\n", encoding="utf-8")
     return str(path)
+
+
+def same_hdf5(got_file, want_file):
+    """Two embedding files hold the same keys and arrays (to 1e-6) and the same sentence index."""
+    with h5py.File(got_file, "r") as got, h5py.File(want_file, "r") as want:
+        assert sorted(got) == sorted(want)
+        for key in want:
+            if key == "sentence_to_index":
+                assert json.loads(got[key][0]) == json.loads(want[key][0])
+            else:
+                np.testing.assert_allclose(got[key][...], want[key][...], atol=1e-6, err_msg=key)

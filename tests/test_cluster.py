@@ -1,6 +1,5 @@
 """Training across worker processes on 127.0.0.1 (TensorFlow's collective ops), bounded in time."""
 import json
-import shlex
 import signal
 import socket
 import subprocess

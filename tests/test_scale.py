@@ -1,5 +1,4 @@
 """Embedding at scale: exact float32 (no TF32), reduced precisions, several devices, pooled and float16 outputs."""
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import tensorflow.compat.v1 as tf
 from bilm.cli import main
 from bilm.dumps import dump_bilm_embeddings
 from bilm.embedder import ElmoEmbedder
-from conftest import make_options, random_sentences, write_model
+from conftest import make_options, random_sentences, same_hdf5, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,23 +92,13 @@ def test_pool_and_dtype_outputs_are_computed_from_the_float32_layers(model, tmp_
     assert outputs["half"].stat().st_size < 0.6 * every.stat().st_size
 
 
-def _same_file(a, b):
-    with h5py.File(a, "r") as got, h5py.File(b, "r") as want:
-        assert sorted(got) == sorted(want)
-        for key in want:
-            if key == "sentence_to_index":
-                assert json.loads(got[key][0]) == json.loads(want[key][0])
-            else:
-                np.testing.assert_allclose(got[key][...], want[key][...], atol=1e-6, err_msg=key)
-
-
 def test_two_cpu_devices_write_the_file_of_one_process_even_after_a_kill(model, tmp_path):
     one = tmp_path / "one.hdf5"
     args = [model["data"], "--options", model["options"], "--weights", model["weights"], "--batch-size", "4"]
     assert main(["--quiet", "embed", args[0], str(one), *args[1:]]) == 0
     two = tmp_path / "two.hdf5"
     assert main(["--quiet", "embed", args[0], str(two), *args[1:], "--devices", "cpu:2"]) == 0
-    _same_file(two, one)
+    same_hdf5(two, one)
     # Killed (SIGKILL: no chance to save) while both devices compute; --resume continues every device's share.
     killed = tmp_path / "killed.hdf5"
     process = subprocess.Popen([sys.executable, "-m", "bilm.cli", "--quiet", "embed", args[0], str(killed), *args[1:],
@@ -123,7 +112,7 @@ def test_two_cpu_devices_write_the_file_of_one_process_even_after_a_kill(model, 
     assert not killed.exists() and directory.is_dir()
     assert main(["--quiet", "embed", args[0], str(killed), *args[1:], "--devices", "cpu:2"]) == 2  # parts are there
     assert main(["--quiet", "embed", args[0], str(killed), *args[1:], "--devices", "cpu:2", "--resume"]) == 0
-    _same_file(killed, one)
+    same_hdf5(killed, one)
     assert not directory.exists()
 
 

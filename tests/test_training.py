@@ -110,7 +110,7 @@ def test_two_towers_on_half_batches_equal_one_tower_on_the_whole_batch():
     changed = 0
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
-        changed += not np.allclose(one[name], initial[name])
+        changed += not np.array_equal(one[name], initial[name])  # some updates are ~1e-6 (W_carry)
     assert changed == len(one)
 
 
