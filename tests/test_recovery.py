@@ -62,12 +62,26 @@ def kill_when(function, kwargs, parts_dir, n_parts, timeout=120):
     assert process.wait() == -signal.SIGKILL, "the job ended before it could be killed"
 
 
-@pytest.mark.parametrize("state_mode, kill_after_parts", [("warm", 0), ("warm", 1), ("warm", 9), ("stateful", 4)])
-def test_killed_dump_bilm_embeddings_resumes_to_the_same_file(job, tmp_path, state_mode, kill_after_parts):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """{state_mode: the file of an uninterrupted dump}, made once per mode."""
+    made = {}
+
+    def dump(state_mode, **common):
+        if state_mode not in made:
+            made[state_mode] = tmp_path_factory.mktemp("uninterrupted") / f"{state_mode}.hdf5"
+            dump_bilm_embeddings(outfile=str(made[state_mode]), state_mode=state_mode, **common)
+        return made[state_mode]
+    return dump
+
+
+@pytest.mark.parametrize("state_mode, kill_after_parts", [("warm", 1), ("warm", 9), ("stateful", 4)])
+def test_killed_dump_bilm_embeddings_resumes_to_the_same_file(job, uninterrupted, tmp_path, state_mode,
+                                                              kill_after_parts):
     common = {k: job[k] for k in ("vocab_file", "dataset_file", "options_file", "weight_file")}
-    common.update(state_mode=state_mode, batch_size=4, part_size=100)
-    expected = tmp_path / "expected.hdf5"
-    dump_bilm_embeddings(outfile=str(expected), **common)
+    common.update(batch_size=4, part_size=100)
+    expected = uninterrupted(state_mode, **common)
+    common["state_mode"] = state_mode
 
     out = tmp_path / "out.hdf5"
     kill_when("dump_bilm_embeddings", dict(common, outfile=str(out)), str(out) + ".parts", kill_after_parts)
