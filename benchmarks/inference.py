@@ -115,14 +115,6 @@ def measure_graph(work, batch_size, n_sentences, token_input=False):
     return {"seconds": elapsed, "tokens": real, "positions": positions}
 
 
-def _original_computation():
-    """Compute as the original did: x W_x at every LSTM step, the char CNN at every position."""
-    import bilm.inference
-    import bilm.network
-    bilm.network.STEPS_PER_BLOCK = 1
-    bilm.inference.CNN_CHUNK = None
-
-
 def _first_lines(source, n, directory):
     """A file of the first n lines of ``source``, and a fresh output path beside it."""
     path = os.path.join(directory, f"first_{n}_{os.path.basename(source)}")
@@ -142,9 +134,6 @@ def _steady(run_job, n_small, n_large):
 def measure_dump(work, mode, n_sentences):
     """dump_bilm_embeddings of the first n_sentences of the corpus (set-up excluded)."""
     from bilm.precompute import dump_bilm_embeddings
-    if mode == "original":
-        _original_computation()
-        mode = "stateful"
 
     def job(n):
         dataset, out = _first_lines(work["corpus"], n, work["dir"])
@@ -158,9 +147,8 @@ def measure_dump(work, mode, n_sentences):
 def measure_token_dump(work, one_at_a_time, n_tokens):
     """dump_token_embeddings of the first n_tokens of the token vocabulary (set-up excluded)."""
     import bilm.dumps as precompute
-    if one_at_a_time:  # the original: one token per session call
+    if one_at_a_time:  # the straightforward path: one token per session call
         precompute.TOKEN_CHUNK = 1
-        _original_computation()
 
     def job(n):
         vocab, out = _first_lines(work["token_vocab"], n, work["dir"])
@@ -254,11 +242,8 @@ def main():
         row(f"char input, batch {batch_size}, file order, stateful", run("measure_graph", work, batch_size=batch_size,
                                                                        n_sentences=count))
     grouped = run("measure_dump", work, mode="warm", n_sentences=max(int(n * scale), 64))
-    base = run("measure_dump", work, mode="original", n_sentences=max(int(300 * scale), 10))
-    base_rate = row("dump_bilm_embeddings, sentence at a time, the original's computation", base)
-    row("dump_bilm_embeddings, sentence at a time, bilm stateful", run("measure_dump", work, mode="stateful",
-                                                                         n_sentences=max(int(300 * scale), 10)),
-        base_rate)
+    base_rate = row("dump_bilm_embeddings, sentence at a time (stateful)",
+                    run("measure_dump", work, mode="stateful", n_sentences=max(int(300 * scale), 10)))
     row(f"dump_bilm_embeddings, batched by length (warm), {max(int(n * scale), 64)} sentences", grouped, base_rate)
 
     token_embeddings_file = os.path.join(tmp, "token_embeddings.hdf5")
@@ -273,7 +258,7 @@ def main():
     write_vocabulary(["<S>", "</S>", "<UNK>"] + synthetic_words(np.random.default_rng(1), n_tokens - 3),
                      work["token_vocab"])
     slow = run("measure_token_dump", work, one_at_a_time=True, n_tokens=max(int(4000 * scale), 300))
-    slow_rate = row("dump_token_embeddings, token at a time, the original's computation", slow)
+    slow_rate = row("dump_token_embeddings, token at a time", slow)
     row(f"dump_token_embeddings, chunks of 512, {n_tokens} tokens", run("measure_token_dump", work,
                                                                         one_at_a_time=False, n_tokens=n_tokens),
         slow_rate)

@@ -606,7 +606,8 @@ def build_parser():
 
     download = _command(
         commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
-        "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), plus any listed in the "
+        "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), original-checkpoint (the "
+        "original's training checkpoint, to fine-tune from), plus any listed in the "
         "JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. A partial download resumes; "
         "files are checked against their size and a SHA-256 recorded on the first download.",
         "bilm download small && bilm embed sentences.txt elmo.hdf5 --model small", _download)
