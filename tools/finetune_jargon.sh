@@ -4,7 +4,7 @@
 # Needs what tools/build_default_model.sh left in WORKDIR (the corpus, vocab.txt and the
 # training checkpoints) and the jargon corpus (python tools/prepare_jargon.py WORKDIR/jargon).
 # Prints held-out perplexities on both domains, before and after, from the checkpoint and from
-# the weight file only. About 30 minutes on 2 CPU cores.
+# the weight file only. About 20 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/bilm-default-model}
