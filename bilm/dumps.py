@@ -91,7 +91,7 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
                             rows = char_ids[start:start + chunk]
                             if unit not in job.done:
                                 vectors = sess.run(embedding_op, {ids: rows[:, None, :]})[:, 0]
-                                writer.add(unit, {layout.TOKEN_EMBEDDING_NAME: vectors})
+                                writer.add(unit, {str(unit): vectors})  # concatenated at the end
                             progress.update(len(rows))
                     except KeyboardInterrupt as err:
                         _interrupted(err, job, progress.n, vocab.size, "tokens")

@@ -310,7 +310,8 @@ class PartsJob:
         """Assemble ``outfile`` from the parts, in unit order, then remove the parts.
 
         Every dataset of every part is copied under its name; with ``concatenate`` (a
-        dataset name), that dataset's rows are concatenated across parts instead.
+        dataset name), the units' datasets (named by unit number) are concatenated, in
+        unit order, into that one dataset instead.
         ``add``: {name: array} datasets written beside them. With one part and no
         ``concatenate``, the part becomes the output (no copy).
         """
@@ -340,17 +341,20 @@ class PartsJob:
 
     @staticmethod
     def _concatenate(parts, name, fout):
-        shapes = []
+        """The rows of every unit (a part's datasets, named by unit number) in unit order, as dataset ``name``."""
+        units = []  # per part: [(dataset name, shape)] in unit order
         for part in parts:
             with h5py.File(part, "r") as fin:
-                shapes.append(fin[name].shape)
-        total = sum(shape[0] for shape in shapes)
-        dataset = fout.create_dataset(name, (total,) + tuple(shapes[0][1:]), dtype=np.float32)
+                units.append([(key, fin[key].shape) for key in sorted((k for k in fin if k != STATES_GROUP), key=int)])
+        shapes = [shape for part_units in units for _, shape in part_units]
+        dataset = fout.create_dataset(name, (sum(shape[0] for shape in shapes),) + tuple(shapes[0][1:]),
+                                      dtype=np.float32)
         start = 0
-        for part, shape in zip(parts, shapes):
+        for part, part_units in zip(parts, units):
             with h5py.File(part, "r") as fin:
-                dataset[start:start + shape[0]] = fin[name][...]
-            start += shape[0]
+                for key, shape in part_units:
+                    dataset[start:start + shape[0]] = fin[key][...]
+                    start += shape[0]
 
 
 class PartWriter:

@@ -108,6 +108,12 @@ def test_killed_dump_token_embeddings_resumes_to_the_same_file(job, tmp_path):
     assert not out.exists()
     dump_token_embeddings(outfile=str(out), resume=True, **common)
     assert_same_file(out, expected)
+    # The defaults: chunks of 512 tokens, up to 32 chunks a part (2 parts here), rows in vocabulary order.
+    defaults = tmp_path / "defaults.hdf5"
+    dump_token_embeddings(str(vocab), job["options_file"], job["weight_file"], str(defaults))
+    with h5py.File(defaults, "r") as got, h5py.File(expected, "r") as want:
+        assert got["embedding"].shape == want["embedding"].shape == (30003, 8)
+        np.testing.assert_allclose(got["embedding"][...], want["embedding"][...], atol=1e-6)
 
 
 def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, monkeypatch):

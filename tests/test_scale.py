@@ -14,7 +14,7 @@ import tensorflow.compat.v1 as tf
 from bilm.cli import main
 from bilm.dumps import dump_bilm_embeddings
 from bilm.embedder import ElmoEmbedder
-from conftest import make_options, random_sentences, same_hdf5, write_model
+from conftest import REFERENCE_MODEL, make_options, needs_reference, random_sentences, same_hdf5, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,13 +54,18 @@ def _cosines(a, b):
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
+@pytest.mark.parametrize("which", ["tiny random model", pytest.param("the original's reference model",
+                                                                       marks=needs_reference)])
 @pytest.mark.parametrize("precision, mean_bound, worst_bound", [("tf32", 1 - 1e-7, 1 - 1e-6),
                                                                 ("bfloat16", 0.999, 0.99), ("float16", 0.9999, 0.999)])
-def test_reduced_precisions_agree_with_float32_within_their_bounds(model, precision, mean_bound, worst_bound):
+def test_reduced_precisions_agree_with_float32_within_their_bounds(model, which, precision, mean_bound, worst_bound):
     sentences = model["sentences"][:60]
-    with ElmoEmbedder(model["options"], model["weights"]) as embedder:
+    files = (model["options"], model["weights"])
+    if which != "tiny random model":
+        files = (str(REFERENCE_MODEL / "options.json"), str(REFERENCE_MODEL / "lm_weights.hdf5"))
+    with ElmoEmbedder(*files) as embedder:
         exact = embedder.embed_sentences(sentences)
-    with ElmoEmbedder(model["options"], model["weights"], precision=precision) as embedder:
+    with ElmoEmbedder(*files, precision=precision) as embedder:
         reduced = embedder.embed_sentences(sentences)
     cosines = _cosines(exact, reduced)
     assert cosines.mean(axis=1).min() >= mean_bound and cosines.min() >= worst_bound, cosines.mean(axis=1)
