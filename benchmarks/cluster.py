@@ -189,7 +189,7 @@ def main():
 
     from bilm.options import ELMO_ORIGINAL
     print(f"Machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; workers are processes on 127.0.0.1, "
-          f"each with {{cores / workers}} threads; {TOKENS_PER_BATCH} tokens per worker per step.\n")
+          f"each with (cores / workers) threads; {TOKENS_PER_BATCH} tokens per worker per step.\n")
 
     reference, _ = exchanged(REFERENCE)
     print("| workers | s/step (slowest worker) | cluster tokens/s | collectives alone, s/step | "

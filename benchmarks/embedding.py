@@ -40,7 +40,7 @@ def job_dump(work, devices, prefetch=True, n=None):
     import bilm.prefetch
     if not prefetch:  # the straightforward way: every step in the main thread
         dumps.Prefetch = lambda iterable: _Inline(iterable)
-    inside = [0.0]
+    runs, first_batch = [], []  # (start, end) of every session run; when the first batch was written
     run = tf.Session.run
 
     def timed(self, *args, **kwargs):
@@ -48,18 +48,27 @@ def job_dump(work, devices, prefetch=True, n=None):
         try:
             return run(self, *args, **kwargs)
         finally:
-            inside[0] += time.perf_counter() - start
+            runs.append((start, time.perf_counter()))
+
+    def note_first_batch(n_sentences):
+        if not first_batch:
+            first_batch.append(time.perf_counter())
 
     tf.Session.run = timed
     out = tempfile.mktemp(suffix=".hdf5", dir=work["dir"])
     start = time.perf_counter()
     dumps.dump_bilm_embeddings(None, work["corpus"], work["options"], work["weights"], out,
-                               devices=devices if devices else None)
-    seconds = time.perf_counter() - start
+                               devices=devices if devices else None, progress=None if devices else note_first_batch)
+    end = time.perf_counter()
     with open(work["corpus"]) as fin:
         tokens = sum(len(line.split()) for line in fin)
+    steady = {}
+    if first_batch:  # after set-up (graph, weights, warm-up) and the first batch: the job's steady state
+        t0 = first_batch[0]
+        steady = {"steady_seconds": end - t0, "steady_inside": sum(b - max(a, t0) for a, b in runs if b > t0)}
     del bilm.prefetch
-    return {"seconds": seconds, "tokens": tokens, "inside": inside[0], "outfile": out}
+    return {"seconds": end - start, "tokens": tokens, "inside": sum(b - a for a, b in runs), "outfile": out,
+            **steady}
 
 
 class _Inline:
@@ -96,13 +105,14 @@ def job_sizes(work):
     from bilm.dumps import dump_bilm_embeddings
     with open(work["corpus"]) as fin:
         tokens = sum(len(line.split()) for line in fin)
-    rows = []
+    rows, files = [], {}
     forms = [("all", None, "float32"), ("all", None, "float16"), ("top", None, "float32"), ("average", None, "float16"),
              ("all", "mean", "float32"), ("average", "mean", "float16")]
     for layers, pool, dtype in forms:
         out = tempfile.mktemp(suffix=".hdf5", dir=work["dir"])
         dump_bilm_embeddings(None, work["corpus"], work["options"], work["weights"], out, layers=layers, pool=pool,
                              dtype=dtype, state_mode="zero")
+        files[layers, pool, dtype] = out
         row = {"form": f"layers={layers}, pool={pool or '-'}, dtype={dtype}", "bytes": os.path.getsize(out)}
         for compression in ("gzip", "lzf"):
             packed = out + f".{compression}.hdf5"
@@ -121,7 +131,52 @@ def job_sizes(work):
                 fin[key][...]
         row["read_seconds"] = time.perf_counter() - start
         rows.append(row)
-    return {"tokens": tokens, "rows": rows}
+    return {"tokens": tokens, "rows": rows, "float16_error": _float16_error(*(files["all", None, dtype]
+                                                                              for dtype in ("float32", "float16")))}
+
+
+def _float16_error(float32_file, float16_file):
+    """Largest absolute and relative difference of the float16 all-layer output from the float32 one."""
+    worst_abs = worst_rel = 0.0
+    with h5py.File(float32_file, "r") as exact, h5py.File(float16_file, "r") as half:
+        for key in exact:
+            if key == "sentence_to_index":
+                continue
+            want, got = exact[key][...], half[key][...].astype(np.float32)
+            worst_abs = max(worst_abs, float(np.abs(got - want).max()))
+            worst_rel = max(worst_rel, float((np.abs(got - want) / np.maximum(np.abs(want), 1e-3)).max()))
+    return {"max_abs": worst_abs, "max_rel": worst_rel}
+
+
+def job_shapes(work, steps=200):
+    """GFLOP/s of the full-size model's products at their shapes in a dump (batch 64), each
+    product feeding the next in a loop of ``steps`` (as the LSTM's recurrence does), and of
+    the 4096 x 4096 reference product."""
+    import tensorflow.compat.v1 as tf
+    shapes = {"4096 x 4096 @ 4096 x 4096 (the ceiling's product)": (4096, 4096, 4096),
+              "64 x 512 @ 512 x 16384 (recurrent gates, one step)": (64, 512, 16384),
+              "512 x 512 @ 512 x 16384 (input gates, a block of 8 steps)": (512, 512, 16384),
+              "64 x 4096 @ 4096 x 512 (projection, one step)": (64, 4096, 512)}
+    rates = {}
+    for label, (m, k, n) in shapes.items():
+        repeats = 10 if m == 4096 else steps
+        with tf.Graph().as_default():
+            weights = tf.Variable(tf.random.normal((k, n), stddev=k ** -0.5))
+            first = tf.Variable(tf.random.normal((m, k)))
+
+            def step(i, x):
+                y = tf.matmul(x, weights)
+                return i + 1, tf.tanh(y[:, :k] if n >= k else tf.tile(y, [1, k // n]))
+
+            _, last = tf.while_loop(lambda i, x: i < repeats, step, [tf.constant(0), first])
+            total = tf.reduce_sum(last)
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                sess.run(total)
+                start = time.perf_counter()
+                sess.run(total)
+                rates[label] = 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+    return {"rates": rates}
 
 
 def child(spec):
@@ -167,9 +222,11 @@ def main():
           f"{two['peak_children_gb']:.2f} |")
 
     inline = run("job_dump", work=work, devices=None, prefetch=False)
-    print("\n| character ids made | wall s | inside session runs s | outside share |\n|---|---|---|---|")
+    print("\n| character ids made | wall s | inside session runs s | outside share (whole call) "
+          "| outside share (after set-up and the first batch) |\n|---|---|---|---|---|")
     for label, r in (("in the main thread (straightforward)", inline), ("in a background thread (bilm)", one)):
-        print(f"| {label} | {r['seconds']:.2f} | {r['inside']:.2f} | {1 - r['inside'] / r['seconds']:.1%} |")
+        print(f"| {label} | {r['seconds']:.2f} | {r['inside']:.2f} | {1 - r['inside'] / r['seconds']:.1%} | "
+              f"{1 - r['steady_inside'] / r['steady_seconds']:.1%} |")
 
     print("\n| model | precision | mean cosine per layer | worst cosine per layer | max abs difference per layer |")
     print("|---|---|---|---|---|")
@@ -182,6 +239,12 @@ def main():
             fmt = lambda values, k=4: ", ".join(f"{v:.{k}f}" for v in values)  # noqa: E731
             print(f"| {label} | {precision} | {fmt(row['mean'], 5)} | {fmt(row['worst'])} | {fmt(row['max_abs'])} |")
 
+    shapes = run("job_shapes", work=work)["rates"]
+    print("\n| float32 product, in a loop as the recurrence | GFLOP/s | share of the first row |\n|---|---|---|")
+    reference = next(iter(shapes.values()))
+    for label, rate in shapes.items():
+        print(f"| {label} | {rate:.0f} | {rate / reference:.0%} |")
+
     sizes = run("job_sizes", work=work)
     print("\n| output form | bytes/token | gzip bytes/token | lzf bytes/token | read s (plain; gzip; lzf) |")
     print("|---|---|---|---|---|")
@@ -190,6 +253,9 @@ def main():
         print(f"| {row['form']} | {row['bytes'] / t:,.0f} | {row['gzip']['bytes'] / t:,.0f} | "
               f"{row['lzf']['bytes'] / t:,.0f} | {row['read_seconds']:.2f}; {row['gzip']['read_seconds']:.2f}; "
               f"{row['lzf']['read_seconds']:.2f} |")
+    error = sizes["float16_error"]
+    print(f"\ndtype float16 against float32 (all layers): largest absolute difference {error['max_abs']:.2e}, "
+          f"largest relative difference {error['max_rel']:.2e} (relative to |value|, counted as at least 1e-3)")
 
 
 if __name__ == "__main__":
