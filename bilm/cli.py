@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -69,6 +70,14 @@ def _shard(text):
     if not 0 <= k < n:
         raise argparse.ArgumentTypeError(f"expected 0 <= K < N, got {text!r}")
     return k, n
+
+
+def _ray_address(text):
+    """'local', 'auto', HOST:PORT or ray://HOST:PORT (not a file: --ray given before the input and output)."""
+    if text in ("local", "auto") or re.fullmatch(r"(ray://)?[^\s/:]+:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected local, auto, HOST:PORT or ray://HOST:PORT, got {text!r} (give "
+                                     f"--ray after the input and output files)")
 
 
 def _floats(text):
@@ -565,7 +574,7 @@ def build_parser():
     embed.add_argument("--devices", metavar="gpu:0,gpu:1|cpu:N",
                        help="share the lines among several devices, one process each: GPUs by index, or N processes "
                             "sharing the CPU cores; one output file")
-    embed.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+    embed.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
                        help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
                             "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
                             "only). The output is written here, as without --ray")

@@ -364,39 +364,46 @@ class PartWriter:
     closed (renamed into place) once it holds ``max_units`` units or has been open for
     ``flush_seconds``, before a unit that does not follow the previous one, and by
     ``flush()``. ``states``: a function returning {name: array} saved with each part
-    (what resuming after it needs, e.g. carried LSTM states).
+    (what resuming after it needs, e.g. carried LSTM states), asked after each unit.
+    A unit interrupted while it is added (Ctrl-C) leaves nothing in the part.
     """
 
     def __init__(self, job, max_units, flush_seconds, states):
         self.job, self.max_units, self.flush_seconds, self._states = job, max_units, flush_seconds, states
-        self._file = self._first = self._end = None
+        self._file = self._first = None
+        self._last = (None, None)  # (end of the open part's units, the states after them): stored at once
         self._opened = 0.0
+
+    @property
+    def _end(self):
+        return self._last[0]
 
     def add(self, unit, datasets):
         if self._file is not None and unit != self._end:
             self.flush()
         if self._file is None:
             self.job._start()
-            self._first, self._end, self._opened = unit, unit, time.monotonic()
+            self._first, self._last, self._opened = unit, (unit, None), time.monotonic()
             self._temporary = os.path.join(self.job.directory, f"part-{unit:09d}.hdf5.tmp")
             try:
                 self._file = h5py.File(self._temporary, "w")
             except OSError as err:
                 raise self._error(err) from None
-        written = []
         try:
             for name, value in datasets.items():
                 self._file.create_dataset(name, data=value)
-                written.append(name)
-        except BaseException as err:  # a failed or interrupted unit leaves nothing in the part
-            for name in written:
-                with contextlib.suppress(Exception):
-                    del self._file[name]
+            states = self._states() if self._states is not None else None
+            self._last = (unit + 1, states)  # one store: from here the part holds the unit and the states after it
+        except BaseException as err:  # a failed or interrupted (Ctrl-C) unit leaves nothing in the part
+            if self._end == unit:
+                for name in datasets:
+                    with contextlib.suppress(Exception):
+                        if name in self._file:
+                            del self._file[name]
             if isinstance(err, OSError):
                 self._discard()
                 raise self._error(err) from None
             raise
-        self._end = unit + 1
         full = self.max_units is not None and self._end - self._first >= self.max_units
         if full or time.monotonic() - self._opened >= self.flush_seconds:
             self.flush()
@@ -417,11 +424,15 @@ class PartWriter:
         """Close the open part (if any units are in it) and put it in place."""
         if self._file is None:
             return
+        end, states = self._last
+        if end == self._first:  # its first unit was interrupted: nothing to keep
+            self._discard()
+            return
         try:
-            if self._states is not None:
-                _add_datasets(self._file.require_group(STATES_GROUP), self._states())
+            if states is not None:
+                _add_datasets(self._file.require_group(STATES_GROUP), states)
             self._file.close()
-            os.replace(self._temporary, self.job.part_path(self._first, self._end))
+            os.replace(self._temporary, self.job.part_path(self._first, end))
         except OSError as err:
             self._discard()
             raise self._error(err) from None

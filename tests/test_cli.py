@@ -116,6 +116,8 @@ USAGE_ERRORS = [
     ([], "the following arguments are required: COMMAND"),
     (["embed"], "the following arguments are required: input, output"),
     (EMBED + ["--overwrite", "--resume"], "argument --resume: not allowed with argument --overwrite"),
+    (["embed", "--ray", "in.txt", "o.hdf5"], "argument --ray: expected local, auto, HOST:PORT or ray://HOST:PORT, "
+                                             "got 'in.txt' (give --ray after the input and output files)"),
     (EMBED + ["--batch-size", "0"], "argument --batch_size/--batch-size: expected a positive integer, got 0"),
     (EMBED + ["--shard", "2/2"], "argument --shard: expected 0 <= K < N, got '2/2'"),
     (EMBED + ["--shard", "half"], "argument --shard: expected K/N (e.g. 0/4), got 'half'"),

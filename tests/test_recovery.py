@@ -17,6 +17,7 @@ import pytest
 from bilm import dump_bilm_embeddings, dump_token_embeddings
 from bilm.cli import main
 from bilm.errors import OutputError, OutputExistsError
+from bilm.outputs import PartsJob
 from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
 from conftest import make_options, random_sentences, write_model
 
@@ -114,6 +115,35 @@ def test_killed_dump_token_embeddings_resumes_to_the_same_file(job, tmp_path):
     with h5py.File(defaults, "r") as got, h5py.File(expected, "r") as want:
         assert got["embedding"].shape == want["embedding"].shape == (30003, 8)
         np.testing.assert_allclose(got["embedding"][...], want["embedding"][...], atol=1e-6)
+
+
+@pytest.mark.parametrize("interrupted_unit", [0, 2])
+def test_a_unit_interrupted_while_it_is_added_leaves_nothing(tmp_path, interrupted_unit):
+    # Ctrl-C after a unit's datasets are written but before the part counts it (here: while its
+    # states are read): the part keeps the units before it, with the states after the last of them.
+    out = str(tmp_path / "out.hdf5")
+    calls = []
+
+    def states():
+        calls.append(len(calls))
+        if len(calls) == interrupted_unit + 1:
+            raise KeyboardInterrupt
+        return {"h": np.full(2, len(calls), np.float32)}
+
+    with pytest.raises(KeyboardInterrupt), PartsJob(out, {"k": 1}) as job, \
+            job.writer(max_units=10, flush_seconds=1e9, states=states) as writer:
+        for unit in range(5):
+            writer.add(unit, {str(unit): np.full(3, unit, np.float32)})
+    with PartsJob(out, {"k": 1}, resume=True) as job:
+        assert sorted(job.done) == list(range(interrupted_unit))
+        if interrupted_unit:
+            np.testing.assert_array_equal(job.states_before(interrupted_unit)["h"], [interrupted_unit] * 2)
+        with job.writer(states=lambda: {"h": np.zeros(2, np.float32)}) as writer:
+            for unit in range(interrupted_unit, 5):
+                writer.add(unit, {str(unit): np.full(3, unit, np.float32)})
+        job.finish()
+    with h5py.File(out, "r") as fin:
+        assert sorted(fin, key=int) == [str(unit) for unit in range(5)]
 
 
 def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, monkeypatch):
