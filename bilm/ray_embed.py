@@ -11,8 +11,8 @@ The job is ``dump_bilm_embeddings``'s, with the computing shared among Ray actor
   machine, or ``workers``, sharing the CPUs), compute every sentence's array;
 - the driver writes the arrays through ``bilm.outputs.PartsJob``: the same output file,
   lock, ``resume`` and ``overwrite`` as a one-process job. A job interrupted (Ctrl-C,
-  or the driver killed) is finished with ``resume=True``, on Ray or on one machine
-  (same settings, same units).
+  or the driver killed) is finished with ``resume=True`` on Ray (or on one machine when
+  its windows are the same: inputs of at least 16 windows of 4,096 lines).
 
 Ray Data restarts an actor that is lost (its process killed, its machine gone) and runs
 its batches again. Only the deterministic state modes run here (``warm``, ``zero``): a
