@@ -1,4 +1,5 @@
 """Import paths and TensorFlow behaviour: bilm changes no global setting."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,23 @@ def test_import_changes_no_global_tensorflow_setting():
         import bilm, bilm.model, bilm.elmo, bilm.data
         after = (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(), tf.config.threading.get_intra_op_parallelism_threads())
         assert before == after == (True, True, 0), (before, after)
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_library_uses_no_contrib_and_no_legacy_keras():
+    # TensorFlow through tensorflow.compat.v1 (and, in bilm/keras.py only, Keras 3 for TF2 users); tf_keras and
+    # the 1.x RNN cells are used by benchmarks/original_shim.py alone, to run the original library itself.
+    forbidden = re.compile(r"tf_keras|tf\.contrib|tensorflow\.contrib|TF_USE_LEGACY_KERAS|rnn_cell\.|tf\.keras|"
+                           r"tensorflow\.keras|from tensorflow import keras")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "bilm").rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
+    assert not found, found
+    result = _python("""
+        import sys
+        import bilm, bilm.model, bilm.training, bilm.keras
+        assert not [m for m in sys.modules if m.startswith(("tf_keras", "tensorflow.contrib"))]
         print("ok")
     """)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
