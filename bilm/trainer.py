@@ -134,14 +134,18 @@ class _Checkpoints:
                                 f"make room, then continue with restart")
             error.bilm_checkpoint = self.latest  # nothing more to save: say how to continue
             raise error from None
-        self._prune()
+        self._prune(latest=self.latest, saved_step=step)
         return self.latest
 
-    def _prune(self, latest=None):
-        """Keep the newest ``keep`` checkpoints and the protected one, and list them in TensorFlow's
-        ``checkpoint`` file with ``latest`` (default: the newest) as the latest."""
+    def _prune(self, latest=None, saved_step=None):
+        """Keep the newest ``keep`` checkpoints, ``latest`` and the protected one, and list them in
+        TensorFlow's ``checkpoint`` file with ``latest`` (default: the newest) as the latest. After a save
+        of ``saved_step``, checkpoints of higher steps belong to a run this one restarted before (from an
+        earlier or intact checkpoint): they are dropped, never named the latest."""
         paths = checkpoints.checkpoints_on_disk(self.dir)  # newest first, earlier runs' included
-        kept = [p for k, p in enumerate(paths) if k < self.keep or p == self.protected]
+        current = [p for p in paths if saved_step is None or int(p.rsplit("-", 1)[1]) <= saved_step]
+        kept = [p for k, p in enumerate(current) if k < self.keep or p in (self.protected, latest)]
+        kept += [p for p in paths if p == self.protected and p not in kept]
         for path in paths:
             if path not in kept:
                 for name in glob.glob(glob.escape(path) + ".*"):

@@ -188,6 +188,25 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path
         load_options_latest_checkpoint(str(save))
 
 
+def test_a_restart_from_an_earlier_checkpoint_never_names_a_later_one_latest(tmp_path):
+    from bilm.trainer import _Checkpoints
+
+    with tf.Graph().as_default():
+        step = tf.train.get_or_create_global_step()
+        graph = {"global_step": step, "weights_finite": tf.constant(True)}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            first = _Checkpoints(sess, graph, str(tmp_path), keep=2)
+            for value in (10, 20):
+                step.load(value, sess)
+                first.save()
+            restarted = _Checkpoints(sess, graph, str(tmp_path), keep=2)  # restarted from model.ckpt-10
+            step.load(15, sess)
+            assert restarted.save() == str(tmp_path / "model.ckpt-15")
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-15")
+    assert sorted(p.name for p in tmp_path.glob("*.index")) == ["model.ckpt-10.index", "model.ckpt-15.index"]
+
+
 def test_checkpoints_are_bounded_across_restarts(tmp_path):
     save = tmp_path / "ckpt"
     assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--checkpoint_every", "2",
