@@ -17,7 +17,6 @@
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -98,16 +97,6 @@ def sent_per_worker(calls, workers):
 
 # --- measured: local worker processes ---------------------------------------------------
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def worker(spec):
     """One worker: ``steps`` training steps (after ``warmup``), then ``steps`` of the collectives alone."""
     import numpy as np
@@ -152,7 +141,8 @@ def worker(spec):
 
 
 def measure(n_workers, steps, warmup):
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(n_workers)]
+    from bilm.cluster import local_addresses
+    addresses = local_addresses(n_workers)
     processes = [subprocess.Popen(
         [sys.executable, __file__, "--child", json.dumps({"workers": addresses, "index": k, "steps": steps,
                                                               "warmup": warmup})],

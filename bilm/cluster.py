@@ -129,6 +129,17 @@ class Cluster:
         return lost
 
 
+def local_addresses(n):
+    """``n`` addresses ``127.0.0.1:PORT`` on free ports: a cluster of processes on this machine, to try it."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return addresses
+
+
 class Collectives:
     """TensorFlow collective ops among the workers of a ``Cluster``, each with its own instance key."""
 
