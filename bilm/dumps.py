@@ -15,7 +15,7 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 from . import layout, sessions, states
-from .precision import check_precision
+from .precision import check_precision, exact
 from .embedder import WINDOW, ElmoEmbedder
 from .errors import InputError, flag
 from .inference import BidirectionalLanguageModel
@@ -82,7 +82,7 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
             ids = tf.placeholder(tf.int32, shape=(None, None, options.max_characters))
             model = BidirectionalLanguageModel(options, weight_file, state_mode="zero")
             embedding_op = model(ids)["token_embeddings"]  # (n, 1, P); the LSTMs are not run
-            with tf.Session(config=sessions.config()) as sess:
+            with tf.Session(config=sessions.config()) as sess, exact():
                 sess.run(tf.variables_initializer(model.weight_variables(layout.CHAR_CNN_GROUPS)))  # not the LSTMs'
                 progress = tqdm(total=vocab.size, desc="token embeddings", unit="tok", disable=None)
                 with job.writer(max_units=max(1, part_size // chunk), flush_seconds=flush_seconds) as writer:

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from . import sessions
+from . import precision, sessions
 from .checkpoints import check_vocabulary, load_save_dir, restore, training_parameters
 from .errors import InputError, flag
 from .lm_dataset import training_data
@@ -24,7 +24,7 @@ def test(options, ckpt_file, data, batch_size=256):
     with tf.Graph().as_default():
         with tf.variable_scope(SCOPE):
             model = LanguageModel(config, is_training=False)
-        with tf.Session(config=sessions.config()) as sess:
+        with tf.Session(config=sessions.config()) as sess, precision.exact():
             sess.run(tf.local_variables_initializer())
             restore(sess, ckpt_file, tf.global_variables(), training_parameters(config))
             losses = [sess.run(model.total_loss, feed([model], batch)) for batch in data.iter_batches(batch_size, 1)]

@@ -28,7 +28,7 @@ import shutil
 
 import tensorflow.compat.v1 as tf
 
-from . import sessions, states
+from . import precision, sessions, states
 from .elmo import weight_layers
 from .errors import OutputExistsError, flag
 from .inference import BidirectionalLanguageModel
@@ -143,7 +143,7 @@ def _build_and_save(options, weight_file, export_dir, state_mode):
             "default": signature({"strings": strings}, {k: default[k] for k in ("elmo", "default")}),
             "tokens": signature({"tokens": tokens, "sequence_len": sequence_len}, by_tokens),
         }
-        with tf.Session(config=sessions.config()) as sess:
+        with tf.Session(config=sessions.config()) as sess, precision.exact():
             sess.run(tf.global_variables_initializer())
             builder = tf.saved_model.Builder(export_dir)
             builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],

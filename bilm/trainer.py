@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import tensorflow.compat.v1 as tf
 
-from . import checkpoints, layout, weights
+from . import checkpoints, layout, precision, weights
 from .errors import BilmError, OptionsError, OutputError, TrainingError, WorkerLostError, tensorflow_reason
 from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
 from .cluster import Collectives, check_same_setup, lost_worker_error
@@ -281,7 +281,7 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
         if collectives is not None:
             broadcast = collectives.broadcast_from_chief(tf.global_variables())
             fingerprints = collectives.fingerprints(json.dumps([config.to_dict(), setup], sort_keys=True))
-        with tf.Session(server.target if server else "", config=session) as sess:
+        with tf.Session(server.target if server else "", config=session) as sess, precision.exact():
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             if run.chief:
                 start.initialize(sess, graph, config)

@@ -12,11 +12,12 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm.cli import main
-from bilm.dumps import dump_bilm_embeddings
+from bilm.dumps import dump_bilm_embeddings, dump_token_embeddings
 from bilm.embedder import ElmoEmbedder
-from conftest import REFERENCE_MODEL, make_options, needs_reference, random_sentences, same_hdf5, write_model
+from conftest import REFERENCE_MODEL, TINY_CORPUS, make_options, needs_reference, random_sentences, same_hdf5, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_VOCAB = TINY_CORPUS.with_name("tiny_vocab.txt")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def model(tmp_path_factory):
     return {"options": options_file, "weights": weight_file, "data": str(data), "sentences": sentences}
 
 
-def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it(model, monkeypatch):
+def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it(model, monkeypatch, tmp_path):
     seen = []
     run = tf.Session.run
 
@@ -43,6 +44,17 @@ def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it
         embedder.embed_sentences(model["sentences"][:5])
     assert seen and not any(seen)  # TF32 off in every step of bilm's sessions
     assert tf.config.experimental.tensor_float_32_execution_enabled()  # and back on afterwards
+    seen.clear()  # the token dump, training and evaluation too
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(TINY_VOCAB.read_text(encoding="utf-8"), encoding="utf-8")
+    dump_token_embeddings(str(vocab), model["options"], model["weights"], str(tmp_path / "tokens.hdf5"))
+    training = ["--train_prefix", str(TINY_CORPUS), "--vocab_file", str(vocab), "--save_dir", str(tmp_path / "ckpt")]
+    assert main(["--quiet", "train", *training, "--lstm_dim", "16", "--projection_dim", "8", "--filters",
+                 "[[1, 8]]", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4"]) == 0
+    assert main(["--quiet", "test", *training[2:], "--test_prefix", str(TINY_CORPUS),
+                 "--batch_size", "2"]) == 0
+    assert len(seen) > 20 and not any(seen)
+    assert tf.config.experimental.tensor_float_32_execution_enabled()
     seen.clear()
     with ElmoEmbedder(model["options"], model["weights"], precision="tf32") as embedder:
         embedder.embed_sentence(["a", "cat"])
