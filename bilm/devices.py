@@ -126,8 +126,10 @@ def _run_workers(devices, jobs, total, directory):
                 bar.update(value)
             elif kind == "error":
                 failure = (k, value)
-            elif kind in ("done", "interrupted"):
+            elif kind == "done":
                 finished.add(k)
+            elif kind == "interrupted":  # a worker had a Ctrl-C (or SIGTERM) that this process did not
+                raise KeyboardInterrupt
     except KeyboardInterrupt as err:
         for process in processes:  # each saves what it completed (they had the Ctrl-C too; SIGTERM: tell them)
             process.join(timeout=60)

@@ -149,7 +149,10 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
         progress: a function called with the number of sentences each batch adds (instead
             of a progress bar); threads: TensorFlow's threads per operation (default: all cores).
     """
-    if devices is not None and len(devices) > 1:
+    if devices:
+        if tuple(shard) != (0, 1):
+            raise InputError(f"{flag('shard', '--shard')} and {flag('devices', '--devices')} both split the lines: "
+                             f"give one of them")
         from .devices import dump_on_devices
         return dump_on_devices(devices, vocab_file, dataset_file, options_file, weight_file, outfile, state_mode,
                                batch_size, overwrite, resume, encoding_errors, empty_lines, part_size, layers,

@@ -142,3 +142,6 @@ def test_a_failing_device_stops_the_job_with_its_error(model, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "bilm: error: device cpu (process " in error and "weights.hdf5" in error and "--resume" in error
     assert not out.exists()
+    assert main(["--quiet", "embed", model["data"], str(out), "--options", model["options"], "--weights",
+                 model["weights"], "--devices", "cpu:2", "--shard", "0/2"]) == 2
+    assert "--shard and --devices both split the lines: give one of them" in capsys.readouterr().err
