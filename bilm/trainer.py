@@ -271,8 +271,9 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
     server = run.cluster.start_server(session) if run.cluster else None
     placement = tf.device(run.cluster.device) if run.cluster else contextlib.nullcontext()
     with tf.Graph().as_default(), placement:
-        if run.seed is not None:
+        if run.seed is not None:  # the graph's sampling and dropout; the shard order and shuffling
             tf.set_random_seed(run.seed + (run.cluster.index if run.cluster else 0))
+            random.seed(run.seed + run.worker()[0])
         collectives = Collectives(run.cluster) if run.cluster else None
         graph = build_training_graph(config, run.n_gpus, collectives)
         graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus) * (run.cluster.size if run.cluster else 1)
@@ -451,8 +452,6 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
         data = training_data(config, vocab, train_prefix, worker=run.worker())
         if n_train_tokens is None:
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
-        if seed is not None:
-            random.seed(seed + run.worker()[0])
         return _train(config, data, save_dir, log_dir or save_dir, run, Start(), vocab, overwrite,
                       setup=_setup(vocab, train_prefix))
 

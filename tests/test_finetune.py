@@ -167,9 +167,21 @@ def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(t
     assert evaluations[0]["heldout_perplexity"] > lowest["heldout_perplexity"]  # it learned
     _, latest = load_options_latest_checkpoint(str(tmp_path / "tuned"))
     assert latest == lowest["checkpoint"]  # dump-weights exports the best
-    # Early stopping: the run ended `patience` evaluations after the best one, or at the end of its epochs.
-    assert len(evaluations) - 1 - evaluations.index(lowest) == 2 or evaluations[-1]["step"] == 6 * TOKENS_PER_EPOCH // 10
+    # Here held-out perplexity falls to the end (no early stop: the run did all its batches).
+    assert len(evaluations) - 1 - evaluations.index(lowest) < 2 and evaluations[-1]["step"] == 6 * TOKENS_PER_EPOCH // 10
     assert evaluate_checkpoint(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, 2) == pytest.approx(best, rel=1e-5)
+
+
+def test_finetune_stops_after_patience_evaluations_without_improvement(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), source_dir=str(tmp_path / "orig"),
+             n_epochs=6, eval_every=6, patience=1, eval_batch_size=2, seed=0)
+    evaluations = json.loads((tmp_path / "tuned" / "finetune.json").read_text())["evaluations"]
+    best = min(evaluations, key=lambda e: e["heldout_perplexity"])
+    assert evaluations[-1]["step"] < 6 * TOKENS_PER_EPOCH // 10  # stopped before its last batch,
+    assert evaluations.index(best) == len(evaluations) - 2  # at the first evaluation without improvement
+    _, latest = load_options_latest_checkpoint(str(tmp_path / "tuned"))
+    assert latest == best["checkpoint"]  # the best is kept and is the latest
 
 
 def test_finetune_refuses_another_vocabulary_and_its_source_as_target(tmp_path):
@@ -198,7 +210,7 @@ def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path):
         for name in ("RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_0", "CNN/W_cnn_0", "char_embed", "CNN_high_0/W_carry"):
             np.testing.assert_array_equal(reader.get_tensor("lm/" + name), fin[name][...], err_msg=name)
     softmax = reader.get_tensor("lm/softmax/W")
-    assert not np.allclose(softmax, values["lm/softmax/W"])  # a new softmax (not the checkpoint's), trained
+    assert not np.allclose(softmax, values["lm/softmax/W"])  # a new softmax, not the checkpoint's
     assert np.abs(reader.get_tensor("lm/softmax/W/Adagrad") - 1.0).max() > 0  # it learned
 
 
