@@ -6,7 +6,6 @@ so an interrupted job resumes on every device), shows one progress bar for the w
 job, and assembles one output file with the original's keys. A device that fails stops
 the job with its error; what the others computed is kept for ``--resume``.
 """
-import json
 import logging
 import multiprocessing
 import os
@@ -14,7 +13,6 @@ import queue
 import shutil
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from .errors import BilmError, InputError, OutputError, OutputExistsError, flag
@@ -152,21 +150,20 @@ def _run_workers(devices, jobs, total, directory):
 
 def _assemble(shares, outfile, sentence_to_index):
     """One output file from the devices' files: every dataset, and the merged ``sentence_to_index``."""
+    from .dumps import SENTENCE_TO_INDEX, merge_sentence_index, sentence_index_dataset
+
     index_of = {}
     try:
         with _hdf5_writer(outfile) as fout:
             for share in shares:
                 with h5py.File(share, "r") as fin:
                     for name in fin:
-                        if name == "sentence_to_index":
-                            for sentence, index in json.loads(fin[name][0]).items():
-                                if int(index) > int(index_of.get(sentence, -1)):
-                                    index_of[sentence] = index
+                        if name == SENTENCE_TO_INDEX:
+                            merge_sentence_index(index_of, fin[name])
                         else:
                             fin.copy(name, fout)
             if sentence_to_index:
-                fout.create_dataset("sentence_to_index", data=np.array([json.dumps(index_of)],
-                                                                        dtype=h5py.string_dtype()))
+                fout.create_dataset(SENTENCE_TO_INDEX, data=sentence_index_dataset(index_of))
     except OSError as err:
         raise OutputError(f"{outfile}: cannot write ({err}); the devices' outputs are kept: rerun with "
                           f"{flag('resume=True', '--resume')}") from None

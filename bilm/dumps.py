@@ -36,6 +36,18 @@ SENTENCE_TO_INDEX = "sentence_to_index"
 DTYPES = ("float32", "float16")
 
 
+def sentence_index_dataset(index_of):
+    """The ``sentence_to_index`` record of {sentence: line index}: a (1,) string array holding its JSON."""
+    return np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+
+
+def merge_sentence_index(index_of, record):
+    """Add a ``sentence_to_index`` record's entries to ``index_of``; a repeated sentence keeps its last line."""
+    for sentence, index in json.loads(record[0]).items():
+        if int(index) > int(index_of.get(sentence, -1)):
+            index_of[sentence] = index
+
+
 def file_fingerprint(path):
     """What identifies an input file for resuming: absolute path, size, modification time."""
     if path is None or not os.path.exists(path):  # a missing file gets its own error later
@@ -202,7 +214,7 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                     bar.close()
         record = {}
         if sentence_to_index:
-            record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+            record[SENTENCE_TO_INDEX] = sentence_index_dataset(index_of)
         job.finish(add=record)
     logger.info("wrote %d sentences to %s", n_sentences, outfile)
 
@@ -292,15 +304,13 @@ def merge_shards(shard_files, outfile, overwrite=False):
             relative = os.path.relpath(os.path.abspath(shard_file), base)
             with open_hdf5(shard_file, "shard output") as fin:
                 for key in fin:
-                    if key == SENTENCE_TO_INDEX:  # a repeated sentence keeps its last line
+                    if key == SENTENCE_TO_INDEX:
                         index_of = index_of or {}
-                        for sentence, index in json.loads(fin[key][0]).items():
-                            if int(index) > int(index_of.get(sentence, -1)):
-                                index_of[sentence] = index
+                        merge_sentence_index(index_of, fin[key])
                         continue
                     if key in fout:
                         raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")
                     fout[key] = h5py.ExternalLink(relative, key)
         if index_of is not None:
-            fout.create_dataset(SENTENCE_TO_INDEX, data=np.array([json.dumps(index_of)], dtype=h5py.string_dtype()))
+            fout.create_dataset(SENTENCE_TO_INDEX, data=sentence_index_dataset(index_of))
     logger.info("linked %d shards into %s", len(shard_files), outfile)

@@ -23,13 +23,11 @@ same paths on every node (a shared file system); the output is written by the dr
 """
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
 import socket
 
-import h5py
 import numpy as np
 
 from . import errors
@@ -273,7 +271,7 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
     if state_mode == "stateful":
         raise InputError(f"{flag('state_mode', '--state-mode')} 'stateful' carries states from line to line: it runs "
                          f"in one process only, not on Ray (use warm or zero)")
-    from .dumps import SENTENCE_PART, SENTENCE_TO_INDEX, _interrupted, embedding_job
+    from .dumps import SENTENCE_PART, SENTENCE_TO_INDEX, _interrupted, embedding_job, sentence_index_dataset
     from .outputs import FLUSH_SECONDS, PartsJob
 
     part_size = SENTENCE_PART if part_size is None else part_size
@@ -319,7 +317,7 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
         if sentence_to_index:  # as on one machine: {line stripped: index}, a repeated line keeps its last index
             lines = read_text_lines(dataset_file, "input file", InputError, encoding_errors, "", reader.encoding)
             index_of = {line.strip(): str(number - 1) for number, line in lines}
-            record[SENTENCE_TO_INDEX] = np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+            record[SENTENCE_TO_INDEX] = sentence_index_dataset(index_of)
         job.finish(add=record)
     logger.info("wrote %d sentences to %s on Ray", n_sentences, outfile)
 
