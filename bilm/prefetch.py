@@ -43,9 +43,12 @@ class Prefetch:
         return self
 
     def __next__(self):
+        if self._stop.is_set():  # ended (or closed): the producer sends nothing more
+            raise StopIteration
         kind, value = self._queue.get()
         if kind == "item":
             return value
+        self._stop.set()
         if kind == "error":
             raise value
         raise StopIteration

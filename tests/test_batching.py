@@ -89,3 +89,19 @@ def test_batcher_equals_independent_encoder_on_arbitrary_unicode(tmp_path_factor
     sentences = [[t for t in s if t not in ("<S>", "</S>")] for s in sentences]
     got = Batcher(str(vocab_file), max_chars).batch_sentences(sentences)
     np.testing.assert_array_equal(got, char_ids_for_sentences(sentences, max_chars))
+
+
+def test_prefetch_keeps_order_raises_where_the_error_was_and_stays_ended():
+    from bilm.prefetch import Prefetch
+
+    def items():
+        yield from range(5)
+        raise ValueError("bad line 6")
+
+    prefetched = Prefetch(items())
+    assert [next(prefetched) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="bad line 6"):
+        next(prefetched)
+    assert next(prefetched, "ended") == "ended"  # not a wait for an item that never comes
+    with Prefetch(range(3)) as done:
+        assert list(done) == [0, 1, 2] and list(done) == []
