@@ -39,12 +39,6 @@ def tokens_per_step(config, n_gpus):
     return config.batch_size * config.unroll_steps * n_gpus
 
 
-def n_batches_total(options, n_gpus):
-    """Training steps of a whole run: epochs x tokens per epoch / tokens per step (all towers)."""
-    config = ModelOptions.of(options, training=True)
-    return max(1, config.n_epochs * config.n_train_tokens // tokens_per_step(config, n_gpus))
-
-
 def _log_interval(log_every, total):
     """Batches between progress lines: ``log_every``, or fewer for short runs (about 10 lines a run)."""
     return max(1, min(log_every, total // 10))
@@ -230,6 +224,7 @@ class Start:
     restart: str = None
     checkpoint: str = None
     weight_file: str = None
+    restart_step_tokens: int = None  # tokens per step of the run that wrote ``restart`` (its own options)
 
     @property
     def new_run(self):
@@ -240,7 +235,8 @@ class Start:
         if self.restart:
             restored = checkpoints.restore(sess, self.restart, tf.global_variables(), parameters)
             if checkpoints.TOKENS_TRAINED not in restored:  # an original's or earlier checkpoint
-                step, step_tokens = int(sess.run(graph["global_step"])), graph["tokens_per_step"]
+                step = int(sess.run(graph["global_step"]))
+                step_tokens = self.restart_step_tokens or graph["tokens_per_step"]
                 sess.run(graph["tokens_trained"].assign(step * step_tokens))
                 logger.warning("%s records no tokens trained: counting %d batches of %d tokens", self.restart, step,
                                step_tokens)
@@ -471,9 +467,11 @@ def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1,
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, cluster=cluster,
                       worker_timeout=worker_timeout)
     with _guard(save_dir, run):
-        config, ckpt_file = checkpoints.load_save_dir(save_dir)
-        config = config.replace(**{key: value for key, value in option_changes.items() if value is not None})
+        saved, ckpt_file = checkpoints.load_save_dir(save_dir)
+        config = saved.replace(**{key: value for key, value in option_changes.items() if value is not None})
         data = training_data(config, vocab_file, train_prefix, worker=run.worker())
         checkpoints.check_vocabulary(save_dir, data.vocab, config)
-        return _train(config, data, save_dir, log_dir or save_dir, run, Start(restart=ckpt_file),
+        # A checkpoint that records no tokens trained counts its steps at the batch size it was trained with.
+        start = Start(restart=ckpt_file, restart_step_tokens=tokens_per_step(saved, run.n_gpus) * run.worker()[1])
+        return _train(config, data, save_dir, log_dir or save_dir, run, start,
                       setup=_setup(data.vocab, train_prefix))

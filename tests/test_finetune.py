@@ -128,6 +128,14 @@ def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(tmp_path)
         new = reader.get_tensor(name + "/Adagrad")
         assert (new >= old - 1e-6).all() and (new > old).any()  # kept and grown, not restarted at 1.0
 
+    # With another batch size, its 935 batches count at the batch size they were trained with (10 tokens).
+    original_checkpoint(tmp_path / "other")
+    other = args[:-1] + [str(tmp_path / "other")]
+    assert main(other + ["--batch_size", "4", "--n_train_tokens", str(935 * 10 + 3 * 20)]) == 0
+    _, ckpt = load_options_latest_checkpoint(str(tmp_path / "other"))
+    reader = tf.train.load_checkpoint(ckpt)
+    assert reader.get_tensor("global_step") == 938 and reader.get_tensor("tokens_trained") == 935 * 10 + 3 * 20
+
 
 def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path, capsys):
     other = dict(OPTIONS, lstm=dict(OPTIONS["lstm"], dim=32))
