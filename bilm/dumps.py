@@ -261,7 +261,7 @@ class OutputForm:
         array = select_layers(embeddings, self.layers, self.mix_weights)
         if self.pool is not None:
             array = pool_tokens(array, self.pool)
-        return array.astype(self.dtype)
+        return array.astype(self.dtype, copy=False)
 
     def settings(self):
         return {"layers": self.layers, "pool": self.pool, "dtype": self.dtype,

@@ -1,5 +1,6 @@
 """Training runs that lose nothing: signals, errors mid-run, divergence, restarts with other settings, full disks."""
 import json
+import re
 import os
 import shlex
 import signal
@@ -109,10 +110,14 @@ def test_divergence_stops_at_once_and_never_saves_non_finite_weights(tmp_path):
     options = json.loads(json.dumps(_options(learning_rate=1e30, n_batches=40)))
     save = str(tmp_path / "ckpt")
     with pytest.raises(TrainingError, match=r"training diverged at batch \d+: train perplexity .*the latest "
-                                            r"checkpoint .* is the last good one"):
+                                            r"checkpoint .* is the last good one") as raised:
         train(options, _dataset(options), 1, save, save, checkpoint_every=1, seed=0)
+    batch = int(re.search(r"diverged at batch (\d+)", str(raised.value)).group(1))
     paths = sorted(Path(save).glob("model.ckpt-*.index"))
     assert paths, "the batches before the divergence were saved"
+    # Stopped at once: the last checkpoint is the batch before, and the message names it.
+    assert tf.train.latest_checkpoint(save).endswith(f"model.ckpt-{batch - 1}")
+    assert f"model.ckpt-{batch - 1}" in str(raised.value)
     assert all(all_finite(str(p)[: -len(".index")]) for p in paths)
 
 
