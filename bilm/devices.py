@@ -4,24 +4,32 @@
 runs ``dump_bilm_embeddings`` for each share in its own process (its own part files,
 so an interrupted job resumes on every device), shows one progress bar for the whole
 job, and assembles one output file with the original's keys. A device that fails stops
-the job with its error; what the others computed is kept for ``--resume``.
+the job with its error; what the others computed is kept for ``--resume``, which must
+split the lines among as many devices (the shares depend on it).
+
+The device processes stop when this one does: Ctrl-C or SIGTERM here is passed on to
+them (SIGTERM), and a device process whose parent has died (SIGKILL) stops by itself;
+either way it saves what it completed first.
 """
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
-import shutil
+import signal
+import threading
+import time
 
-import h5py
 from tqdm import tqdm
 
-from .errors import BilmError, InputError, OutputError, OutputExistsError, flag
-from .outputs import OutputLock, _hdf5_writer, check_output
-from .text import DatasetReader
+from .errors import BilmError, InputError, OutputError, flag, speak_in_flags, speaks_in_flags
+from .outputs import DEVICES_SUFFIX, PartsJob, count_saved
+from .text import counted
 
 logger = logging.getLogger(__name__)
 
-DEVICES_SUFFIX = ".devices"
+STOP_SECONDS = 60  # a device process saves its parts and ends within this once told to stop, or is killed
+PARENT_POLL_SECONDS = 0.5  # how often a device process looks whether its parent is alive
 
 
 def parse_devices(spec):
@@ -30,7 +38,7 @@ def parse_devices(spec):
     for item in (spec.split(",") if isinstance(spec, str) else spec):
         kind, _, number = item.strip().partition(":")
         if kind == "gpu" and number.isdigit():
-            devices.append(f"gpu:{number}")
+            devices.append(f"gpu:{int(number)}")
         elif kind == "cpu" and (not number or number.isdigit()):
             devices += ["cpu"] * int(number or 1)
         else:
@@ -41,27 +49,80 @@ def parse_devices(spec):
     return devices
 
 
-def _worker(k, device, n_cpu, kwargs, messages, quiet):
-    """One device's share, in its own process."""
+def check_devices(devices):
+    """Raise unless every GPU in ``devices`` is on this machine (CPU processes always are).
+
+    GPU K is the K-th GPU TensorFlow sees (the K-th of ``CUDA_VISIBLE_DEVICES`` when it is set).
+    """
+    asked = sorted({int(device[4:]) for device in devices if device.startswith("gpu:")})
+    if not asked:
+        return
+    import tensorflow as tf
+
+    have = len(tf.config.list_physical_devices("GPU"))
+    missing = [f"gpu:{k}" for k in asked if k >= have]
+    if missing:
+        there = ", ".join(f"gpu:{k}" for k in range(have)) if have else "no GPU"
+        raise InputError(f"{flag('devices', '--devices')}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         f"not on this machine, which has {there} (cpu:N runs N processes on the CPU)")
+
+
+def _gpu(device):
+    """The ``CUDA_VISIBLE_DEVICES`` of a device process for ``gpu:K``: the K-th GPU this process sees."""
+    k = int(device.split(":")[1])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[k].strip() if visible else str(k)
+
+
+def _stop_once(signum, frame):
+    """SIGTERM in a device process: stop as on Ctrl-C (saving the parts), and ignore any later signal."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _watch_parent(parent):
+    """Send this process SIGTERM once ``parent`` is no longer its parent (it has died)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker(device, n_cpu, kwargs, connection, quiet, parent, in_flags):
+    """One device's share, in its own process; tells the parent through ``connection``
+    ("progress", sentences), ("done", None), ("interrupted", None) or ("error", message).
+    Ctrl-C is the parent's: it passes SIGTERM on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_once)
+    _watch_parent(parent)
+    speak_in_flags(in_flags)
     if device.startswith("gpu:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        os.environ["CUDA_VISIBLE_DEVICES"] = _gpu(device)
         threads = None
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         threads = max(1, (os.cpu_count() or 1) // n_cpu)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("bilm.text").setLevel(logging.ERROR)  # the parent reads the input too and says it once
+
+    def tell(kind, value=None):
+        with contextlib.suppress(OSError):  # the parent has died: nobody listens
+            connection.send((kind, value))
+
     try:
         from .cli import silenced_stderr
         with silenced_stderr(quiet):  # TensorFlow's start-up lines, as in the bilm command
             import tensorflow  # noqa: F401
         from .dumps import dump_bilm_embeddings
-        dump_bilm_embeddings(**kwargs, threads=threads, progress=lambda n: messages.put(("progress", k, n)))
-        messages.put(("done", k, None))
+        dump_bilm_embeddings(**kwargs, threads=threads, progress=lambda n: tell("progress", n))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: nothing left to stop
+        tell("done")
     except KeyboardInterrupt:
-        messages.put(("interrupted", k, None))
+        tell("interrupted")
     except BaseException as err:  # reported by the parent, with the device's name
-        messages.put(("error", k, f"{type(err).__name__}: {err}" if not isinstance(err, BilmError) else str(err)))
+        tell("error", f"{type(err).__name__}: {err}" if not isinstance(err, BilmError) else str(err))
         raise SystemExit(2)
 
 
@@ -69,101 +130,118 @@ def dump_on_devices(devices, vocab_file, dataset_file, options_file, weight_file
                     overwrite, resume, encoding_errors, empty_lines, part_size, layers, mix_weights,
                     sentence_to_index, encoding, tokenize, window, flush_seconds, precision, dtype, pool):
     """``dump_bilm_embeddings`` with the lines shared among ``devices`` (see the module doc)."""
+    from .dumps import SENTENCE_TO_INDEX, SETTING_NAMES, embedding_job, read_sentence_index, sentence_index_dataset
+
     if state_mode == "stateful":
         raise InputError("state_mode='stateful' carries states from line to line: it runs on one device only")
     n = len(devices)
-    directory = outfile + DEVICES_SUFFIX
-    with OutputLock(outfile):
-        if resume and os.path.isfile(outfile) and not os.path.exists(directory):
-            logger.info("%s is already complete; nothing to resume", outfile)
+    _, reader, _, settings, inputs = embedding_job(  # the job's checks, before any process starts
+        vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, (0, 1), encoding_errors,
+        empty_lines, part_size, layers, mix_weights, encoding, tokenize, window, precision, dtype, pool)
+    check_devices(devices)
+    names = dict(SETTING_NAMES, devices="the number of --devices processes")
+    with PartsJob(outfile, settings, overwrite, resume, inputs, names, DEVICES_SUFFIX, {"devices": n}) as job:
+        if job.complete:
             return
-        check_output(outfile, overwrite or resume, {"input text": dataset_file, "options file": options_file,
-                                                    "weight file": weight_file, "vocabulary": vocab_file})
-        if os.path.isdir(directory) and not (resume or overwrite):
-            raise OutputExistsError(f"{directory}: an interrupted run left its devices' parts here; pass "
-                                    f"{flag('resume=True', '--resume')} to finish it or "
-                                    f"{flag('overwrite=True', '--overwrite')} to start again")
-        if overwrite:
-            shutil.rmtree(directory, ignore_errors=True)
-        total = DatasetReader(dataset_file, (0, 1), encoding, encoding_errors, empty_lines, tokenize).scan()
-        os.makedirs(directory, exist_ok=True)
-        shares = [os.path.join(directory, f"device-{k:03d}.hdf5") for k in range(n)]
+        total = reader.scan()
+        job.start()
+        shares = [os.path.join(job.directory, f"device-{k:03d}.hdf5") for k in range(n)]
         common = dict(vocab_file=vocab_file, dataset_file=dataset_file, options_file=options_file,
                       weight_file=weight_file, state_mode=state_mode, batch_size=batch_size,
                       encoding_errors=encoding_errors, empty_lines=empty_lines, part_size=part_size, layers=layers,
-                      mix_weights=mix_weights, sentence_to_index=sentence_to_index, encoding=encoding,
-                      tokenize=tokenize, window=window, flush_seconds=flush_seconds, precision=precision,
-                      dtype=dtype, pool=pool, resume=True)
-        _run_workers(devices, [dict(common, shard=(k, n), outfile=shares[k]) for k in range(n)], total, directory)
-        _assemble(shares, outfile, sentence_to_index)
-        shutil.rmtree(directory, ignore_errors=True)
-    logger.info("wrote %d sentences to %s on %d devices", total, outfile, n)
+                      mix_weights=mix_weights, encoding=encoding, tokenize=tokenize, window=window,
+                      flush_seconds=flush_seconds, precision=precision, dtype=dtype, pool=pool, resume=True)
+        jobs = [dict(common, shard=(k, n), outfile=shares[k]) for k in range(n)]
+        with job.noting_interruption(total, "sentence", saved=lambda: sum(count_saved(share, complete=True)
+                                                                          for share in shares)):
+            _run_workers(devices, jobs, total, job.directory)  # the device processes save their parts
+            record = {}
+            if sentence_to_index:  # as on one machine
+                record[SENTENCE_TO_INDEX] = sentence_index_dataset(read_sentence_index(dataset_file, reader.encoding,
+                                                                                       encoding_errors))
+            job.finish(add=record, sources=shares)
+    logger.info("wrote %s to %s on %s", counted(total, "sentence"), outfile, counted(n, "device"))
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Processes started in the block ignore SIGINT (Ctrl-C reaches them through this one)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _messages(readers, timeout):
+    """[(k, message)] from the device processes' connections ``readers`` ({connection: k}) within
+    ``timeout`` seconds; a process that has ended (its connection closed) gives (k, None) and is
+    removed from ``readers``."""
+    received = []
+    for reader in multiprocessing.connection.wait(list(readers), timeout):
+        try:
+            received.append((readers[reader], reader.recv()))
+        except EOFError:
+            received.append((readers.pop(reader), None))
+    return received
+
+
+def _stop(processes, readers, finished):
+    """SIGTERM to the device processes still running but the ``finished`` ones; wait (reading their
+    messages, so that none blocks on a full pipe) until they end, ``STOP_SECONDS`` at most; then kill
+    what is left."""
+    for k, process in enumerate(processes):
+        if k not in finished and process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    while readers and time.monotonic() < deadline:
+        _messages(readers, 0.1)
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            logger.warning("device process %d did not stop within %d s: killed", process.pid, STOP_SECONDS)
+            process.kill()
+            process.join()
 
 
 def _run_workers(devices, jobs, total, directory):
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
     n_cpu = sum(device == "cpu" for device in devices)
     quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("2", "3")  # as the bilm command sets it, unless --verbose
-    processes = [context.Process(target=_worker, args=(k, device, n_cpu, job, messages, quiet), daemon=True)
-                 for k, (device, job) in enumerate(zip(devices, jobs))]
-    for process in processes:
-        process.start()
+    pipes = [context.Pipe(duplex=False) for _ in devices]
+    readers = {reader: k for k, (reader, _) in enumerate(pipes)}
+    processes = [context.Process(target=_worker, args=(device, n_cpu, job, writer, quiet, os.getpid(),
+                                                       speaks_in_flags()), daemon=True)
+                 for device, job, (_, writer) in zip(devices, jobs, pipes)]
     bar = tqdm(total=total, desc="sentences", unit="sent", disable=None)
     finished, failure = set(), None
     try:
+        with _sigint_ignored():
+            for process, (_, writer) in zip(processes, pipes):
+                process.start()
+                writer.close()  # the child's end: the pipe closes when the child ends
         while len(finished) < len(processes) and failure is None:
-            try:
-                kind, k, value = messages.get(timeout=1.0)
-            except queue.Empty:
-                for k, process in enumerate(processes):
-                    if k not in finished and not process.is_alive() and process.exitcode != 0:
-                        failure = (k, f"its process ended with status {process.exitcode}")
-                continue
-            if kind == "progress":
-                bar.update(value)
-            elif kind == "error":
-                failure = (k, value)
-            elif kind == "done":
-                finished.add(k)
-            elif kind == "interrupted":  # a worker had a Ctrl-C (or SIGTERM) that this process did not
-                raise KeyboardInterrupt
-    except KeyboardInterrupt as err:
-        for process in processes:  # each saves what it completed (they had the Ctrl-C too; SIGTERM: tell them)
-            process.join(timeout=60)
-        err.bilm_note = (f"{bar.n:,} of {total:,} sentences are saved in {directory}; run the same command "
-                         f"with {flag('resume=True', '--resume')} to finish")
-        raise
-    finally:
+            for k, message in _messages(readers, 1.0):
+                kind, value = message or ("ended", None)
+                if kind == "progress":
+                    bar.update(value)
+                elif kind == "done":
+                    finished.add(k)
+                elif kind == "error":
+                    failure = (k, value)
+                elif kind == "ended" and k not in finished and failure is None:
+                    processes[k].join(STOP_SECONDS)
+                    failure = (k, f"its process ended with status {processes[k].exitcode}")
+                elif kind == "interrupted":  # a device process was stopped by someone else: stop them all
+                    raise KeyboardInterrupt
+    finally:  # each device process saves what it completed
         bar.close()
-        if failure is not None:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-        for process in processes:
-            process.join(timeout=60)
+        _stop(processes, readers, finished)
     if failure is not None:
         k, message = failure
         raise OutputError(f"device {devices[k]} (process {k}) failed: {message}; what the devices computed is "
                           f"kept in {directory}: fix the cause and rerun with {flag('resume=True', '--resume')}")
-
-
-def _assemble(shares, outfile, sentence_to_index):
-    """One output file from the devices' files: every dataset, and the merged ``sentence_to_index``."""
-    from .dumps import SENTENCE_TO_INDEX, merge_sentence_index, sentence_index_dataset
-
-    index_of = {}
-    try:
-        with _hdf5_writer(outfile) as fout:
-            for share in shares:
-                with h5py.File(share, "r") as fin:
-                    for name in fin:
-                        if name == SENTENCE_TO_INDEX:
-                            merge_sentence_index(index_of, fin[name])
-                        else:
-                            fin.copy(name, fout)
-            if sentence_to_index:
-                fout.create_dataset(SENTENCE_TO_INDEX, data=sentence_index_dataset(index_of))
-    except OSError as err:
-        raise OutputError(f"{outfile}: cannot write ({err}); the devices' outputs are kept: rerun with "
-                          f"{flag('resume=True', '--resume')}") from None

@@ -20,10 +20,10 @@ from .embedder import WINDOW, ElmoEmbedder
 from .errors import InputError, flag
 from .inference import BidirectionalLanguageModel
 from .options import ModelOptions
-from .outputs import FLUSH_SECONDS, PartsJob, atomic_output
+from .outputs import FLUSH_SECONDS, PartsJob, atomic_output, check_output, check_room, file_fingerprint
 from .pooling import LAYER_CHOICES, POOLINGS, pool_tokens, select_layers
 from .prefetch import Prefetch
-from .text import DatasetReader
+from .text import DatasetReader, counted, read_text_lines
 from .vocabulary import UnicodeCharsVocabulary
 from .weights import open_hdf5
 
@@ -33,12 +33,25 @@ TOKEN_CHUNK = 512  # tokens per char-CNN call of dump_token_embeddings
 TOKEN_PART = 16384  # tokens per part file of dump_token_embeddings, at most
 SENTENCE_PART = 4096  # sentences per part file of dump_bilm_embeddings, at most
 SENTENCE_TO_INDEX = "sentence_to_index"
+LINK_BYTES = 64  # an external link of merge_shards takes at most this in the file, besides its names
 DTYPES = ("float32", "float16")
+# How the bilm command names the settings of a job whose name is not its flag (``PartsJob`` messages).
+SETTING_NAMES = {"dataset_file": "the input text", "vocab_file": "--vocab", "options_file": "--options",
+                 "weight_file": "--weights", "chunk": "the tokens per chunk",
+                 "window": "the lines sorted by length together (--ray sorts fewer on small inputs)"}
 
 
 def sentence_index_dataset(index_of):
-    """The ``sentence_to_index`` record of {sentence: line index}: a (1,) string array holding its JSON."""
-    return np.array([json.dumps(index_of)], dtype=h5py.string_dtype())
+    """The ``sentence_to_index`` record of {sentence: line index}: a (1,) string array holding its JSON,
+    keys in the order of their line index (the same bytes however the job was split)."""
+    ordered = dict(sorted(index_of.items(), key=lambda item: int(item[1])))
+    return np.array([json.dumps(ordered)], dtype=h5py.string_dtype())
+
+
+def read_sentence_index(dataset_file, encoding="utf-8", encoding_errors="strict"):
+    """{line stripped: str(line index)} of a whole input file; a repeated line keeps its last index."""
+    lines = read_text_lines(dataset_file, "input file", InputError, encoding_errors, "", encoding)
+    return {line.strip(): str(number - 1) for number, line in lines}
 
 
 def merge_sentence_index(index_of, record):
@@ -46,21 +59,6 @@ def merge_sentence_index(index_of, record):
     for sentence, index in json.loads(record[0]).items():
         if int(index) > int(index_of.get(sentence, -1)):
             index_of[sentence] = index
-
-
-def file_fingerprint(path):
-    """What identifies an input file for resuming: absolute path, size, modification time."""
-    if path is None or not os.path.exists(path):  # a missing file gets its own error later
-        return None
-    status = os.stat(path)
-    return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
-
-
-def _interrupted(err, job, done, total, what):
-    """Note on a KeyboardInterrupt what was kept, for the command's one-line message."""
-    err.bilm_note = (f"{done:,} of {total:,} {what} are saved in {job.directory}; run the same command with "
-                     f"{flag('resume=True', '--resume')} to finish")
-    logger.warning("interrupted: %s", err.bilm_note)
 
 
 def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwrite=False, resume=False,
@@ -85,7 +83,7 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
     settings = {"vocab_file": file_fingerprint(vocab_file), "options_file": file_fingerprint(options_file),
                 "weight_file": file_fingerprint(weight_file), "chunk": chunk}
     inputs = {"vocabulary": vocab_file, "options file": options_file, "weight file": weight_file}
-    with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
+    with PartsJob(outfile, settings, overwrite, resume, inputs, SETTING_NAMES) as job:
         if job.complete:
             return
         char_ids = vocab.word_char_ids + 1  # (n_vocab, C), shifted as the Batcher does
@@ -97,7 +95,8 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
             with tf.Session(config=sessions.config()) as sess, exact():
                 sess.run(tf.variables_initializer(model.weight_variables(layout.CHAR_CNN_GROUPS)))  # not the LSTMs'
                 progress = tqdm(total=vocab.size, desc="token embeddings", unit="tok", disable=None)
-                with job.writer(max_units=max(1, part_size // chunk), flush_seconds=flush_seconds) as writer:
+                with job.noting_interruption(vocab.size, "token", rows=True), \
+                        job.writer(max_units=max(1, part_size // chunk), flush_seconds=flush_seconds) as writer:
                     try:
                         for unit, start in enumerate(starts):
                             rows = char_ids[start:start + chunk]
@@ -105,13 +104,11 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
                                 vectors = sess.run(embedding_op, {ids: rows[:, None, :]})[:, 0]
                                 writer.add(unit, {str(unit): vectors})  # concatenated at the end
                             progress.update(len(rows))
-                    except KeyboardInterrupt as err:
-                        _interrupted(err, job, progress.n, vocab.size, "tokens")
-                        raise
                     finally:
                         progress.close()
-        job.finish(concatenate=layout.TOKEN_EMBEDDING_NAME)
-    logger.info("wrote %d token embeddings to %s", vocab.size, outfile)
+        with job.noting_interruption(vocab.size, "token", rows=True):
+            job.finish(concatenate=layout.TOKEN_EMBEDDING_NAME)
+    logger.info("wrote %s to %s", counted(vocab.size, "token embedding"), outfile)
 
 
 def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, outfile,
@@ -173,14 +170,15 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
     options, reader, output, settings, inputs = embedding_job(
         vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, shard, encoding_errors,
         empty_lines, part_size, layers, mix_weights, encoding, tokenize, window, precision, dtype, pool)
-    with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
+    with PartsJob(outfile, settings, overwrite, resume, inputs, SETTING_NAMES) as job:
         if job.complete:
             return
         n_sentences = reader.scan()
         index_of = {}
         config = sessions.config(threads=threads)
-        with ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window, precision,
-                          config) as embedder:
+        with job.noting_interruption(n_sentences, "sentence"), \
+                ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window, precision,
+                             config) as embedder:
             carried = embedder.state_mode == "stateful"
             bar = tqdm(total=n_sentences, desc="sentences", unit="sent", disable=None if progress is None else True)
             units_per_part = max(1, -(-part_size // embedder.batch_size))
@@ -195,9 +193,9 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                         yield unit, indices, batch, None if unit in job.done else embedder.char_ids(batch)
                         unit += 1
 
-            with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer, \
-                    Prefetch(batches()) as prepared:
-                try:
+            try:
+                with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer, \
+                        Prefetch(batches()) as prepared:
                     for unit, indices, batch, ids in prepared:
                         if ids is not None:
                             if carried and unit - 1 in job.done:
@@ -207,16 +205,14 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                         bar.update(len(batch))
                         if progress is not None:
                             progress(len(batch))
-                except KeyboardInterrupt as err:
-                    _interrupted(err, job, bar.n, n_sentences, "sentences")
-                    raise
-                finally:
-                    bar.close()
+            finally:
+                bar.close()
         record = {}
         if sentence_to_index:
             record[SENTENCE_TO_INDEX] = sentence_index_dataset(index_of)
-        job.finish(add=record)
-    logger.info("wrote %d sentences to %s", n_sentences, outfile)
+        with job.noting_interruption(n_sentences, "sentence"):
+            job.finish(add=record)
+    logger.info("wrote %s to %s", counted(n_sentences, "sentence"), outfile)
 
 
 def embedding_job(vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, shard, encoding_errors,
@@ -297,20 +293,26 @@ def merge_shards(shard_files, outfile, overwrite=False):
     Their ``sentence_to_index`` records, if any, are merged into one (a small copy).
     """
     base = os.path.dirname(os.path.abspath(outfile))
-    index_of = None
     inputs = {f"shard {k}": path for k, path in enumerate(shard_files)}
+    check_output(outfile, overwrite, inputs)
+    links, index_of = {}, None  # {dataset: shard path relative to the output}
+    for shard_file in shard_files:
+        relative = os.path.relpath(os.path.abspath(shard_file), base)
+        with open_hdf5(shard_file, "shard output") as fin:
+            for key in fin:
+                if key == SENTENCE_TO_INDEX:
+                    index_of = index_of or {}
+                    merge_sentence_index(index_of, fin[key])
+                elif key in links:
+                    raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")
+                else:
+                    links[key] = relative
+    record = None if index_of is None else sentence_index_dataset(index_of)
+    needed = sum(LINK_BYTES + len(key) + len(path) for key, path in links.items())
+    check_room(outfile, needed + (0 if record is None else 2 * len(record[0].encode("utf-8"))) + 2 ** 20)
     with atomic_output(outfile, overwrite, inputs) as temporary, h5py.File(temporary, "w") as fout:
-        for shard_file in shard_files:
-            relative = os.path.relpath(os.path.abspath(shard_file), base)
-            with open_hdf5(shard_file, "shard output") as fin:
-                for key in fin:
-                    if key == SENTENCE_TO_INDEX:
-                        index_of = index_of or {}
-                        merge_sentence_index(index_of, fin[key])
-                        continue
-                    if key in fout:
-                        raise InputError(f"{shard_file}: dataset '{key}' is also in another shard")
-                    fout[key] = h5py.ExternalLink(relative, key)
-        if index_of is not None:
-            fout.create_dataset(SENTENCE_TO_INDEX, data=sentence_index_dataset(index_of))
-    logger.info("linked %d shards into %s", len(shard_files), outfile)
+        for key, relative in links.items():
+            fout[key] = h5py.ExternalLink(relative, key)
+        if record is not None:
+            fout.create_dataset(SENTENCE_TO_INDEX, data=record)
+    logger.info("linked %s into %s", counted(len(shard_files), "shard"), outfile)

@@ -64,6 +64,11 @@ def speak_in_flags(on=True):
     _COMMAND_LINE["on"] = on
 
 
+def speaks_in_flags():
+    """Whether messages name command-line flags (``speak_in_flags``), e.g. to pass on to a child process."""
+    return _COMMAND_LINE["on"]
+
+
 def flag(keyword, command_line):
     """``keyword`` (e.g. ``"overwrite=True"``) or, for the command line, its flag (``"--overwrite"``)."""
     return command_line if _COMMAND_LINE["on"] else f"{keyword} ({command_line})"

@@ -9,10 +9,17 @@
 - ``PartsJob``: a long job's output written as part files (each complete or absent)
   in ``<output>.parts/``; a part is closed after at most ``flush_seconds`` of work
   and when the job is interrupted, so a killed or interrupted job loses little and is
-  resumed by skipping what the parts hold; the output is assembled at the end.
+  resumed by skipping what the parts hold; the output is assembled at the end and
+  records what it was made from (``RECORD``), so that resuming a complete output checks it.
+
+HDF5 never writes onto a full disk here (the library crashes closing a file it could not
+write): parts are built in memory and written by Python, and the assembly checks the room
+it needs first (``check_room``). A full disk is an ``OutputError`` naming the file and the disk.
 """
 import contextlib
+import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -25,14 +32,19 @@ import h5py
 import numpy as np
 
 from .errors import OutputError, OutputExistsError, OutputLockedError, flag
+from .text import counted
 
 logger = logging.getLogger(__name__)
 
 PARTS_SUFFIX = ".parts"
+DEVICES_SUFFIX = ".devices"  # the parts of a job shared among devices (``bilm.devices``)
 LOCK_SUFFIX = ".lock"
 JOB_FILE = "job.json"
 STATES_GROUP = ".states"  # in a part file: what resuming after the part needs (not copied to the output)
+RECORD = "bilm_job"  # root attribute of a complete output: the JSON settings of the job that made it
 FLUSH_SECONDS = 30.0
+PART_BYTES = 256 * 2 ** 20  # a part's arrays, at most (a part is built in memory)
+ROOM_MARGIN = 2 ** 20  # bytes an HDF5 file may need beyond its arrays (and 1/50 of them): its metadata
 
 
 def _same_file(a, b):
@@ -72,9 +84,95 @@ def check_output(path, overwrite=False, inputs=None):
         raise OutputExistsError(f"{path}: already exists; pass {flag('overwrite=True', '--overwrite')} to replace it")
 
 
+def _disk(path):
+    """The mount point of the file system ``path`` (a file or directory, existing or not) is on."""
+    path = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def _write_error(path, err, kept=""):
     reason = os.strerror(err.errno) if getattr(err, "errno", None) else str(err)
+    if getattr(err, "errno", None) == errno.ENOSPC:
+        reason += f": the disk of {_disk(path)} is full"
     return OutputError(f"{path}: cannot write ({reason}){kept}")
+
+
+def check_room(path, needed, kept=""):
+    """Raise the ``OutputError`` of a full disk unless ``path``'s file system has ``needed`` bytes free.
+
+    Checked before HDF5 writes a large file: HDF5 crashes (segmentation fault) closing a file
+    it could not write, so it must not meet a full disk.
+    """
+    status = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    free = status.f_bavail * status.f_frsize
+    if free < needed:
+        raise OutputError(f"{path}: cannot write ({os.strerror(errno.ENOSPC)}: it needs {needed / 1e6:,.1f} MB, "
+                          f"the disk of {_disk(path)} has {free / 1e6:,.1f} MB free){kept}")
+
+
+def _nbytes(value):
+    """Bytes of an array to write (of its strings' UTF-8 too)."""
+    value = np.asarray(value)
+    if value.dtype == object:
+        return sum(len(str(item).encode("utf-8")) for item in value.flat)
+    return value.nbytes
+
+
+def file_fingerprint(path):
+    """What identifies an input file for resuming: [absolute path, size, modification time in ns]."""
+    if path is None or not os.path.exists(path):  # a missing file gets its own error later
+        return None
+    status = os.stat(path)
+    return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
+
+
+def _shown(value):
+    """A setting's value for a message (a file's fingerprint as its path, size and time)."""
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and isinstance(value[2], int):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value[2] / 1e9))
+        return f"{value[0]} ({value[1]:,} bytes, modified {when})"
+    return repr(value)
+
+
+def differences(previous, settings, names=None):
+    """What differs between two jobs' settings, one clause per key: ``"--layers was 'all', is 'top'"``.
+
+    ``names``: {key: how the ``bilm`` command names it}; a key not in it is the flag ``--key-name``.
+    """
+    names = names or {}
+    return "; ".join(f"{flag(key, names.get(key, '--' + key.replace('_', '-')))} was {_shown(previous.get(key))}, "
+                     f"is {_shown(settings.get(key))}"
+                     for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key))
+
+
+def recorded_settings(path):
+    """The settings a complete output records (``RECORD``), or None (an older bilm's, or not bilm's)."""
+    try:
+        with h5py.File(path, "r") as fin:
+            text = fin.attrs.get(RECORD)
+        return json.loads(text) if isinstance(text, (bytes, str)) else None
+    except (OSError, ValueError):
+        return None
+
+
+def count_saved(outfile, rows=False, complete=False):
+    """How many units' datasets a job on ``outfile`` has saved in its parts (with ``rows``: how many
+    rows they have); with ``complete``, also in ``outfile`` if the job has finished (every dataset)."""
+    directory = outfile + PARTS_SUFFIX
+    if os.path.isdir(directory):
+        paths = [os.path.join(directory, name) for name in os.listdir(directory) if _PART.fullmatch(name)]
+    else:
+        paths = [outfile] if complete and os.path.isfile(outfile) else []
+    total = 0
+    for path in paths:
+        with h5py.File(path, "r") as fin:
+            if rows:
+                total += sum(fin[name].shape[0] for name in fin if name != STATES_GROUP)
+            else:  # len: no walk through every name
+                total += len(fin) - (STATES_GROUP in fin)
+    return total
 
 
 @contextlib.contextmanager
@@ -187,24 +285,33 @@ class PartsJob:
     Args:
         outfile: the HDF5 file the job writes.
         settings: a JSON-able dict of everything that determines the output (input
-            files with their sizes, model files, options); a resumed job must have
-            the same settings.
+            files with their ``file_fingerprint``, model files, options); a resumed job
+            must have the same settings. The complete output records them (``RECORD``):
+            ``resume`` on a complete output checks them too.
         overwrite: replace an existing ``outfile`` (only when the new one is complete).
         resume: continue the parts an interrupted run left in ``<outfile>.parts``.
         inputs: {what: path} of the job's input files (the output may be none of them).
+        names: {settings key: how the ``bilm`` command names it} for messages (default
+            ``--key-name``).
+        suffix: the directory of the parts, ``outfile + suffix``.
+        split: how the work is divided (e.g. {"devices": 2}): checked on resuming like
+            ``settings``, not recorded in the output (it does not change it).
 
     ``done`` is the set of units the parts hold; ``writer()`` writes more;
     ``finish()`` assembles ``outfile`` from all parts and removes them. ``complete`` is
-    True when ``resume`` finds ``outfile`` already written.
+    True when ``resume`` finds ``outfile`` already written by the same job.
     """
 
-    def __init__(self, outfile, settings, overwrite=False, resume=False, inputs=None):
+    def __init__(self, outfile, settings, overwrite=False, resume=False, inputs=None, names=None,
+                 suffix=PARTS_SUFFIX, split=None):
         if overwrite and resume:
             raise OutputError(f"{outfile}: overwrite and resume contradict each other; pass one of them")
         check_not_an_input(outfile, inputs or {})
         self.outfile = outfile
-        self.directory = outfile + PARTS_SUFFIX
+        self.directory = outfile + suffix
         self._settings = json.loads(json.dumps(settings))
+        self._job = json.loads(json.dumps(dict(settings, **(split or {}))))
+        self._names = names or {}
         self._job_file = os.path.join(self.directory, JOB_FILE)
         self._overwrite, self._resume = overwrite, resume
         self._lock = OutputLock(outfile)
@@ -226,8 +333,18 @@ class PartsJob:
 
     def _open(self):
         outfile, resume, overwrite = self.outfile, self._resume, self._overwrite
-        self.complete = resume and os.path.isfile(outfile) and not os.path.exists(self.directory)
-        if self.complete:
+        for other in {outfile + PARTS_SUFFIX, outfile + DEVICES_SUFFIX} - {self.directory}:
+            if os.path.isdir(other) and overwrite:
+                shutil.rmtree(other)
+            elif os.path.isdir(other):
+                devices = "with" if other.endswith(DEVICES_SUFFIX) else "without"
+                raise OutputExistsError(
+                    f"{other}: an interrupted run {devices} {flag('devices', '--devices')} left its parts here; "
+                    f"resume it {devices} {flag('devices', '--devices')}, or pass {flag('overwrite=True', '--overwrite')} "
+                    f"to start again")
+        if resume and os.path.isfile(outfile) and not os.path.exists(self.directory):
+            self._check_complete()
+            self.complete = True
             logger.info("%s is already complete; nothing to resume", outfile)
             return
         check_output(outfile, overwrite or resume)
@@ -240,13 +357,27 @@ class PartsJob:
             if resume:
                 self._check_settings()
                 self.done = {unit for first, end in self._parts() for unit in range(first, end)}
-                logger.info("resuming %s: %d part(s) already written", outfile, len(self._parts()))
+                logger.info("resuming %s from %s", outfile, self.directory)
             else:
                 shutil.rmtree(self.directory)
         elif resume:
             logger.info("no parts to resume in %s; starting from the beginning", self.directory)
 
-    def _start(self):
+    def _check_complete(self):
+        """``resume`` on a complete output: it must record this job's settings."""
+        recorded, again = recorded_settings(self.outfile), flag("overwrite=True", "--overwrite")
+        if recorded is None:
+            raise OutputExistsError(
+                f"{self.outfile}: complete, but it records no inputs and settings (an older bilm's output, or not "
+                f"bilm's), so {flag('resume=True', '--resume')} cannot check that it is this job's output; use it "
+                f"as it is, or pass {again} to make it again")
+        if recorded != self._settings:
+            raise OutputExistsError(
+                f"{self.outfile}: complete, but made from other inputs or settings: "
+                f"{differences(recorded, self._settings, self._names)}; use it as it is, or pass {again} to "
+                f"replace it")
+
+    def start(self):
         """Create the parts directory and its job file (on the first write)."""
         if os.path.isfile(self._job_file):
             return
@@ -254,12 +385,12 @@ class PartsJob:
             os.makedirs(self.directory, exist_ok=True)
             with atomic_output(self._job_file, overwrite=True) as temporary:
                 with open(temporary, "w", encoding="utf-8") as fout:
-                    json.dump(self._settings, fout, indent=1, sort_keys=True)
+                    json.dump(self._job, fout, indent=1, sort_keys=True)
         except OSError as err:
             raise _write_error(self.directory, err) from None
 
     def _check_settings(self):
-        job_file, settings = self._job_file, self._settings
+        job_file = self._job_file
         if not os.path.exists(job_file) and not self._parts():
             return  # killed before anything was written
         try:
@@ -270,12 +401,11 @@ class PartsJob:
         if not isinstance(previous, dict):
             raise OutputError(f"{job_file}: missing or unreadable; start again with "
                               f"{flag('overwrite=True', '--overwrite')}")
-        for key in sorted(set(previous) | set(settings)):
-            if previous.get(key) != settings.get(key):
-                raise OutputError(
-                    f"{job_file}: the interrupted run had {key}={previous.get(key)!r}, this one has "
-                    f"{settings.get(key)!r}; resume with the same inputs and settings, or pass "
-                    f"{flag('overwrite=True', '--overwrite')}")
+        if previous != self._job:
+            raise OutputError(
+                f"{job_file}: the interrupted run had other inputs or settings: "
+                f"{differences(previous, self._job, self._names)}; resume with the same ones, or pass "
+                f"{flag('overwrite=True', '--overwrite')} to start again")
 
     def part_path(self, first, end):
         return os.path.join(self.directory, f"part-{first:09d}-{end:09d}.hdf5")
@@ -297,6 +427,24 @@ class PartsJob:
         return None
 
     @contextlib.contextmanager
+    def noting_interruption(self, total, what, rows=False, saved=None):
+        """On a KeyboardInterrupt in the block (Ctrl-C, SIGTERM), say what the job has saved: the
+        exception's message, and its ``bilm_note`` for the command's one line.
+
+        ``total``: the units' datasets (or ``rows``) of the whole job, ``what`` they are
+        (``"sentence"``); ``saved``: a function counting them (default: ``count_saved``, run
+        once the block has closed its writer).
+        """
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            done = count_saved(self.outfile, rows) if saved is None else saved()
+            err.bilm_note = (f"{done:,} of {counted(total, what)} are saved in {self.directory}; run the same "
+                             f"command with {flag('resume=True', '--resume')} to finish")
+            err.args = (err.bilm_note,)
+            raise
+
+    @contextlib.contextmanager
     def writer(self, max_units=None, flush_seconds=FLUSH_SECONDS, states=None):
         """A ``PartWriter``; on leaving the block (also by an exception or Ctrl-C) its
         complete units are saved."""
@@ -306,38 +454,51 @@ class PartsJob:
         finally:
             writer.flush()
 
-    def finish(self, concatenate=None, add=None):
+    def finish(self, concatenate=None, add=None, sources=None):
         """Assemble ``outfile`` from the parts, in unit order, then remove the parts.
 
         Every dataset of every part is copied under its name; with ``concatenate`` (a
         dataset name), the units' datasets (named by unit number) are concatenated, in
         unit order, into that one dataset instead.
         ``add``: {name: array} datasets written beside them. With one part and no
-        ``concatenate``, the part becomes the output (no copy).
+        ``concatenate``, the part becomes the output (no copy). ``sources``: the HDF5
+        files to assemble instead of the parts (complete outputs of sub-jobs).
+        The output records the job's settings (``RECORD``).
         """
-        parts = [self.part_path(first, end) for first, end in self._parts()]
+        if sources is None:
+            sources = [self.part_path(first, end) for first, end in self._parts()]
+        add = add or {}
+        kept = (f"; the parts are kept in {self.directory}: make room and rerun with "
+                f"{flag('resume=True', '--resume')}")
+        single = len(sources) == 1 and concatenate is None
+        copied = 0 if single else sum(os.path.getsize(source) for source in sources)
+        written = copied + sum(_nbytes(value) for value in add.values())
+        check_room(self.outfile, written + written // 50 + ROOM_MARGIN, kept)
         try:
-            if len(parts) == 1 and concatenate is None:
-                with h5py.File(parts[0], "a") as fout:
+            if single:
+                with h5py.File(sources[0], "a") as fout:
                     if STATES_GROUP in fout:
                         del fout[STATES_GROUP]
-                    _add_datasets(fout, add or {})
-                os.replace(parts[0], self.outfile)
+                    self._complete(fout, add)
+                os.replace(sources[0], self.outfile)
             else:
                 with _hdf5_writer(self.outfile) as fout:
                     if concatenate is not None:
-                        self._concatenate(parts, concatenate, fout)
+                        self._concatenate(sources, concatenate, fout)
                     else:
-                        for part in parts:
-                            with h5py.File(part, "r") as fin:
+                        for source in sources:
+                            with h5py.File(source, "r") as fin:
                                 for name in fin:
                                     if name != STATES_GROUP:
                                         fin.copy(name, fout)
-                    _add_datasets(fout, add or {})
+                    self._complete(fout, add)
         except OSError as err:
-            raise _write_error(self.outfile, err, f"; the parts are kept in {self.directory}: make room and "
-                                                  f"rerun with {flag('resume=True', '--resume')}") from None
+            raise _write_error(self.outfile, err, kept) from None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _complete(self, fout, add):
+        _add_datasets(fout, add)
+        fout.attrs[RECORD] = np.bytes_(json.dumps(self._settings, sort_keys=True).encode("utf-8"))  # in the header
 
     @staticmethod
     def _concatenate(parts, name, fout):
@@ -360,19 +521,21 @@ class PartsJob:
 class PartWriter:
     """Writes consecutive units of a ``PartsJob`` into part files.
 
-    ``add(unit, datasets)`` appends a unit's datasets to the open part; the part is
-    closed (renamed into place) once it holds ``max_units`` units or has been open for
-    ``flush_seconds``, before a unit that does not follow the previous one, and by
-    ``flush()``. ``states``: a function returning {name: array} saved with each part
-    (what resuming after it needs, e.g. carried LSTM states), asked after each unit.
-    A unit interrupted while it is added (Ctrl-C) leaves nothing in the part.
+    ``add(unit, datasets)`` appends a unit's datasets to the open part, an HDF5 file built
+    in memory; the part is closed (written to disk and renamed into place) once it holds
+    ``max_units`` units or ``max_bytes`` of arrays or has been open for ``flush_seconds``,
+    before a unit that does not follow the previous one, and by ``flush()``. ``states``: a
+    function returning {name: array} saved with each part (what resuming after it needs,
+    e.g. carried LSTM states), asked after each unit. A unit interrupted while it is added
+    (Ctrl-C) leaves nothing in the part.
     """
 
-    def __init__(self, job, max_units, flush_seconds, states):
+    def __init__(self, job, max_units, flush_seconds, states, max_bytes=PART_BYTES):
         self.job, self.max_units, self.flush_seconds, self._states = job, max_units, flush_seconds, states
-        self._file = self._first = None
+        self.max_bytes = max_bytes
+        self._file = self._buffer = self._first = None
         self._last = (None, None)  # (end of the open part's units, the states after them): stored at once
-        self._opened = 0.0
+        self._opened, self._bytes = 0.0, 0
 
     @property
     def _end(self):
@@ -382,43 +545,31 @@ class PartWriter:
         if self._file is not None and unit != self._end:
             self.flush()
         if self._file is None:
-            self.job._start()
-            self._first, self._last, self._opened = unit, (unit, None), time.monotonic()
-            self._temporary = os.path.join(self.job.directory, f"part-{unit:09d}.hdf5.tmp")
-            try:
-                self._file = h5py.File(self._temporary, "w")
-            except OSError as err:
-                raise self._error(err) from None
+            self.job.start()
+            self._first, self._last, self._opened, self._bytes = unit, (unit, None), time.monotonic(), 0
+            self._buffer = io.BytesIO()
+            self._file = h5py.File(self._buffer, "w")
         try:
             for name, value in datasets.items():
                 self._file.create_dataset(name, data=value)
             states = self._states() if self._states is not None else None
             self._last = (unit + 1, states)  # one store: from here the part holds the unit and the states after it
-        except BaseException as err:  # a failed or interrupted (Ctrl-C) unit leaves nothing in the part
+        except BaseException:  # a failed or interrupted (Ctrl-C) unit leaves nothing in the part
             if self._end == unit:
                 for name in datasets:
                     with contextlib.suppress(Exception):
                         if name in self._file:
                             del self._file[name]
-            if isinstance(err, OSError):
-                self._discard()
-                raise self._error(err) from None
             raise
+        self._bytes += sum(_nbytes(value) for value in datasets.values())
         full = self.max_units is not None and self._end - self._first >= self.max_units
-        if full or time.monotonic() - self._opened >= self.flush_seconds:
+        if full or self._bytes >= self.max_bytes or time.monotonic() - self._opened >= self.flush_seconds:
             self.flush()
-
-    def _error(self, err):
-        return _write_error(self.job.part_path(self._first, self._end + 1), err,
-                            f"; complete parts are kept in {self.job.directory}: make room and rerun with "
-                            f"{flag('resume=True', '--resume')}")
 
     def _discard(self):
         with contextlib.suppress(Exception):
             self._file.close()
-        with contextlib.suppress(OSError):
-            os.remove(self._temporary)
-        self._file = None
+        self._file = self._buffer = None
 
     def flush(self):
         """Close the open part (if any units are in it) and put it in place."""
@@ -428,12 +579,19 @@ class PartWriter:
         if end == self._first:  # its first unit was interrupted: nothing to keep
             self._discard()
             return
+        if states is not None:
+            _add_datasets(self._file.require_group(STATES_GROUP), states)
+        self._file.close()
+        path = self.job.part_path(self._first, end)
+        temporary = path + ".tmp"
         try:
-            if states is not None:
-                _add_datasets(self._file.require_group(STATES_GROUP), states)
-            self._file.close()
-            os.replace(self._temporary, self.job.part_path(self._first, end))
+            with open(temporary, "wb") as fout, self._buffer.getbuffer() as image:
+                fout.write(image)
+            os.replace(temporary, path)
         except OSError as err:
-            self._discard()
-            raise self._error(err) from None
-        self._file = None
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise _write_error(path, err, f"; complete parts are kept in {self.job.directory}: make room and "
+                                          f"rerun with {flag('resume=True', '--resume')}") from None
+        finally:
+            self._file = self._buffer = None

@@ -33,11 +33,12 @@ import numpy as np
 from . import errors
 from .batching import window_batches
 from .errors import BilmError, InputError, OutputError, flag
-from .text import Tokenizer, read_text_lines
+from .text import Tokenizer, check_text_file, counted, read_text_lines
 
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"
+LOOPBACK = "127.0.0.1"
 TASKS = 16  # an input of fewer than TASKS windows of 4,096 lines is cut into TASKS windows (whole batches)
 _ENVIRONMENT = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")  # the driver's TensorFlow settings, for the actors
 
@@ -88,18 +89,46 @@ def ray_session(address=None):
     quiet = _quiet()
     local = address in (None, LOCAL)
     where = {"address": address}
-    if local:  # Ray's servers still listen on every interface; Ray 2.60 gives a local instance a token
-        where = {"address": LOCAL, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    if local:
+        where = {"address": LOCAL, "include_dashboard": False, "_node_ip_address": LOOPBACK}
     try:  # Ray's start-up lines and its processes' C++ log lines, as TensorFlow's, only with --verbose
-        with silenced_stderr(quiet), _environment(**({"RAY_BACKEND_LOG_LEVEL": "fatal"} if quiet else {})):
+        with silenced_stderr(quiet), _environment(**({"RAY_BACKEND_LOG_LEVEL": "fatal"} if quiet else {})), \
+                _loopback_only(ray, local):
             ray.init(**where, log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{flag('address', '--ray')} {address or LOCAL}: cannot start or reach Ray ({reason})") from None
     try:
+        if local and ray.util.get_node_ip_address() != LOOPBACK:
+            logger.warning("the local Ray instance listens on %s, not on %s only: this version of Ray does not take "
+                           "the setting bilm gives it; anyone who reaches this machine can reach it",
+                           ray.util.get_node_ip_address(), LOOPBACK)
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _loopback_only(ray, local):
+    """A local Ray instance started in the block listens on 127.0.0.1 only.
+
+    Ray's servers (GCS, raylet, workers) listen on the node's address; given 127.0.0.1, Ray
+    replaces it by the machine's public address unless it is told that it makes no cluster:
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when Ray is imported, so also set on the
+    module that read it, for the time of ``ray.init``; the processes it starts inherit it).
+    """
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environment(**{ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def ray_window(n_lines, batch_size, window=None):
@@ -114,8 +143,7 @@ def ray_window(n_lines, batch_size, window=None):
 
 def _line_starts(path, every=None):
     """Number of lines of a file, and the byte offset of every ``every``-th line (0, every, ...)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: input file not found")
+    check_text_file(path, "input file")
     starts, offset, n = [], 0, 0
     with open(path, "rb") as fin:  # lines as ``read_text_lines`` splits them
         for n, raw in enumerate(fin, start=1):
@@ -271,7 +299,8 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
     if state_mode == "stateful":
         raise InputError(f"{flag('state_mode', '--state-mode')} 'stateful' carries states from line to line: it runs "
                          f"in one process only, not on Ray (use warm or zero)")
-    from .dumps import SENTENCE_PART, SENTENCE_TO_INDEX, _interrupted, embedding_job, sentence_index_dataset
+    from .dumps import (SENTENCE_PART, SENTENCE_TO_INDEX, SETTING_NAMES, embedding_job, read_sentence_index,
+                        sentence_index_dataset)
     from .outputs import FLUSH_SECONDS, PartsJob
 
     part_size = SENTENCE_PART if part_size is None else part_size
@@ -281,7 +310,7 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
     options, reader, output, settings, inputs = embedding_job(
         vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, (0, 1), encoding_errors,
         empty_lines, part_size, layers, mix_weights, encoding, tokenize, window, precision, dtype, pool)
-    with PartsJob(outfile, settings, overwrite, resume, inputs) as job:
+    with PartsJob(outfile, settings, overwrite, resume, inputs, SETTING_NAMES) as job:
         if job.complete:
             return
         n_sentences = reader.scan()  # the checks of a one-process job, before any computing
@@ -297,8 +326,9 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
         form = {"layers": layers, "mix_weights": mix_weights, "pool": pool, "dtype": dtype}
         bar = _progress_bar(n_sentences, n_sentences - sum(sizes.values()), progress)
         try:
-            with job.writer(max(1, -(-part_size // batch_size)),
-                            FLUSH_SECONDS if flush_seconds is None else flush_seconds) as writer:
+            with job.noting_interruption(n_sentences, "sentence"), \
+                    job.writer(max(1, -(-part_size // batch_size)),
+                               FLUSH_SECONDS if flush_seconds is None else flush_seconds) as writer:
                 if pending:
                     with ray_session(address) as ray, _data_context(ray):
                         arrays = _pipeline(ray, pending, read, model, form, workers, sum(sizes.values()))
@@ -308,18 +338,15 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
                             raise
                         except Exception as err:  # noqa: BLE001 - Ray's errors: many classes, many lines each
                             raise _ray_failure(err, job.directory) from None
-        except KeyboardInterrupt as err:
-            _interrupted(err, job, bar.n, n_sentences, "sentences")
-            raise
         finally:
             bar.close()
         record = {}
-        if sentence_to_index:  # as on one machine: {line stripped: index}, a repeated line keeps its last index
-            lines = read_text_lines(dataset_file, "input file", InputError, encoding_errors, "", reader.encoding)
-            index_of = {line.strip(): str(number - 1) for number, line in lines}
+        if sentence_to_index:  # as on one machine
+            index_of = read_sentence_index(dataset_file, reader.encoding, encoding_errors)
             record[SENTENCE_TO_INDEX] = sentence_index_dataset(index_of)
-        job.finish(add=record)
-    logger.info("wrote %d sentences to %s on Ray", n_sentences, outfile)
+        with job.noting_interruption(n_sentences, "sentence"):
+            job.finish(add=record)
+    logger.info("wrote %s to %s on Ray", counted(n_sentences, "sentence"), outfile)
 
 
 def _check_model_files(weight_file, vocab_file, options):
@@ -356,7 +383,7 @@ def _progress_bar(total, done, progress):
 def _pipeline(ray, pending, read, model, form, workers, n_sentences):
     """The Ray Data dataset of the job's arrays: windows read by tasks, embedded by actors, in input order."""
     n_workers, resources, threads = _workers(ray, workers)
-    logger.info("embedding %d sentences on Ray: %d worker%s", n_sentences, n_workers, "s" if n_workers > 1 else "")
+    logger.info("embedding %s on Ray: %s", counted(n_sentences, "sentence"), counted(n_workers, "worker"))
     environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ}
     lines = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
         _read_windows, batch_size=1, fn_kwargs=read, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=n_workers))

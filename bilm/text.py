@@ -30,6 +30,14 @@ def check_encoding(encoding):
                          f"as utf-8 or latin-1") from None
 
 
+def check_text_file(path, what="text file", error=InputError):
+    """Raise ``error`` unless ``path`` is a file: "not found", or "is a directory"."""
+    if os.path.isdir(path):
+        raise error(f"{path}: is a directory; expected a file ({what})")
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} not found")
+
+
 def read_text_lines(path, what="text file", error=InputError, encoding_errors="strict", hint="", encoding="utf-8",
                     start=(0, 1)):
     """Yield ``(line number from 1, line)`` of a text file, read line by line.
@@ -39,8 +47,7 @@ def read_text_lines(path, what="text file", error=InputError, encoding_errors="s
     that message. A UTF-8 byte-order mark at the start is dropped. ``start``:
     (byte offset, its line number) of the line to begin at, to read part of a file.
     """
-    if not os.path.isfile(path):
-        raise error(f"{path}: {what} not found")
+    check_text_file(path, what, error)
     codec = check_encoding(encoding)
     label = "UTF-8" if codec == "utf-8" else encoding
     offset, first = start
@@ -53,6 +60,11 @@ def read_text_lines(path, what="text file", error=InputError, encoding_errors="s
             except UnicodeDecodeError as err:
                 raise error(f"{path}, line {line_number}: not valid {label} ({err.reason} at byte {err.start})"
                             f"{hint}") from None
+
+
+def counted(n, noun):
+    """'1 sentence', '6,000 sentences' for a message."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def listed(numbers, total=None):
@@ -138,7 +150,7 @@ class DatasetReader:
         Warns (once) when the text looks untokenized and no tokenizer was asked for.
         """
         k, n = self.shard
-        count, empty, attached, looked = 0, [], [], 0
+        count, empty, attached, looked, line_number = 0, [], [], 0, 0
         for line_number, line in self._lines():
             tokens = line.split()
             if not tokens:
@@ -154,6 +166,8 @@ class DatasetReader:
                 f"{self.path}: {len(empty)} empty line{'s' if len(empty) > 1 else ''} ({listed(empty)}); expected "
                 f"a sentence on every line (pass {flag('empty_lines=' + repr('keep'), '--empty-lines keep')} to write an "
                 f"empty dataset for each)")
+        if line_number == 0:
+            logger.warning("%s: empty file; the output holds no sentences", self.path)
         if looked and len(attached) >= max(1, looked // 5):
             line_number, token = attached[0]
             logger.warning(

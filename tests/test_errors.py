@@ -383,7 +383,8 @@ def output_parts_left_by_a_killed_run(tmp_path):
     parts_job(tmp_path, {"a": 1})
 
 
-@case(OutputError, r"job\.json: the interrupted run had batch_size=64, this one has 32")
+@case(OutputError, r"job\.json: the interrupted run had other inputs or settings: batch_size \(--batch-size\) was "
+                  r"64, is 32; resume with the same ones, or pass overwrite=True")
 def output_resume_with_other_settings(tmp_path):
     parts_job(tmp_path, {"batch_size": 64})
     parts_job(tmp_path, {"batch_size": 32}, resume=True)

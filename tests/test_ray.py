@@ -1,6 +1,8 @@
 """`bilm embed --ray` on a local Ray instance (127.0.0.1): the file of one process, after a killed actor or driver."""
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,7 +85,7 @@ def test_a_killed_driver_is_resumed_to_the_same_file(session, model, tmp_path):
                                start_new_session=True)
     parts = Path(str(out) + ".parts")
     deadline = time.time() + 180
-    while not list(parts.glob("part-*")) and time.time() < deadline and process.poll() is None:
+    while not (parts / "job.json").exists() and time.time() < deadline and process.poll() is None:  # writing
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the command and the local Ray it started
     process.wait()
@@ -107,3 +109,81 @@ def test_what_ray_cannot_do_is_refused_in_one_line(model, tmp_path, capsys, monk
     with pytest.raises(InputError, match=r"needs Ray, which is not installed: pip install 'bilm\[ray\]'"):
         dump_on_ray(None, None, model["data"], model["options"], model["weights"], str(tmp_path / "x.hdf5"))
     assert not list(tmp_path.iterdir())
+
+
+def _listening_sockets():
+    """{socket inode: (address, port)} of the TCP sockets listening on this machine (IPv4 and IPv6)."""
+    found = {}
+    for family, table in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found[fields[9]] = (socket.inet_ntop(family, raw), int(port, 16))
+    return found
+
+
+def _process_tree(root):
+    """{pid: command line} of ``root`` and every process below it."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            tree[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def _sockets_of(pid):
+    inodes = set()
+    try:
+        for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(model, tmp_path):
+    out = tmp_path / "ray.hdf5"
+    process = subprocess.Popen([sys.executable, "-m", "bilm.cli", "--quiet", "embed", model["data"], str(out),
+                                "--options", model["options"], "--weights", model["weights"], "--batch-size", "4",
+                                "--ray"], cwd=ROOT, start_new_session=True)
+    listening = {}  # {(process, address, port)}, all seen while the job runs
+    deadline = time.time() + 300
+    try:
+        while process.poll() is None and time.time() < deadline:
+            sockets = _listening_sockets()
+            for pid, command in _process_tree(process.pid).items():
+                name = next((n for n in ("gcs_server", "raylet/raylet", "_Embedder") if n in command), command[:40])
+                for inode in _sockets_of(pid) & set(sockets):
+                    listening[(name,) + sockets[inode]] = pid
+            time.sleep(0.1)  # sampled while it runs: the servers listen from start to end
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 0
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet/raylet", "_Embedder"} <= names, listening  # Ray's servers and the job's workers
+    everywhere = [key for key in listening if key[1] not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    assert not everywhere, everywhere
+    same_hdf5(out, model["one"])

@@ -1,5 +1,4 @@
 """Nothing is lost: killed dumps resume to the same file, killed training restarts, full disks fail cleanly."""
-import errno
 import json
 import os
 import random
@@ -16,7 +15,7 @@ import pytest
 
 from bilm import dump_bilm_embeddings, dump_token_embeddings
 from bilm.cli import main
-from bilm.errors import OutputError, OutputExistsError
+from bilm.errors import OutputExistsError
 from bilm.outputs import PartsJob
 from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
 from conftest import make_options, random_sentences, write_model
@@ -146,34 +145,60 @@ def test_a_unit_interrupted_while_it_is_added_leaves_nothing(tmp_path, interrupt
         assert sorted(fin, key=int) == [str(unit) for unit in range(5)]
 
 
-def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(job, tmp_path, monkeypatch):
-    common = {k: job[k] for k in ("vocab_file", "dataset_file", "options_file", "weight_file")}
-    common.update(part_size=500)
-    out = tmp_path / "out.hdf5"
-    dump_bilm_embeddings(outfile=str(out), **common)
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB file system (tmpfs) at ``tmp_path / "disk"``; skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_keeps_the_parts_and_resumes_once_there_is_room(job, small_disk, tmp_path):
+    # HDF5 crashed (segmentation fault) closing a file it could not write: it must never meet the full disk.
+    data = tmp_path / "data.txt"
+    rng = np.random.default_rng(6)
+    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 6000, max_len=20)), encoding="utf-8")
+    model = ["--options", job["options_file"], "--weights", job["weight_file"]]
+    expected = tmp_path / "expected.hdf5"
+    assert main(["--quiet", "embed", str(data), str(expected), *model]) == 0
+    assert 11e6 < expected.stat().st_size < 19e6  # the parts fit on the disk, the parts and the output do not
+    out = small_disk / "out.hdf5"
+    small = tmp_path / "small.txt"
+    small.write_text("an earlier output\n", encoding="utf-8")
+    assert main(["--quiet", "embed", str(small), str(out), *model]) == 0
     earlier = out.read_bytes()
 
-    calls = {"n": 0}
-    create_dataset = h5py.Group.create_dataset
+    def embed(output, *more):
+        return subprocess.run([sys.executable, "-m", "bilm.cli", "--quiet", "embed", str(data), str(output), *model,
+                               *more], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
-    def fills_the_disk(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 700:  # during the second part
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return create_dataset(self, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.Group, "create_dataset", fills_the_disk)
-    with pytest.raises(OutputError, match=r"out\.hdf5\.parts/part-000000008-\d+\.hdf5: cannot write \(No space left "
-                                          r"on device\); complete parts are kept"):
-        dump_bilm_embeddings(outfile=str(out), overwrite=True, **common)
+    # Room for the parts (4,096 sentences a part: two here), not for the output assembled from them.
+    result = embed(out, "--overwrite")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"bilm: error: {out}: cannot write (No space left on device: it needs ")
+    assert f"the disk of {small_disk} has " in result.stderr and "MB free); the parts are kept in" in result.stderr
+    parts = Path(str(out) + ".parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["job.json", "part-000000000-000000064.hdf5",
+                                                        "part-000000064-000000094.hdf5"]
     assert out.read_bytes() == earlier  # the earlier complete output is untouched
-    # part_size 500 at batch 64: 8 batches a part; the second part failed and left nothing behind
-    assert sorted(os.listdir(str(out) + ".parts")) == ["job.json", "part-000000000-000000008.hdf5"]
-    monkeypatch.undo()
-    dump_bilm_embeddings(outfile=str(out), resume=True, **common)
-    expected = tmp_path / "expected.hdf5"
-    dump_bilm_embeddings(outfile=str(expected), **common)
+    # No room for a part: the part is not written, the job stops at its first part.
+    other = small_disk / "other.hdf5"
+    result = embed(other)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"bilm: error: {other}.parts/part-000000000-000000064.hdf5: cannot write (No "
+                                    f"space left on device: the disk of {small_disk} is full); complete parts")
+    assert not list(small_disk.rglob("*.tmp*"))  # no temporary file is left
+    assert sorted(p.name for p in Path(str(other) + ".parts").iterdir()) == ["job.json"]
+    # Room made: --resume finishes the file from the parts.
+    assert subprocess.run(["mount", "-o", "remount,size=60m", str(small_disk)]).returncode == 0
+    assert main(["--quiet", "embed", str(data), str(out), *model, "--resume"]) == 0
     assert_same_file(out, expected)
+    assert not parts.exists()
 
 
 def _latest_step(save_dir):
