@@ -294,8 +294,12 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     out = tmp_path / "out.hdf5"
     first = _start("embed", str(data), str(out), "--batch-size", "4", *model_args)
     _wait_for(Path(str(out) + ".lock").exists, first)
-    second = _start("embed", str(data), str(out), "--batch-size", "4", "--resume", *model_args)
-    _, stderr = second.communicate(timeout=120)
+    first.send_signal(signal.SIGSTOP)  # holding its lock until the second has tried (it could finish first)
+    try:
+        second = _start("embed", str(data), str(out), "--batch-size", "4", "--resume", *model_args)
+        _, stderr = second.communicate(timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"is being written by another process (pid {first.pid}, `" in stderr and "Traceback" not in stderr
     _, stderr = first.communicate(timeout=300)
