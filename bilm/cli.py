@@ -544,7 +544,9 @@ def build_parser():
         "Write one dataset per input line, keyed by its 0-based line number, of shape "
         "(n_layers + 1, n_tokens, 2 * projection_dim) as the original's dump_bilm_embeddings (or one layer "
         "with --layers), and a sentence_to_index record {line: index} as `allennlp elmo` (a sentence on "
-        "several lines maps to the last). An interrupted job keeps what it computed: finish it with --resume.",
+        "several lines maps to the last). An interrupted job keeps what it computed: finish it with --resume; "
+        "--resume on a complete output checks that this command made it (the output records its input and "
+        "settings).",
         "bilm embed sentences.txt elmo.hdf5", _embed)
     embed.add_argument("input", help="text file, one sentence per line (whitespace-tokenized, or see --tokenize)")
     embed.add_argument("output", help="HDF5 file to write")
@@ -572,11 +574,13 @@ def build_parser():
                        help="the computation: float32 (exact: the original's numbers on any GPU; default), tf32, "
                             "or bfloat16/float16 mixed precision (faster on GPUs with tensor cores)")
     embed.add_argument("--devices", metavar="gpu:0,gpu:1|cpu:N",
-                       help="share the lines among several devices, one process each: GPUs by index, or N processes "
-                            "sharing the CPU cores; one output file")
+                       help="share the lines among several devices, one process each: GPUs by index (they must be "
+                            "there), or N processes sharing the CPU cores; one output file, as one process's; "
+                            "--resume needs as many devices")
     embed.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
                        help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
-                            "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
+                            "Ray on this machine, listening on 127.0.0.1 only; 'auto' or ray://HOST:PORT joins a running "
+                            "cluster (trusted network "
                             "only). The output is written here, as without --ray")
     embed.add_argument(*_flag("ray_workers"), type=_positive_int, metavar="N",
                        help="with --ray: Ray actors, one model each (default: one per GPU of the cluster, else one "
@@ -586,7 +590,8 @@ def build_parser():
     merge = _command(
         commands, "merge", "present `bilm embed --shard` outputs as one HDF5 file (links)",
         "Write an HDF5 file whose datasets are external links to the datasets of the shard files (no copy; keep "
-        "the shards beside it), with their sentence_to_index records merged.",
+        "the shards beside it), with their sentence_to_index records merged (the bytes one process writes). "
+        "Shards that share a dataset are refused.",
         "bilm merge elmo.hdf5 elmo.0.hdf5 elmo.1.hdf5", _merge)
     merge.add_argument("output", help="the HDF5 file to write")
     merge.add_argument("shards", nargs="+", help="the outputs of `bilm embed --shard K/N`")
@@ -711,7 +716,7 @@ def main(argv=None):
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
-        if args.command not in ("download", "sample-corpus", "vocab", "merge"):
+        if args.command not in ("download", "sample-corpus", "vocab"):  # merge_shards is in dumps, with TensorFlow
             _import_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:

@@ -194,6 +194,16 @@ def test_a_full_disk_is_one_line_keeps_the_parts_and_resumes_once_there_is_room(
                                     f"space left on device: the disk of {small_disk} is full); complete parts")
     assert not list(small_disk.rglob("*.tmp*"))  # no temporary file is left
     assert sorted(p.name for p in Path(str(other) + ".parts").iterdir()) == ["job.json"]
+    # merge writes links and a sentence_to_index record: checked for room too.
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 2 ** 16))
+    merged = small_disk / "merged.hdf5"
+    result = subprocess.run([sys.executable, "-m", "bilm.cli", "merge", str(merged), str(expected)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"bilm: error: {merged}: cannot write (No space left on device: it needs ")
+    assert not merged.exists()
+    (small_disk / "filler").unlink()
     # Room made: --resume finishes the file from the parts.
     assert subprocess.run(["mount", "-o", "remount,size=60m", str(small_disk)]).returncode == 0
     assert main(["--quiet", "embed", str(data), str(out), *model, "--resume"]) == 0
