@@ -280,13 +280,17 @@ def _restart(args):
 
 @contextlib.contextmanager
 def _restart_hint(args):
-    """On a training run stopped with a checkpoint saved, add the command that continues it."""
+    """On a training or fine-tuning run stopped with a checkpoint saved, add the command that continues it."""
     try:
         yield
     except (KeyboardInterrupt, BilmError) as err:
         if getattr(err, "bilm_checkpoint", None):
-            command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
-                       "--save_dir", args.save_dir]
+            if args.command == "finetune":  # its settings are in finetune.json
+                command = ["bilm", "finetune", "--resume", "--save_dir", args.save_dir, "--train_prefix",
+                           args.train_prefix, "--vocab_file", args.vocab_file, "--heldout_prefix", args.heldout_prefix]
+            else:
+                command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
+                           "--save_dir", args.save_dir]
             if args.n_gpus != 1:
                 command += ["--n_gpus", str(args.n_gpus)]
             if args.log_dir:
@@ -306,18 +310,19 @@ def _finetune(args):
         if args.options or args.weights:
             args.parser.error("give --from (a checkpoint) or --options and --weights (a weight file), not both")
         source = resolve_save_dir(args.source)
-    elif not (args.options and args.weights):
+    elif not (args.options and args.weights) and not args.resume:
         args.parser.error("start from --from SAVE_DIR_OR_NAME (a checkpoint) or from --options and --weights "
                           "(a weight file)")
-    perplexity = finetune(
-        args.save_dir, args.train_prefix, args.vocab_file, args.heldout_prefix, source_dir=source,
-        options_file=args.options, weight_file=args.weights, n_epochs=args.n_epochs,
-        n_train_tokens=args.n_train_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        dropout=args.dropout, n_negative_samples=args.n_negative_samples, eval_every=args.eval_every,
-        patience=args.patience, eval_batch_size=args.eval_batch_size,
-        softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
-        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
-        overwrite=args.overwrite, cluster=_cluster(args), worker_timeout=args.worker_timeout)
+    with _restart_hint(args):
+        perplexity = finetune(
+            args.save_dir, args.train_prefix, args.vocab_file, args.heldout_prefix, source_dir=source,
+            options_file=args.options, weight_file=args.weights, n_epochs=args.n_epochs,
+            n_train_tokens=args.n_train_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            dropout=args.dropout, n_negative_samples=args.n_negative_samples, eval_every=args.eval_every,
+            patience=args.patience, eval_batch_size=args.eval_batch_size,
+            softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
+            keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
+            overwrite=args.overwrite, resume=args.resume, cluster=_cluster(args), worker_timeout=args.worker_timeout)
     if perplexity is not None:  # the chief's
         print(f"best held-out perplexity: {perplexity:.3f}")
     _next_steps(args)
@@ -330,16 +335,30 @@ def _save_dir(args):
 
 
 def _next_steps(args):
-    logger.info("next: `bilm test --save_dir %s --vocab_file %s --test_prefix HELDOUT` to evaluate, "
-                "`bilm dump-weights --save_dir %s --outfile weights.hdf5 --options_outfile options.json` to export",
-                args.save_dir, args.vocab_file, args.save_dir)
+    evaluate = ["bilm", "test", "--save_dir", args.save_dir, "--vocab_file", args.vocab_file, "--test_prefix",
+                getattr(args, "heldout_prefix", None) or "HELDOUT"]
+    export = ["bilm", "dump-weights", "--save_dir", args.save_dir, "--outfile", "weights.hdf5", "--options_outfile",
+              "options.json"]
+    logger.info("next: `%s` to evaluate (any --batch_size; more is faster), `%s` to export", shlex.join(evaluate),
+                shlex.join(export))
 
 
 def _test(args):
     from .evaluation import evaluate_checkpoint
 
-    perplexity = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size)
-    print(f"perplexity: {perplexity:.3f}")
+    result = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size,
+                                 original_figure=args.original_figure)
+    left_out = result.tokens_in_text - result.tokens
+    print(f"targets scored: {result.tokens:,} per direction"
+          + (f", {left_out:,} of the text's {result.tokens_in_text:,} left out (the original's last, incomplete batch)"
+             if left_out else " (every token and sentence end of the text, once)"))
+    print(f"forward perplexity: {result.forward:.3f}")
+    if result.backward is not None:
+        print(f"backward perplexity: {result.backward:.3f}")
+    what = ("the original's figure: exp of the mean over batches of both directions' mean loss"
+            if result.original_figure else "average of forward and backward" if result.backward is not None
+            else "forward only")
+    print(f"perplexity: {result:.3f} ({what})")
 
 
 def _dump_weights(args):
@@ -462,12 +481,14 @@ def _add_training_commands(commands):
         "--weights: the char CNN and LSTMs; the softmax is new, for --vocab_file). Train on --train_prefix, "
         "evaluate the held-out perplexity of --heldout_prefix every --eval_every batches, keep the best "
         "checkpoint (the latest of --save_dir at the end: `bilm dump-weights` exports it) and stop after "
-        "--patience evaluations without improvement. Defaults follow the original's advice for small corpora "
-        "(under about 10 million tokens): tune briefly (1 epoch), watching held-out perplexity.",
+        "--patience evaluations without improvement. The held-out text is read and checked before training. "
+        "Interrupted (Ctrl-C, SIGTERM), it resumes with --resume. Defaults follow the original's advice for small "
+        "corpora (under about 10 million tokens): tune briefly (1 epoch), watching held-out perplexity.",
         "bilm finetune --from original-checkpoint --save_dir tuned --train_prefix 'mine/train/*' "
         "--vocab_file vocab-2016-09-10.txt --heldout_prefix mine/heldout.txt", _finetune)
     finetune.add_argument("--from", dest="source", metavar="SAVE_DIR_OR_NAME",
-                          help="the checkpoint to start from: a save directory or a downloaded checkpoint's name")
+                          help="the checkpoint to start from: a save directory (not while it is being trained) or a "
+                               "downloaded checkpoint's name")
     finetune.add_argument("--options", help="with --weights: the options.json of a weight file to start from")
     finetune.add_argument("--weights", help="with --options: an HDF5 weight file to start from (a new softmax)")
     finetune.add_argument(*_flag("save_dir"), required=True, help="the new save directory")
@@ -475,17 +496,19 @@ def _add_training_commands(commands):
     finetune.add_argument(*_flag("vocab_file"), required=True,
                           help="the checkpoint's vocabulary (with --weights: any vocabulary, for the new softmax)")
     finetune.add_argument(*_flag("heldout_prefix"), required=True, help="glob of held-out files of the new text")
-    finetune.add_argument(*_flag("n_epochs"), type=_positive_int, default=1, help="epochs at most (default 1)")
+    finetune.add_argument(*_flag("n_epochs"), type=_positive_int, help="epochs at most (default 1)")
     finetune.add_argument(*_flag("n_train_tokens"), type=_positive_int,
                           help="tokens per epoch (default: counted from the data)")
-    finetune.add_argument(*_flag("eval_every"), type=_positive_int, default=200,
+    finetune.add_argument(*_flag("eval_every"), type=_positive_int,
                           help="batches between held-out evaluations (and checkpoints) (default 200)")
-    finetune.add_argument("--patience", type=_positive_int, default=3,
+    finetune.add_argument("--patience", type=_positive_int,
                           help="evaluations without a lower held-out perplexity before stopping (default 3)")
     finetune.add_argument(*_flag("eval_batch_size"), type=_positive_int, default=64,
-                          help="parallel token streams of the evaluation (default 64)")
-    finetune.add_argument(*_flag("softmax_only_batches"), type=_non_negative_int, default=0,
-                          help="with --weights: first batches in which only the new softmax learns (default 0)")
+                          help="parallel token streams of the evaluation: the speed only, every held-out target is "
+                               "scored once whatever it is (default 64)")
+    finetune.add_argument(*_flag("softmax_only_batches"), type=_non_negative_int,
+                          help="with --weights: first batches in which only the new softmax learns (default 0; a "
+                               "warning when it covers the whole run)")
     finetune.add_argument(*_flag("batch_size"), type=_positive_int, help="streams per tower (default: the source's)")
     finetune.add_argument(*_flag("learning_rate"), type=_number(1e-12, what="learning rate"),
                           help="Adagrad learning rate (default: the source's; its accumulators are kept)")
@@ -493,20 +516,33 @@ def _add_training_commands(commands):
     finetune.add_argument(*_flag("n_negative_samples"), type=_positive_int,
                           help="sampled softmax negatives (default: the source's)")
     finetune.add_argument("--seed", type=int, help="seed the shard order, dropout and sampling")
-    finetune.add_argument("--overwrite", action="store_true",
-                          help="start afresh in a --save_dir that has checkpoints (they are removed)")
+    again = finetune.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a --save_dir that has checkpoints (they are removed)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted fine-tune of --save_dir from its latest checkpoint, with its "
+                            "evaluations, best checkpoint and patience (finetune.json): --from/--weights and the "
+                            "settings not given are the interrupted run's")
     _add_training_run_arguments(finetune, checkpoint_every=False)  # checkpoints follow the evaluations
 
     test = _command(
         commands, "test", "perplexity of the latest checkpoint on held-out data",
-        "Evaluate the latest checkpoint of --save_dir on held-out text: full softmax, LSTM states carried, one "
-        "token per stream per step as the original; prints the perplexity (forward and backward averaged).",
-        "bilm test --test_prefix heldout.txt --vocab_file vocab.txt --save_dir ckpt --batch_size 64", _test)
+        "Evaluate the latest checkpoint of --save_dir on held-out text: full softmax, one token per stream per step "
+        "as the original. Every target (each token and sentence end) is scored exactly once per direction, each "
+        "sentence starting from the same LSTM states (those after a fixed warm-up text), so --batch_size changes "
+        "only the speed. Prints the targets scored, the forward and backward perplexities (exp of the mean negative "
+        "log-probability of the targets) and their average (the figure the paper quotes).",
+        "bilm test --test_prefix heldout.txt --vocab_file vocab.txt --save_dir ckpt", _test)
     test.add_argument(*_flag("test_prefix"), required=True, help="glob of the held-out files")
     test.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
     test.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
     test.add_argument(*_flag("batch_size"), type=_positive_int, default=256,
-                      help="parallel token streams (default 256; at most about tokens / 2 of the held-out text)")
+                      help="parallel token streams (default 256): any number, the perplexity is the same; more is "
+                           "faster up to the number of sentences")
+    test.add_argument(*_flag("original_figure"), action="store_true",
+                      help="print the original's figure instead: states carried from sentence to sentence, the "
+                           "tokens of the last, incomplete batch left out (how many is printed: with many streams "
+                           "most of a small text), each batch weighted alike; it depends on --batch_size")
 
     dump = _command(
         commands, "dump-weights", "latest checkpoint -> HDF5 weight file (no softmax)",

@@ -120,11 +120,9 @@ class OutputLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                error = self._held_error(handle)
                 handle.close()
-                raise OutputLockedError(f"{self.output}: is being written by another process ({holder}); wait for "
-                                        f"it to finish or stop it (its lock: {self.path})") from None
+                raise error from None
             try:  # the file may have been removed by its last holder since we opened it: lock the new one
                 same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
             except FileNotFoundError:
@@ -139,6 +137,26 @@ class OutputLock:
         handle.flush()
         self._file = handle
         return self
+
+    def _held_error(self, handle):
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        return OutputLockedError(f"{self.output}: is being written by another process ({holder}); wait for it to "
+                                 f"finish or stop it (its lock: {self.path})")
+
+    def check_free(self):
+        """Raise ``OutputLockedError`` if a process holds the lock, without taking it or writing anything
+        (an input that must not be in the middle of being written)."""
+        try:
+            handle = open(self.path, encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                raise self._held_error(handle) from None
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
     def release(self):
         if self._file is not None:
