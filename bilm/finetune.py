@@ -263,11 +263,11 @@ def _check_new_finetune(save_dir, overwrite):
 def _heldout(config, vocab, heldout_prefix):
     """The held-out dataset and its targets per direction, every line read and checked now (not at the first
     evaluation, after training)."""
-    what = flag("heldout_prefix", "--heldout_prefix")
-    files = shard_files(heldout_prefix, what=f"held-out file ({what})")
+    what = f"held-out text of {flag('heldout_prefix', '--heldout_prefix')}"
+    files = shard_files(heldout_prefix, what=what.replace("text", "file"))
     counts, n_sentences = count_tokens(files)
     if not n_sentences:
-        raise InputError(f"{heldout_prefix!r} ({what}, {len(files)} file(s)) holds no sentence; expected one "
+        raise InputError(f"the {what}, {heldout_prefix!r} ({len(files)} file(s)), holds no sentence; expected one "
                          f"whitespace-tokenized sentence per line")
     n_tokens = sum(counts.values())
     unknown = sum(count for token, count in counts.items() if vocab.word_to_id(token) == vocab.unk)
