@@ -1,6 +1,8 @@
 """The bilm command and the bin/ scripts."""
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -70,13 +72,24 @@ def test_train_test_restart_dump_weights(tmp_path, capsys, caplog):
     progress = [r.message for r in caplog.records if r.message.startswith("batch ")]
     assert len(progress) >= 5  # a short run still reports as it goes
     assert any(f"trained {steps} batches" in r.message for r in caplog.records)  # and how it ended
-    assert any("bilm test --save_dir" in r.message for r in caplog.records)
+    hint = next(r.message for r in caplog.records if r.message.startswith("next: "))
+    evaluate = re.search(r"`(bilm test --save_dir [^`]*)`", hint).group(1)
+    # As printed, with the held-out files put in: its default 256 streams are more than the 5 sentences.
+    assert main(shlex.split(evaluate.replace("HELDOUT", str(TINY_CORPUS)))[1:]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"targets scored: {tokens_per_epoch} per direction (every token and sentence end of the text, once)"
+    forward, backward, average = (float(re.search(r": ([0-9.]+)", line).group(1)) for line in lines[1:4])
+    assert lines[1].startswith("forward perplexity: ") and lines[2].startswith("backward perplexity: ")
+    assert average == pytest.approx((forward + backward) / 2, abs=1e-3)
+    assert lines[3].endswith(" (average of forward and backward)")
+    assert main(["test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", save,
+                 "--batch_size", "2", "--original_figure"]) == 0
+    scored = int(re.search(r"targets scored: (\d+) per direction, (\d+) of the text's (\d+) left out",
+                           capsys.readouterr().out).group(1))
+    assert 0 < scored < tokens_per_epoch and scored % 2 == 0  # whole batches of 2 streams, the last one left out
     assert not (Path(save) / "train.lock").exists()
     assert main(["--quiet", "restart"] + common + ["--n_epochs", "3"]) == 0
     assert (Path(save) / f"model.ckpt-{3 * tokens_per_epoch // 10}.index").exists()
-    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir",
-                 save, "--batch_size", "2"]) == 0
-    assert "perplexity:" in capsys.readouterr().out
     weights = tmp_path / "w.hdf5"
     assert main(["dump-weights", "--save_dir", save, "--outfile", str(weights), "--options_outfile",
                  str(weights)]) == 2  # refused before anything is written
