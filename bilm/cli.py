@@ -339,8 +339,8 @@ def _next_steps(args):
                 getattr(args, "heldout_prefix", None) or "HELDOUT"]
     export = ["bilm", "dump-weights", "--save_dir", args.save_dir, "--outfile", "weights.hdf5", "--options_outfile",
               "options.json"]
-    logger.info("next: `%s` to evaluate (any --batch_size; more is faster), `%s` to export", shlex.join(evaluate),
-                shlex.join(export))
+    logger.info("next: `%s` to evaluate (any --batch_size gives the same perplexity), `%s` to export",
+                shlex.join(evaluate), shlex.join(export))
 
 
 def _test(args):
@@ -537,8 +537,8 @@ def _add_training_commands(commands):
     test.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
     test.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
     test.add_argument(*_flag("batch_size"), type=_positive_int, default=256,
-                      help="parallel token streams (default 256): any number, the perplexity is the same; more is "
-                           "faster up to the number of sentences")
+                      help="parallel token streams (default 256): any number gives the same perplexity, it sets "
+                           "only the speed")
     test.add_argument(*_flag("original_figure"), action="store_true",
                       help="print the original's figure instead: states carried from sentence to sentence, the "
                            "tokens of the last, incomplete batch left out (how many is printed: with many streams "

@@ -184,7 +184,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
             if vocab.size != source.n_tokens_vocab:
                 raise VocabularyError(f"{vocab_file}: {vocab.size} tokens; the checkpoint's softmax has "
                                       f"{source.n_tokens_vocab} rows: fine-tune with the vocabulary it was trained with")
-        changes = {"n_epochs": n_epochs if n_epochs or resume else N_EPOCHS, "batch_size": batch_size,
+        changes = {"n_epochs": n_epochs or (None if resume else N_EPOCHS), "batch_size": batch_size,
                    "learning_rate": learning_rate, "dropout": dropout, "n_negative_samples_batch": n_negative_samples,
                    "n_tokens_vocab": vocab.size, "n_train_tokens": n_train_tokens or (None if resume else 1)}
         raw.update({key: value for key, value in changes.items() if value is not None})

@@ -85,7 +85,7 @@ class Stateful:
 
 
 class SentenceStarts(Stateful):
-    """``Stateful`` rows (training graph, evaluation) in which a row whose input starts a sentence starts from
+    """``Stateful`` rows (the evaluation's training graph) in which a row whose input starts a sentence starts from
     fixed states instead of what the row carried, so that a sentence's scores do not depend on what came
     before it in its row.
 

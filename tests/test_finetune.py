@@ -355,9 +355,12 @@ def test_an_interrupted_finetune_resumes_with_its_evaluations_and_best_checkpoin
     assert hint.startswith(f"bilm finetune --resume --save_dir {tuned} ")
     before = json.loads(record.read_text())
     assert not before["finished"] and before["settings"]["eval_every"] == 6
-    # restart would go on without evaluations or early stopping: refused, pointing to --resume
+    # restart would go on without evaluations or early stopping, and the same command would start afresh:
+    # both refused, pointing to --resume
     assert main(["restart", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", str(tuned)]) == 2
     assert "is a fine-tune (finetune.json); continue it with bilm finetune --resume" in capsys.readouterr().err
+    assert main(command(tuned)) == 2
+    assert "holds an earlier fine-tune; continue it with --resume, or pass --overwrite" in capsys.readouterr().err
     # No later evaluation may beat the best so far: the resumed run must keep its checkpoint through every save
     # (it keeps 2 by default) and end with it as the latest.
     kept = before["best"]
