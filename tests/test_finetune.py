@@ -403,3 +403,24 @@ def test_finetune_refuses_a_source_another_process_is_training(tmp_path, capsys)
         trainer.send_signal(signal.SIGTERM)
         trainer.communicate(timeout=120)
     assert trainer.returncode == 143
+
+
+def test_a_finetune_interrupted_during_an_evaluation_makes_it_when_resumed(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    heldout = tmp_path / "heldout.txt"  # long enough that SIGTERM lands while it is evaluated
+    heldout.write_text(TEXT * 30, encoding="utf-8")
+    n_batches = 2 * TOKENS_PER_EPOCH // 10
+    tuned = tmp_path / "tuned"
+    process = _start("finetune", "--from", str(tmp_path / "orig"), "--save_dir", str(tuned), "--train_prefix",
+                     str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(heldout), "--n_epochs", "2",
+                     "--eval_every", "6", "--patience", "1000", "--eval_batch_size", "1", "--seed", "0")
+    _wait_for((tuned / "model.ckpt-6.index").exists, process)  # saved just before the evaluation of batch 6
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert f"the latest checkpoint, {tuned / 'model.ckpt-6'}, holds batch 6" in stderr
+    assert json.loads((tuned / "finetune.json").read_text())["evaluations"] == []  # batch 6 not evaluated
+    assert main(shlex.split(stderr.strip().splitlines()[-1].split("continue with: ")[1])[1:]) == 0
+    evaluations = json.loads((tuned / "finetune.json").read_text())["evaluations"]
+    assert [e["step"] for e in evaluations] == [6, 12, n_batches]  # as an uninterrupted run's
+    assert evaluations[0]["train_perplexity"] is None  # made on resuming: no batch of it to report
