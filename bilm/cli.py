@@ -540,7 +540,7 @@ def _add_training_commands(commands):
                       help="parallel token streams (default 256): any number gives the same perplexity, it sets "
                            "only the speed")
     test.add_argument(*_flag("original_figure"), action="store_true",
-                      help="print the original's figure instead: states carried from sentence to sentence, the "
+                      help="reproduce the original's figure instead: states carried from sentence to sentence, the "
                            "tokens of the last, incomplete batch left out (how many is printed: with many streams "
                            "most of a small text), each batch weighted alike; it depends on --batch_size")
 

@@ -79,7 +79,7 @@ class HeldoutEvaluation:
         before the evaluation). Return True if the fine-tune has stopped early (nothing is left to train)."""
         if chief:
             saver.protected = self.best["checkpoint"] if self.best else None
-            self._write(saver.dir, finished=False)
+            self._write(saver, finished=False)
         owed = step > 0 and (step % self.every == 0 or step >= total) and (
             not self.history or self.history[-1]["step"] < step)
         if owed and not self.stopped:
@@ -100,7 +100,7 @@ class HeldoutEvaluation:
         if improved:
             self.best = self.history[-1]
             saver.protected = saver.latest
-        self._write(saver.dir, finished=False)
+        self._write(saver, finished=False)
         since = len(self.history) - 1 - self.history.index(self.best)
         logger.info("batch %d: held-out perplexity %.2f (best %.2f at batch %d)", step, perplexity,
                     self.best["heldout_perplexity"], self.best["step"])
@@ -111,17 +111,16 @@ class HeldoutEvaluation:
 
     def finish(self, saver):
         """Make the best checkpoint the save directory's latest; mark the record finished."""
-        if self.best is not None:
+        if self.best is not None and saver.enabled:  # the chief's
             saver.make_latest(self.best["checkpoint"])
-            self._write(saver.dir, finished=True)
+            self._write(saver, finished=True)
             logger.info("best checkpoint %s: held-out perplexity %.2f at batch %d", self.best["checkpoint"],
                         self.best["heldout_perplexity"], self.best["step"])
 
-    def _write(self, save_dir, finished):
-        if save_dir is None:
-            return
+    def _write(self, saver, finished):
+        """The record, in the save directory of ``saver`` (a ``trainer._Checkpoints``)."""
         record = {"settings": self.settings, "finished": finished, "best": self.best, "evaluations": self.history}
-        with atomic_output(os.path.join(save_dir, HISTORY_FILE), overwrite=True) as temporary:
+        with atomic_output(os.path.join(saver.dir, HISTORY_FILE), overwrite=True) as temporary:
             with open(temporary, "w", encoding="utf-8") as fout:
                 json.dump(record, fout, indent=1)
 
@@ -205,9 +204,9 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
         else:
             _train(config, data, save_dir, log_dir or save_dir, run, start, vocab, overwrite, evaluation,
                    settings["softmax_only_batches"], setup=_setup(vocab, train_prefix))
+        if not run.chief:
+            return None  # the chief evaluates
         if evaluation.best is None:
-            if not run.chief:
-                return None  # the chief evaluates
             raise OutputError(f"{save_dir}: no evaluation was made")
         return evaluation.best["heldout_perplexity"]
 
@@ -247,7 +246,7 @@ def _interrupted_record(save_dir):
     for entry in record["evaluations"] + ([record["best"]] if record["best"] else []):
         entry["checkpoint"] = os.path.join(save_dir, os.path.basename(entry["checkpoint"]))
     if record["best"]:
-        record["best"] = next(entry for entry in record["evaluations"] if entry == record["best"])
+        record["best"] = next((entry for entry in record["evaluations"] if entry == record["best"]), record["best"])
     return record
 
 
