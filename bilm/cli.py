@@ -6,6 +6,8 @@ a non-zero status (130, 143) after the running job has saved what it completed.
 """
 import argparse
 import contextlib
+import difflib
+import glob
 import json
 import logging
 import math
@@ -14,6 +16,7 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 
 from . import __version__
 from .errors import BilmError, speak_in_flags
@@ -663,7 +666,7 @@ def _handle_sigterm(handler):
 
 @contextlib.contextmanager
 def silenced_stderr(on):
-    """Redirect file descriptor 2 to /dev/null (TensorFlow's C++ start-up lines bypass Python)."""
+    """Redirect file descriptor 2 to /dev/null (C++ start-up lines, e.g. Ray's, bypass Python)."""
     if not on:
         yield
         return
@@ -678,41 +681,97 @@ def silenced_stderr(on):
         os.close(null)
 
 
-def _configure(args):
-    """Logging, progress bars, messages in flags, and TensorFlow's settings (before it is imported)."""
-    level = logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    logging.getLogger("bilm").setLevel(level)
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"
-    if not args.verbose:
+# TensorFlow's start-up lines (TensorFlow 2.21; some are written before its log level applies).
+_START_UP_LINES = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on",
+    r"cpu_feature_guard\.cc", r"^To enable the following instructions",  # one message on two lines
+    r"Could not find cuda drivers on your machine, GPU will not be used",  # the GPU build without a driver
+]))
+_NO_GPU_LINE = "failed call to cuInit"  # the GPU build on a machine without an NVIDIA GPU
+
+
+def is_start_up_line(line):
+    """True for a line TensorFlow writes whenever it starts: noise, not an error. The GPU build's
+    ``failed call to cuInit`` is one only where the machine has no NVIDIA GPU (no /dev/nvidia0...)."""
+    return bool(_START_UP_LINES.search(line)) or (_NO_GPU_LINE in line and not glob.glob("/dev/nvidia[0-9]*"))
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden(on):
+    """Hold back what is written to file descriptor 2 in the block; then write it, less the start-up lines."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not is_start_up_line(line)))
+            sys.stderr.flush()
+
+
+def start_tensorflow(verbose=False):
+    """Import TensorFlow and let it find its devices, with its start-up lines hidden unless ``verbose``.
+
+    Unless ``verbose``: TensorFlow's C++ INFO and WARNING logs are off (``TF_CPP_MIN_LOG_LEVEL=2``
+    unless set), its Python logger shows errors only, and what it writes to stderr while it
+    starts is held back and shown less its start-up lines (``is_start_up_line``), so a real
+    error still shows. Finding the devices now brings their lines (the GPU build's cuInit
+    line) into that window. The ``bilm`` command and the usage scripts call it first.
+    """
+    if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
-    # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    speak_in_flags(True)
-
-
-def _import_tensorflow(verbose):
-    with silenced_stderr(not verbose):
-        import tensorflow  # noqa: F401
+    with _start_up_lines_hidden(not verbose):
+        import tensorflow as tf
+        tf.config.list_physical_devices()
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
     if not verbose:
         tf_logger.setLevel(logging.ERROR)
 
 
+def _configure(args):
+    """Logging, progress bars, messages in flags, and oneDNN (before TensorFlow is imported)."""
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.getLogger("bilm").setLevel(level)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
+    # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    speak_in_flags(True)
+
+
+def _parse(parser, argv):
+    """The arguments; an unknown flag is a usage error of its subcommand, with the nearest flag."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "parser", parser)
+        flags = [f for action in command._actions for f in action.option_strings]
+        near = difflib.get_close_matches(unknown[0], flags, n=1) if unknown[0].startswith("-") else []
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{f' (did you mean {near[0]}?)' if near else ''}")
+    return args
+
+
 def main(argv=None):
     """Run the ``bilm`` command; returns the exit status (0, 2 on an error, 130/143 when interrupted)."""
     previous = _handle_sigterm(_on_sigterm)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(build_parser(), argv)
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
-        if args.command not in ("download", "sample-corpus", "vocab", "merge"):
-            _import_tensorflow(args.verbose)
+        if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
+            start_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
         note = getattr(err, "bilm_note", None)
