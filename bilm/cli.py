@@ -217,8 +217,11 @@ def _download(args):
     from .download import catalogue, download
 
     if args.list or not args.name:
-        for name, entry in sorted(catalogue().items()):
-            print(f"{name:16} {entry.get('parameters', ''):>7}  {entry.get('description', '')}")
+        rows = [(name, str(entry.get("parameters", "")), entry.get("description", ""))
+                for name, entry in sorted(catalogue().items())]
+        widths = [max(len(row[k]) for row in rows) for k in (0, 1)]
+        for name, parameters, description in rows:
+            print(f"{name:{widths[0]}}  {parameters:>{widths[1]}}  {description}")
         return
     for role, path in download(args.name, cache=args.cache_dir, progress=not args.quiet).items():
         print(f"{role}: {path}")
@@ -619,9 +622,11 @@ def build_parser():
     download = _command(
         commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
         "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), original-checkpoint (the "
-        "original's training checkpoint, to fine-tune from), plus any listed in the "
-        "JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. A partial download resumes; "
-        "files are checked against their size and a SHA-256 recorded on the first download.",
+        "original's training checkpoint, to fine-tune from), plus any listed in the JSON file named by "
+        "$BILM_CATALOGUE (with a SHA-256 for each file). Cache: $BILM_CACHE or ~/.cache/bilm. A partial download "
+        "resumes; a second download of the same model waits for the first. Each file is checked against the "
+        "catalogue's SHA-256 and the size the server announces (one neither can check is refused), and against "
+        "the size and SHA-256 recorded on its first download afterwards.",
         "bilm download small && bilm embed sentences.txt elmo.hdf5 --model small", _download)
     download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
     download.add_argument("--list", action="store_true", help="list the catalogue")
