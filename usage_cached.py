@@ -1,6 +1,7 @@
 """Precompute every biLM layer for a dataset to HDF5; downstream code needs no TensorFlow.
 
-    python usage_cached.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB] [--workdir DIR] [--verbose]
+    python usage_cached.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB]
+                           [--workdir DIR] [--verbose]
 """
 import argparse
 import os

@@ -155,7 +155,7 @@ def _add_text_arguments(parser):
                         help="bytes not in the encoding are an error (strict, default) or replaced by U+FFFD")
     parser.add_argument(*_flag("tokenize"), choices=["moses"],
                         help="tokenize each line with the Moses tokenizer (as the published models' training text "
-                             "was; needs `pip install 'bilm[tokenize]'`); default: the input is already tokenized "
+                             "was; needs `pip install sacremoses`); default: the input is already tokenized "
                              "and split on whitespace")
 
 
@@ -581,7 +581,7 @@ def build_parser():
                        help="share the lines among several devices, one process each: GPUs by index, or N processes "
                             "sharing the CPU cores; one output file")
     embed.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
-                       help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
+                       help="compute on a Ray cluster (needs `pip install 'ray[data]'`): no ADDRESS or 'local' starts "
                             "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
                             "only). The output is written here, as without --ray")
     embed.add_argument(*_flag("ray_workers"), type=_positive_int, metavar="N",

@@ -15,7 +15,7 @@ from bilm.errors import InputError
 from bilm.ray_embed import dump_on_ray
 from conftest import make_options, random_sentences, same_hdf5, write_model
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bilm[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
 
 
 ROOT = Path(__file__).resolve().parents[1]
