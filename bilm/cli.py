@@ -609,8 +609,9 @@ def build_parser():
 
     export = _command(
         commands, "export", "write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
-        "Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
-        "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
+        "Signatures: 'default' (sentences, split on any Unicode whitespace as `bilm embed` splits a line -> elmo, "
+        "default) and 'tokens' (padded tokens + sequence_len, one length in [0, T] per row, checked -> word_emb, "
+        "lstm_outputs1.., elmo, default); an empty batch gives empty outputs. Load it with "
         "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
         "bilm export elmo_savedmodel --model default", _export)
     export.add_argument("output", help="directory to write")

@@ -171,22 +171,23 @@ class ELMo(keras.layers.Layer):
 
     def call(self, inputs):
         ops = self.language_model(inputs)
-        layers, mask = ops["lm_embeddings"], ops["mask"]
+        return tf.cast(self._vectors(ops["lm_embeddings"], ops["mask"]), self.compute_dtype)
+
+    def _vectors(self, layers, mask):
+        """The ``output`` asked for, zero at padding: (B, T, 2P), or (B, L, T, 2P) for ``"all"``."""
         output = self.config["output"]
         if output == "all":
-            vectors = layers * tf.cast(mask, tf.float32)[:, None, :, None]
+            return layers * tf.cast(mask, tf.float32)[:, None, :, None]
+        if output == "elmo":
+            vectors = mix_layers(layers, mask, tf.convert_to_tensor(self.mix), tf.convert_to_tensor(self.gamma),
+                                 self.config["do_layer_norm"])
+        elif output == "top":
+            vectors = layers[:, -1]
+        elif output == "average":
+            vectors = tf.reduce_mean(layers, axis=1)
         else:
-            if output == "elmo":
-                vectors = mix_layers(layers, mask, tf.convert_to_tensor(self.mix), tf.convert_to_tensor(self.gamma),
-                                     self.config["do_layer_norm"])
-            elif output == "top":
-                vectors = layers[:, -1]
-            elif output == "average":
-                vectors = tf.reduce_mean(layers, axis=1)
-            else:
-                vectors = layers[:, output]
-            vectors = vectors * tf.cast(mask, tf.float32)[..., None]
-        return tf.cast(vectors, self.compute_dtype)
+            vectors = layers[:, output]
+        return vectors * tf.cast(mask, tf.float32)[..., None]
 
     def compute_mask(self, inputs, previous_mask=None):
         """bool (B, T): True at real tokens (keras.ops: also on symbolic inputs)."""
