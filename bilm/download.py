@@ -38,8 +38,8 @@ def _allennlp(directory, description, parameters):
             "files": {"options": f"{stem}_options.json", "weights": f"{stem}_weights.hdf5"}}
 
 
-# The English models published with ELMo (AllenNLP; Peters et al., 2018). AllenNLP publishes no
-# checksums and their SHA-256 were not taken here: they are checked against the sizes S3 announces.
+# The English models published with ELMo (AllenNLP; Peters et al., 2018). No SHA-256 yet (none could be
+# taken where this was written, without access to the files): checked against the sizes S3 announces.
 CATALOGUE = {
     "small": _allennlp("2x1024_128_2048cnn_1xhighway", "LSTM 2x1024 projected to 128, output 256; "
                        "1B Word Benchmark", "13.6M"),
