@@ -104,6 +104,7 @@ def test_what_ray_cannot_do_is_refused_in_one_line(model, tmp_path, capsys, monk
     assert main([*args[:-1], "--ray-workers", "2"]) == 2
     assert "--ray-workers goes with --ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    with pytest.raises(InputError, match=r"needs Ray, which is not installed: pip install 'bilm\[ray\]'"):
+    with pytest.raises(InputError, match=r"needs Ray, which is not installed: pip install 'ray\[data\]' \(in "
+                                         r"bilm's clone: pip install '\.\[ray\]'\)"):
         dump_on_ray(None, None, model["data"], model["options"], model["weights"], str(tmp_path / "x.hdf5"))
     assert not list(tmp_path.iterdir())
