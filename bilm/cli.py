@@ -6,6 +6,8 @@ a non-zero status (130, 143) after the running job has saved what it completed.
 """
 import argparse
 import contextlib
+import difflib
+import glob
 import json
 import logging
 import math
@@ -14,6 +16,7 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 
 from . import __version__
 from .errors import BilmError, speak_in_flags
@@ -152,7 +155,7 @@ def _add_text_arguments(parser):
                         help="bytes not in the encoding are an error (strict, default) or replaced by U+FFFD")
     parser.add_argument(*_flag("tokenize"), choices=["moses"],
                         help="tokenize each line with the Moses tokenizer (as the published models' training text "
-                             "was; needs `pip install 'bilm[tokenize]'`); default: the input is already tokenized "
+                             "was; needs `pip install sacremoses`); default: the input is already tokenized "
                              "and split on whitespace")
 
 
@@ -214,8 +217,11 @@ def _download(args):
     from .download import catalogue, download
 
     if args.list or not args.name:
-        for name, entry in sorted(catalogue().items()):
-            print(f"{name:16} {entry.get('parameters', ''):>7}  {entry.get('description', '')}")
+        rows = [(name, str(entry.get("parameters", "")), entry.get("description", ""))
+                for name, entry in sorted(catalogue().items())]
+        widths = [max(len(row[k]) for row in rows) for k in (0, 1)]
+        for name, parameters, description in rows:
+            print(f"{name:{widths[0]}}  {parameters:>{widths[1]}}  {description}")
         return
     for role, path in download(args.name, cache=args.cache_dir, progress=not args.quiet).items():
         print(f"{role}: {path}")
@@ -611,7 +617,7 @@ def build_parser():
                        help="share the lines among several devices, one process each: GPUs by index, or N processes "
                             "sharing the CPU cores; one output file")
     embed.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
-                       help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
+                       help="compute on a Ray cluster (needs `pip install 'ray[data]'`): no ADDRESS or 'local' starts "
                             "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
                             "only). The output is written here, as without --ray")
     embed.add_argument(*_flag("ray_workers"), type=_positive_int, metavar="N",
@@ -639,8 +645,9 @@ def build_parser():
 
     export = _command(
         commands, "export", "write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
-        "Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
-        "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
+        "Signatures: 'default' (sentences, split on any Unicode whitespace as `bilm embed` splits a line -> elmo, "
+        "default) and 'tokens' (padded tokens + sequence_len, one length in [0, T] per row, checked -> word_emb, "
+        "lstm_outputs1.., elmo, default); an empty batch gives empty outputs. Load it with "
         "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
         "bilm export elmo_savedmodel --model default", _export)
     export.add_argument("output", help="directory to write")
@@ -652,9 +659,11 @@ def build_parser():
     download = _command(
         commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
         "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), original-checkpoint (the "
-        "original's training checkpoint, to fine-tune from), plus any listed in the "
-        "JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. A partial download resumes; "
-        "files are checked against their size and a SHA-256 recorded on the first download.",
+        "original's training checkpoint, to fine-tune from), plus any listed in the JSON file named by "
+        "$BILM_CATALOGUE (with a SHA-256 for each file). Cache: $BILM_CACHE or ~/.cache/bilm. A partial download "
+        "resumes; a second download of the same model waits for the first. Each file is checked against the "
+        "catalogue's SHA-256 and the size the server announces (one neither can check is refused), and against "
+        "the size and SHA-256 recorded on its first download afterwards.",
         "bilm download small && bilm embed sentences.txt elmo.hdf5 --model small", _download)
     download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
     download.add_argument("--list", action="store_true", help="list the catalogue")
@@ -699,7 +708,7 @@ def _handle_sigterm(handler):
 
 @contextlib.contextmanager
 def silenced_stderr(on):
-    """Redirect file descriptor 2 to /dev/null (TensorFlow's C++ start-up lines bypass Python)."""
+    """Redirect file descriptor 2 to /dev/null (C++ start-up lines, e.g. Ray's, bypass Python)."""
     if not on:
         yield
         return
@@ -714,41 +723,97 @@ def silenced_stderr(on):
         os.close(null)
 
 
-def _configure(args):
-    """Logging, progress bars, messages in flags, and TensorFlow's settings (before it is imported)."""
-    level = logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    logging.getLogger("bilm").setLevel(level)
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"
-    if not args.verbose:
+# TensorFlow's start-up lines (TensorFlow 2.21; some are written before its log level applies).
+_START_UP_LINES = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on",
+    r"cpu_feature_guard\.cc", r"^To enable the following instructions",  # one message on two lines
+    r"Could not find cuda drivers on your machine, GPU will not be used",  # the GPU build without a driver
+]))
+_NO_GPU_LINE = "failed call to cuInit"  # the GPU build on a machine without an NVIDIA GPU
+
+
+def is_start_up_line(line):
+    """True for a line TensorFlow writes whenever it starts: noise, not an error. The GPU build's
+    ``failed call to cuInit`` is one only where the machine has no NVIDIA GPU (no /dev/nvidia0...)."""
+    return bool(_START_UP_LINES.search(line)) or (_NO_GPU_LINE in line and not glob.glob("/dev/nvidia[0-9]*"))
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden(on):
+    """Hold back what is written to file descriptor 2 in the block; then write it, less the start-up lines."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not is_start_up_line(line)))
+            sys.stderr.flush()
+
+
+def start_tensorflow(verbose=False):
+    """Import TensorFlow and let it find its devices, with its start-up lines hidden unless ``verbose``.
+
+    Unless ``verbose``: TensorFlow's C++ INFO and WARNING logs are off (``TF_CPP_MIN_LOG_LEVEL=2``
+    unless set), its Python logger shows errors only, and what it writes to stderr while it
+    starts is held back and shown less its start-up lines (``is_start_up_line``), so a real
+    error still shows. Finding the devices now brings their lines (the GPU build's cuInit
+    line) into that window. The ``bilm`` command and the usage scripts call it first.
+    """
+    if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
-    # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    speak_in_flags(True)
-
-
-def _import_tensorflow(verbose):
-    with silenced_stderr(not verbose):
-        import tensorflow  # noqa: F401
+    with _start_up_lines_hidden(not verbose):
+        import tensorflow as tf
+        tf.config.list_physical_devices()
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
     if not verbose:
         tf_logger.setLevel(logging.ERROR)
 
 
+def _configure(args):
+    """Logging, progress bars, messages in flags, and oneDNN (before TensorFlow is imported)."""
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.getLogger("bilm").setLevel(level)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
+    # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    speak_in_flags(True)
+
+
+def _parse(parser, argv):
+    """The arguments; an unknown flag is a usage error of its subcommand, with the nearest flag."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "parser", parser)
+        flags = [f for action in command._actions for f in action.option_strings]
+        near = difflib.get_close_matches(unknown[0], flags, n=1) if unknown[0].startswith("-") else []
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{f' (did you mean {near[0]}?)' if near else ''}")
+    return args
+
+
 def main(argv=None):
     """Run the ``bilm`` command; returns the exit status (0, 2 on an error, 130/143 when interrupted)."""
     previous = _handle_sigterm(_on_sigterm)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(build_parser(), argv)
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
-        if args.command not in ("download", "sample-corpus", "vocab", "merge"):
-            _import_tensorflow(args.verbose)
+        if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
+            start_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
         note = getattr(err, "bilm_note", None)

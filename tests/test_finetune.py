@@ -250,7 +250,10 @@ def test_a_published_checkpoint_is_downloaded_and_used_by_name(tmp_path, monkeyp
         files.update({f"model.ckpt-935.{part}": f"{url}/model.ckpt-935.{part}"
                       for part in ("index", "data-00000-of-00001")})
         catalogue = tmp_path / "catalogue.json"
-        catalogue.write_text(json.dumps({"tiny-checkpoint": {"kind": "checkpoint", "files": files}}))
+        digests = {role: hashlib.sha256((served / url.rsplit("/", 1)[1]).read_bytes()).hexdigest()
+                   for role, url in files.items()}
+        catalogue.write_text(json.dumps({"tiny-checkpoint": {"kind": "checkpoint", "files": files,
+                                                             "sha256": digests}}))
         monkeypatch.setenv("BILM_CATALOGUE", str(catalogue))
         monkeypatch.setenv("BILM_CACHE", str(tmp_path / "cache"))
         assert main(["--quiet", "download", "tiny-checkpoint"]) == 0
