@@ -103,7 +103,6 @@ def _worker(device, n_cpu, kwargs, connection, quiet, parent, in_flags):
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         threads = max(1, (os.cpu_count() or 1) // n_cpu)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("bilm.text").setLevel(logging.ERROR)  # the parent reads the input too and says it once
 
@@ -112,9 +111,8 @@ def _worker(device, n_cpu, kwargs, connection, quiet, parent, in_flags):
             connection.send((kind, value))
 
     try:
-        from .cli import silenced_stderr
-        with silenced_stderr(quiet):  # TensorFlow's start-up lines, as in the bilm command
-            import tensorflow  # noqa: F401
+        from .cli import start_tensorflow
+        start_tensorflow(verbose=not quiet)  # its start-up lines hidden, as in the bilm command
         from .dumps import dump_bilm_embeddings
         dump_bilm_embeddings(**kwargs, threads=threads, progress=lambda n: tell("progress", n))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: nothing left to stop
