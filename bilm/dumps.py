@@ -20,7 +20,8 @@ from .embedder import WINDOW, ElmoEmbedder
 from .errors import InputError, flag
 from .inference import BidirectionalLanguageModel
 from .options import ModelOptions
-from .outputs import FLUSH_SECONDS, PartsJob, atomic_output, check_output, check_room, file_fingerprint
+from .outputs import (FLUSH_SECONDS, ROOM_MARGIN, PartsJob, atomic_output, check_output, check_room,
+                      file_fingerprint)
 from .pooling import LAYER_CHOICES, POOLINGS, pool_tokens, select_layers
 from .prefetch import Prefetch
 from .text import DatasetReader, counted, read_text_lines
@@ -193,9 +194,9 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                         yield unit, indices, batch, None if unit in job.done else embedder.char_ids(batch)
                         unit += 1
 
-            try:
-                with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer, \
-                        Prefetch(batches()) as prepared:
+            with job.writer(units_per_part, flush_seconds, embedder.get_states if carried else None) as writer, \
+                    Prefetch(batches()) as prepared:
+                try:
                     for unit, indices, batch, ids in prepared:
                         if ids is not None:
                             if carried and unit - 1 in job.done:
@@ -205,8 +206,8 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                         bar.update(len(batch))
                         if progress is not None:
                             progress(len(batch))
-            finally:
-                bar.close()
+                finally:
+                    bar.close()
         record = {}
         if sentence_to_index:
             record[SENTENCE_TO_INDEX] = sentence_index_dataset(index_of)
@@ -290,7 +291,8 @@ def merge_shards(shard_files, outfile, overwrite=False):
     """One HDF5 file presenting the datasets of several shard outputs (external links, no copy).
 
     Shards are linked by path relative to ``outfile``'s directory, so keep them together.
-    Their ``sentence_to_index`` records, if any, are merged into one (a small copy).
+    Their ``sentence_to_index`` records, if any, are merged into one (a small copy). Nothing
+    is written unless the disk has room for the file.
     """
     base = os.path.dirname(os.path.abspath(outfile))
     inputs = {f"shard {k}": path for k, path in enumerate(shard_files)}
@@ -309,7 +311,7 @@ def merge_shards(shard_files, outfile, overwrite=False):
                     links[key] = relative
     record = None if index_of is None else sentence_index_dataset(index_of)
     needed = sum(LINK_BYTES + len(key) + len(path) for key, path in links.items())
-    check_room(outfile, needed + (0 if record is None else 2 * len(record[0].encode("utf-8"))) + 2 ** 20)
+    check_room(outfile, needed + (0 if record is None else 2 * len(record[0].encode("utf-8"))) + ROOM_MARGIN)
     with atomic_output(outfile, overwrite, inputs) as temporary, h5py.File(temporary, "w") as fout:
         for key, relative in links.items():
             fout[key] = h5py.ExternalLink(relative, key)
