@@ -257,7 +257,8 @@ def _train(args):
                         n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
-                        worker_timeout=args.worker_timeout, **changes)
+                        worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
+                        max_rollbacks=args.max_rollbacks, **changes)
     _next_steps(args)
 
 
@@ -273,7 +274,8 @@ def _restart(args):
         restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
-                         worker_timeout=args.worker_timeout, n_train_tokens=args.n_train_tokens,
+                         worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
+                         max_rollbacks=args.max_rollbacks, n_train_tokens=args.n_train_tokens,
                          n_epochs=args.n_epochs, batch_size=args.batch_size)
     _next_steps(args)
 
@@ -390,6 +392,22 @@ def _add_training_run_arguments(parser, checkpoint_every=True):
                              "short runs log about 10 times)")
 
 
+def _add_divergence_arguments(parser):
+    from .divergence import DIVERGED_AFTER, MAX_ROLLBACKS, SPIKE_FACTOR, UNIFORM_MARGIN, WARMUP_BATCHES
+
+    group = parser.add_argument_group(
+        "divergence", f"A run has diverged when its loss is not finite, or, after {WARMUP_BATCHES} batches, is above "
+                      f"ln({UNIFORM_MARGIN:g} x vocabulary size) (worse than guessing uniformly) or above "
+                      f"{SPIKE_FACTOR:g} x its recent mean for {DIVERGED_AFTER} batches in a row. No checkpoint of "
+                      f"its diverged weights is kept: the last good one stays the latest.")
+    group.add_argument(*_flag("on_divergence"), choices=["stop", "rollback"], default="stop",
+                       help="stop (default: exit with an error naming the batch, the loss and the last good "
+                            "checkpoint), or rollback: restore the last good checkpoint, skip the data that diverged "
+                            "and continue (one machine only)")
+    group.add_argument(*_flag("max_rollbacks"), type=_positive_int, default=MAX_ROLLBACKS,
+                       help=f"with --on_divergence rollback: rollbacks at most, then stop (default {MAX_ROLLBACKS})")
+
+
 def _add_training_commands(commands):
     from .options import ELMO_ORIGINAL
 
@@ -437,6 +455,7 @@ def _add_training_commands(commands):
                        help="start a new model in a save_dir that has checkpoints (they and the earlier TensorBoard "
                             "events are removed)")
     _add_training_run_arguments(train)
+    _add_divergence_arguments(train)
 
     restart = _command(
         commands, "restart", "continue training from the latest checkpoint of --save_dir",
@@ -454,6 +473,7 @@ def _add_training_commands(commands):
     restart.add_argument(*_flag("n_epochs"), type=_positive_int, help="change the number of epochs")
     restart.add_argument(*_flag("batch_size"), type=_positive_int, help="change the streams per tower")
     _add_training_run_arguments(restart)
+    _add_divergence_arguments(restart)
 
     finetune = _command(
         commands, "finetune", "fine-tune a pretrained biLM on new text into a new save directory",

@@ -76,10 +76,10 @@ class HeldoutEvaluation:
         writer.add(sess.run(self.summary, {self.value: perplexity}), step)
         improved = self.best is None or perplexity < self.best["heldout_perplexity"]
         self.history.append({"step": step, "train_perplexity": train_perplexity, "heldout_perplexity": perplexity,
-                             "checkpoint": saver.latest})
+                             "checkpoint": saver.newest})
         if improved:
             self.best = self.history[-1]
-            saver.protected = saver.latest
+            saver.protected = saver.newest
         since = len(self.history) - 1 - self.history.index(self.best)
         logger.info("batch %d: held-out perplexity %.2f (best %.2f at batch %d)", step, perplexity,
                     self.best["heldout_perplexity"], self.best["step"])
