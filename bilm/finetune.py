@@ -150,7 +150,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
         evaluation = HeldoutEvaluation(heldout, eval_every, patience, eval_batch_size)
         _train(config, data, save_dir, log_dir or save_dir, run, start, vocab, overwrite, evaluation,
-               softmax_only_batches, setup=_setup(vocab, train_prefix))
+               softmax_only_batches, setup=_setup(vocab, train_prefix, heldout_prefix))
         if evaluation.best is None:
             if not run.chief:
                 return None  # the chief evaluates

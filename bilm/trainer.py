@@ -10,7 +10,6 @@ so its last good checkpoint stays the latest.
 """
 import contextlib
 import glob
-import json
 import logging
 import os
 import random
@@ -47,13 +46,22 @@ def _log_interval(log_every, total):
     return max(1, min(log_every, total // 10))
 
 
+@contextlib.contextmanager
 def save_dir_lock(tf_save_dir):
-    """The lock that one training process at a time holds on a save directory (created if needed)."""
+    """Hold the lock that one training process at a time holds on a save directory (created if needed;
+    removed again if the run leaves it empty, e.g. when it fails before training)."""
+    created = not os.path.exists(tf_save_dir)
     try:
         os.makedirs(tf_save_dir, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{tf_save_dir}: cannot create the save directory ({os.strerror(err.errno)})") from None
-    return OutputLock(tf_save_dir, os.path.join(tf_save_dir, LOCK_FILE))
+    try:
+        with OutputLock(tf_save_dir, os.path.join(tf_save_dir, LOCK_FILE)):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there
+                os.rmdir(tf_save_dir)
 
 
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
@@ -164,9 +172,7 @@ class _Checkpoints:
         """Keep the newest ``keep`` checkpoints, ``latest`` and the protected one, and list them in
         TensorFlow's ``checkpoint`` file with ``latest`` (default: the newest) as the latest. After a save
         of ``saved_step``, checkpoints of higher steps belong to a run this one restarted before (from an
-        earlier or intact checkpoint): they are dropped, never named the latest. The file names them
-        relative to the save directory, so it stays valid wherever the directory is and however it was
-        named (TensorFlow reads relative names as relative to the directory)."""
+        earlier or intact checkpoint): they are dropped, never named the latest."""
         paths = checkpoints.checkpoints_on_disk(self.dir)  # newest first, earlier runs' included
         current = [p for p in paths if saved_step is None or int(p.rsplit("-", 1)[1]) <= saved_step]
         kept = [p for k, p in enumerate(current) if k < self.keep or p in (self.protected, latest)]
@@ -175,8 +181,7 @@ class _Checkpoints:
             if path not in kept:
                 _remove_checkpoint(path)
         latest = latest or kept[0]
-        names = [os.path.basename(p) for p in kept[::-1] if p != latest] + [os.path.basename(latest)]
-        tf.train.update_checkpoint_state(self.dir, names[-1], names)
+        tf.train.update_checkpoint_state(self.dir, latest, [p for p in kept[::-1] if p != latest] + [latest])
 
     def make_latest(self, path):
         """Name ``path`` (a kept checkpoint) the latest, so that every reader of the directory uses it."""
@@ -319,6 +324,8 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
                            f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
     session = session_config(run.n_gpus)
     server = run.cluster.start_server(session) if run.cluster else None
+    if server is not None:
+        run.cluster.wait_for_peers(run.worker_timeout)
     placement = tf.device(run.cluster.device) if run.cluster else contextlib.nullcontext()
     with tf.Graph().as_default(), placement:
         if run.seed is not None:  # the graph's sampling and dropout; the shard order and shuffling
@@ -331,18 +338,21 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
             evaluation.build(config, collectives)
         if collectives is not None:
             broadcast = collectives.broadcast_from_chief(tf.global_variables())
-            fingerprints = collectives.fingerprints(json.dumps([config.to_dict(), setup], sort_keys=True))
+            settings = collectives.gather_settings(_step_settings(config, run, setup, evaluation, softmax_only_batches))
         with tf.Session(server.target if server else "", config=session) as sess, precision.exact():
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
-            if run.chief:
-                start.initialize(sess, graph, config)
-            if collectives is not None:
-                limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
-                try:
-                    check_same_setup(sess, fingerprints, run.cluster, "options, a vocabulary or training files", limit)
+            limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
+            try:
+                if collectives is not None:
+                    check_same_setup(sess, settings, run.cluster, limit)
+                if run.chief:
+                    start.initialize(sess, graph, config)
+                if collectives is not None:
                     sess.run(broadcast, options=limit)
-                except tf.errors.OpError as err:
-                    raise lost_worker_error(err, run.cluster, -1) from None
+            except tf.errors.OpError as err:
+                if collectives is None:
+                    raise
+                raise lost_worker_error(err, run.cluster, -1) from None
             if run.chief:
                 for directory in (save_dir, log_dir):
                     try:
@@ -524,10 +534,24 @@ def _guard(save_dir, run):
     return save_dir_lock(save_dir) if run.chief else contextlib.nullcontext()
 
 
-def _setup(vocab, train_prefix):
-    """What every worker of a cluster must share besides the options: the vocabulary and the shard names."""
-    names = [os.path.basename(path) for path in shard_files(train_prefix)]
-    return {"vocabulary": checkpoints.vocabulary_identity(vocab)["sha256"], "shards": names}
+def _setup(vocab, train_prefix, heldout_prefix=None):
+    """What every worker of a cluster must share besides the options: the vocabulary and the shard names
+    (and the held-out files' of fine-tuning)."""
+    setup = {"vocabulary": checkpoints.vocabulary_identity(vocab)["sha256"],
+             "training files": [os.path.basename(path) for path in shard_files(train_prefix)]}
+    if heldout_prefix is not None:
+        setup["held-out files"] = [os.path.basename(path) for path in shard_files(heldout_prefix)]
+    return setup
+
+
+def _step_settings(config, run, setup, evaluation, softmax_only_batches):
+    """Every setting that changes a training step, which the workers of a cluster compare at start: the
+    options, ``setup`` (vocabulary, data), the towers, and when each step evaluates (fine-tuning)."""
+    settings = dict(setup, options=config.to_dict(), n_gpus=run.n_gpus, softmax_only_batches=softmax_only_batches)
+    if evaluation is not None:
+        settings.update(eval_every=evaluation.every, patience=evaluation.patience,
+                        eval_batch_size=evaluation.batch_size)
+    return settings
 
 
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,

@@ -230,6 +230,34 @@ def test_the_divergence_watch_judges_streaks_after_the_warm_up():
     assert "not finite" in DivergenceWatch(100).judge(1, 2.0, grad_norm=float("nan"))
 
 
+def test_a_failed_train_leaves_no_save_directory(tmp_path, capsys):
+    save = tmp_path / "new" / "ckpt"
+    assert main(["--quiet", "train", *common(save, corpus=tmp_path / "nothing*.txt"), *SMALL]) == 2
+    assert "no training file matches" in capsys.readouterr().err
+    assert not save.exists()
+    save.mkdir(parents=True)  # a directory that was there before is kept
+    assert main(["--quiet", "train", *common(save, corpus=tmp_path / "nothing*.txt"), *SMALL]) == 2
+    assert save.is_dir() and not list(save.iterdir())
+
+
+def test_messages_name_relative_save_directories_once(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "train", *common("s1x"), *SMALL, "--n_epochs", "1", "--checkpoint_every", "3"]) == 0
+    steps = TOKENS_PER_EPOCH // 10
+    for name in Path("s1x").glob(f"model.ckpt-{steps}.data-*"):
+        name.unlink()
+    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", "s1x",
+                 "--batch_size", "2"]) == 0
+    assert f"s1x/model.ckpt-{steps}: its data file model.ckpt-{steps}.data-00000-of-00001 is missing; using the " \
+           f"newest intact checkpoint, s1x/model.ckpt-6" in caplog.text
+    for name in Path("s1x").glob("model.ckpt-*"):
+        name.unlink()
+    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", "s1x",
+                 "--batch_size", "2"]) == 2
+    assert capsys.readouterr().err == f"bilm: error: s1x/model.ckpt-{steps}: its index file model.ckpt-{steps}.index " \
+                                      f"is missing; no intact checkpoint is left in s1x\n"
+
+
 def test_non_finite_options_are_refused(capsys):
     for flag, value in (("--dropout", "nan"), ("--learning_rate", "nan"), ("--learning_rate", "inf")):
         with pytest.raises(SystemExit):
