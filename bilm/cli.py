@@ -724,8 +724,9 @@ def _import_tensorflow(verbose):
 
 def main(argv=None):
     """Run the ``bilm`` command; returns the exit status (0, 2 on an error, 130/143 when interrupted)."""
-    previous = _handle_sigterm(_on_sigterm)
+    previous = None
     try:
+        previous = _handle_sigterm(_on_sigterm)  # inside: a signal from here on ends in one line
         parser = build_parser()
         args = parser.parse_args(argv)
         _configure(args)
@@ -737,16 +738,27 @@ def main(argv=None):
     except (BilmError, OSError) as err:
         note = getattr(err, "bilm_note", None)
         print(f"bilm: error: {err}{'; ' + note if note else ''}", file=sys.stderr)
-        return EXIT_ERROR
+        return _stopped(EXIT_ERROR)
     except KeyboardInterrupt as err:
         note = getattr(err, "bilm_note", None) or "nothing was left half-written"
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"bilm: {what}; {note}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+        return _stopped(EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED)
     finally:
         speak_in_flags(False)
         _handle_sigterm(previous)
     return 0
+
+
+def _stopped(status):
+    """``status``; or, when a TensorFlow call that waited for other workers was given up on (it never
+    returns, and TensorFlow's clean-up would wait for it), end the process now with it."""
+    cluster = sys.modules.get("bilm.cluster")  # imported only by training commands
+    if cluster is not None and cluster.calls_left_running():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

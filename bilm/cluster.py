@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -167,6 +168,48 @@ class Cluster:
                 if k != self.index and not self._accepts(k, timeout)]
 
 
+def within(timeout, call):
+    """``call()``'s result, waited for at most ``timeout`` seconds in a way that Ctrl-C and SIGTERM interrupt.
+
+    A TensorFlow call that waits for other workers blocks in C++, where Python's signal handlers wait
+    until it returns, and the first call of a cluster session waits for every worker without a bound:
+    the call runs in a thread, this one waits for it. Raises ``TimeoutError`` when it takes longer (the
+    call is left running: the process is about to stop), or what the call raised.
+    """
+    outcome, done = {}, threading.Event()
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: B036 (re-raised in the waiting thread)
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name="bilm-cluster-wait", daemon=True)
+    thread.start()
+    try:
+        finished = done.wait(timeout)
+    except BaseException:  # Ctrl-C or SIGTERM while waiting
+        _ABANDONED.append(thread)
+        raise
+    if not finished:
+        _ABANDONED.append(thread)
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+_ABANDONED = []  # ``within``'s threads given up on
+
+
+def calls_left_running():
+    """Whether a call ``within`` gave up on still runs: its session cannot be closed (closing waits for it)
+    and the process can only end without its clean-up (``os._exit``)."""
+    return any(thread.is_alive() for thread in _ABANDONED)
+
+
 def local_addresses(n):
     """``n`` addresses ``127.0.0.1:PORT`` on free ports: a cluster of processes on this machine, to try it."""
     sockets = [socket.socket() for _ in range(n)]
@@ -283,6 +326,8 @@ def lost_worker_error(err, cluster, step):
     """A one-line ``WorkerLostError`` for a step that failed because another worker is gone."""
     lost = cluster.unreachable()
     who = ", ".join(lost) if lost else "another worker"
-    when = f"at batch {step + 1}" if step >= 0 else "before training began"
-    return WorkerLostError(f"{who} stopped responding {when} ({type(err).__name__}); the cluster stops: "
-                           f"continue with restart on every worker once it is back")
+    if step < 0:
+        return WorkerLostError(f"{who} did not answer before training began ({type(err).__name__}); start every "
+                               f"worker of the cluster (the same command, each with its own index)")
+    return WorkerLostError(f"{who} stopped responding at batch {step + 1} ({type(err).__name__}); the cluster "
+                           f"stops: continue with restart on every worker once it is back")

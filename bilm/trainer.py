@@ -24,7 +24,7 @@ from .divergence import MAX_ROLLBACKS, MAX_SKIPPED_BATCHES, DivergenceWatch
 from .errors import (BilmError, InputError, OptionsError, OutputError, TrainingError, WorkerLostError, flag,
                      tensorflow_reason)
 from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
-from .cluster import Collectives, check_same_setup, lost_worker_error
+from .cluster import Collectives, calls_left_running, check_same_setup, lost_worker_error, within
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
 from .prefetch import Prefetch
@@ -339,20 +339,21 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
         if collectives is not None:
             broadcast = collectives.broadcast_from_chief(tf.global_variables())
             settings = collectives.gather_settings(_step_settings(config, run, setup, evaluation, softmax_only_batches))
-        with tf.Session(server.target if server else "", config=session) as sess, precision.exact():
-            sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
-            limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
-            try:
-                if collectives is not None:
-                    check_same_setup(sess, settings, run.cluster, limit)
-                if run.chief:
-                    start.initialize(sess, graph, config)
-                if collectives is not None:
-                    sess.run(broadcast, options=limit)
-            except tf.errors.OpError as err:
-                if collectives is None:
-                    raise
-                raise lost_worker_error(err, run.cluster, -1) from None
+        initialize = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+        with _session(server.target if server else "", session) as sess, precision.exact():
+            if collectives is None:
+                sess.run(initialize)
+                start.initialize(sess, graph, config)
+            else:  # every call that waits for the other workers: bounded, and Ctrl-C and SIGTERM end it
+                limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
+                try:
+                    within(run.worker_timeout, lambda: sess.run(initialize))  # the session waits for every worker
+                    within(run.worker_timeout, lambda: check_same_setup(sess, settings, run.cluster, limit))
+                    if run.chief:
+                        start.initialize(sess, graph, config)
+                    within(run.worker_timeout, lambda: sess.run(broadcast, options=limit))
+                except (tf.errors.OpError, TimeoutError) as err:
+                    raise lost_worker_error(err, run.cluster, -1) from None
             if run.chief:
                 for directory in (save_dir, log_dir):
                     try:
@@ -372,6 +373,19 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
             finally:
                 if writer is not None:
                     writer.close()
+
+
+@contextlib.contextmanager
+def _session(target, config):
+    """A ``tf.Session``, the default one inside; closed at the end unless a call on it was left running
+    (``bilm.cluster.within``: closing would wait for it)."""
+    sess = tf.Session(target, config=config)
+    try:
+        with sess.as_default():
+            yield sess
+    finally:
+        if not calls_left_running():
+            sess.close()
 
 
 def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches):

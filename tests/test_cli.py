@@ -1,9 +1,15 @@
 """The bilm command and the bin/ scripts."""
+import fcntl
 import logging
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -249,25 +255,62 @@ def _wait_for(condition, process, timeout=120):
         time.sleep(0.01)
 
 
+def _handles(process, signum):
+    """Whether ``process`` has installed a handler for ``signum`` (Linux: its SigCgt mask)."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def _start_on_a_terminal(*args):
+    """Start the command with its stderr on a pseudo-terminal (so that it shows its progress bar); return
+    (process, the terminal's reading end)."""
+    reader, writer = pty.openpty()
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns for the bar
+    process = subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=writer)
+    os.close(writer)
+    return process, reader
+
+
+def _read_terminal(reader, until=None, timeout=120):
+    """What the terminal shows, until the regular expression ``until`` matches it (None: until it closes)."""
+    text, deadline = "", time.time() + timeout
+    while until is None or not re.search(until, text):
+        assert time.time() < deadline, f"timed out: {text!r}"
+        if select.select([reader], [], [], 1.0)[0]:
+            try:
+                data = os.read(reader, 4096)
+            except OSError:  # the process closed the terminal
+                data = b""
+            if not data:
+                assert until is None, f"ended before {until!r}: {text!r}"
+                return text
+            text += data.decode("utf-8", "replace")
+    return text
+
+
 def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
     data = tmp_path / "data.txt"
     rng = np.random.default_rng(4)
     data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 3000, max_len=20)), encoding="utf-8")
     out, expected = tmp_path / "out.hdf5", tmp_path / "expected.hdf5"
     job = ["embed", str(data), str(out), "--batch-size", "4"] + model_args
-    # Ctrl-C while TensorFlow loads: one line, no traceback.
+    # Ctrl-C while TensorFlow loads (once the command runs: it handles SIGTERM): one line, no traceback.
     early = _start(*job)
-    time.sleep(0.3)
+    _wait_for(lambda: _handles(early, signal.SIGTERM), early)
     early.send_signal(signal.SIGINT)
     _, stderr = early.communicate(timeout=120)
     assert early.returncode == 130 and "Traceback" not in stderr and stderr.strip().startswith("bilm: interrupted")
-    # Ctrl-C in the middle: the batches done are kept, and --resume finishes the same file.
-    process = _start(*job)
-    lock = Path(str(out) + ".lock")
-    _wait_for(lock.exists, process)
-    time.sleep(2.0)  # part way through
+    # Ctrl-C in the middle, once the progress bar shows sentences done: they are kept, and --resume
+    # finishes the same file.
+    process, terminal = _start_on_a_terminal(*job)
+    _read_terminal(terminal, until=r"\| *[1-9][0-9]*/3000 ")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stderr = _read_terminal(terminal)
+    process.wait(timeout=120)
+    os.close(terminal)
+    lock = Path(str(out) + ".lock")
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert "of 3,000 sentences are saved in" in stderr and "--resume" in stderr
     assert not out.exists() and not lock.exists()

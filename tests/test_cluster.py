@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,6 +223,18 @@ def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_sig
         [(status, stderr)] = finish([process], timeout=60)
         assert status == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], stderr
         assert time.time() - sent < 15 and stderr.strip().startswith("bilm: "), stderr
+    # A peer whose port answers but that is no TensorFlow server: TensorFlow's session would wait for it for
+    # ever; the wait is bounded too.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        tf_config = {"cluster": {"worker": [local_addresses(1)[0], f"127.0.0.1:{silent.getsockname()[1]}"]},
+                     "task": {"type": "worker", "index": 0}}
+        process = start_worker("--quiet", "train", "--train_prefix", shards, "--vocab_file", VOCAB, "--save_dir",
+                               str(tmp_path / "silent"), *TOKEN_MODEL, "--worker_timeout", "3",
+                               env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
+        [(status, stderr)] = finish([process], timeout=120)
+    assert status == 2 and stderr.strip().splitlines() == [
+        f"bilm: error: another worker did not answer before training began (TimeoutError); start every worker of "
+        f"the cluster (the same command, each with its own index)"], stderr
 
 
 def wait_for_line(process, text, timeout=TIMEOUT):
