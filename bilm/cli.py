@@ -383,8 +383,8 @@ def _add_training_run_arguments(parser, checkpoint_every=True):
     cluster.add_argument(*_flag("workers"), metavar="HOST:PORT,...", help="every worker's address; the first is the chief")
     cluster.add_argument(*_flag("worker_index"), type=_non_negative_int, help="this worker's position in --workers")
     cluster.add_argument(*_flag("worker_timeout"), type=_number(1, what="number of seconds"), default=600,
-                         help="seconds a batch may wait for the other workers before the run stops, naming the ones "
-                              "that are gone (default 600)")
+                         help="seconds to wait for the other workers, at start and at each batch, before the run "
+                              "stops naming the ones that never came or are gone (default 600)")
     parser.add_argument(*_flag("keep_checkpoints"), type=_positive_int, default=2,
                         help="checkpoints kept in --save_dir, the newest, earlier runs' included (default 2)")
     parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,
@@ -396,10 +396,11 @@ def _add_divergence_arguments(parser):
     from .divergence import DIVERGED_AFTER, MAX_ROLLBACKS, SPIKE_FACTOR, UNIFORM_MARGIN, WARMUP_BATCHES
 
     group = parser.add_argument_group(
-        "divergence", f"A run has diverged when its loss is not finite, or, after {WARMUP_BATCHES} batches, is above "
-                      f"ln({UNIFORM_MARGIN:g} x vocabulary size) (worse than guessing uniformly) or above "
-                      f"{SPIKE_FACTOR:g} x its recent mean for {DIVERGED_AFTER} batches in a row. No checkpoint of "
-                      f"its diverged weights is kept: the last good one stays the latest.")
+        "divergence", f"A run has diverged when its loss is not finite, or is bad for {DIVERGED_AFTER} batches in a "
+                      f"row after a warm-up of {WARMUP_BATCHES}: above ln({UNIFORM_MARGIN:g} x vocabulary size), worse "
+                      f"than guessing uniformly, or a perplexity over {SPIKE_FACTOR:g} x its recent level. A checkpoint "
+                      f"becomes the latest only once the next batch's loss is good: no checkpoint of diverged weights "
+                      f"is kept.")
     group.add_argument(*_flag("on_divergence"), choices=["stop", "rollback"], default="stop",
                        help="stop (default: exit with an error naming the batch, the loss and the last good "
                             "checkpoint), or rollback: restore the last good checkpoint, skip the data that diverged "
