@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -141,30 +142,55 @@ def two_shards(directory):
     return str(directory / "shard*.txt")
 
 
-def start_worker(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+class Worker:
+    """A ``bilm`` command in its own process, its stderr read as it comes (every wait on it is bounded)."""
 
+    def __init__(self, *args, env=None):
+        self.process = subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
 
-def finish(processes, timeout=TIMEOUT):
-    """(status, stderr) of each process; a process still running after ``timeout`` s is killed (and fails)."""
-    results = []
-    for process in processes:
+    def wait_for_line(self, text, timeout=TIMEOUT):
+        deadline = time.time() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert time.time() < deadline and self.process.poll() is None, f"no {text!r} in: {''.join(self.lines)}"
+            time.sleep(0.05)
+
+    def finish(self, timeout=TIMEOUT):
+        """(exit status, stderr); a process still running after ``timeout`` s is killed (and the status says so)."""
         try:
-            _, stderr = process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
-            stderr += f"\n(still running after {timeout} s: killed)"
-        results.append((process.returncode, stderr))
-    return results
+            self.process.kill()
+            self.process.wait()
+            self.lines.append(f"\n(still running after {timeout} s: killed)")
+        self.reader.join(timeout=10)
+        return self.process.returncode, "".join(self.lines)
+
+
+@pytest.fixture
+def start_worker():
+    """Start ``Worker``s; any still running when the test ends is killed."""
+    started = []
+
+    def start(*args, env=None):
+        started.append(Worker(*args, env=env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
 
 
 TOKEN_MODEL = ["--token_input", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "8",
                "--projection_dim", "8", "--lstm_dim", "16"]
 
 
-def test_workers_with_other_settings_are_refused_at_start_naming_each_setting(tmp_path):
+def test_workers_with_other_settings_are_refused_at_start_naming_each_setting(tmp_path, start_worker):
     workers = ",".join(local_addresses(2))
     common = ["--train_prefix", two_shards(tmp_path), "--vocab_file", VOCAB, "--workers", workers, *TOKEN_MODEL,
               "--n_epochs", "1", "--worker_timeout", "60"]
@@ -173,7 +199,7 @@ def test_workers_with_other_settings_are_refused_at_start_naming_each_setting(tm
     other = {0: [], 1: ["--lstm_dim", "32", "--n_gpus", "2"]}
     processes = [start_worker("train", *common, "--save_dir", str(tmp_path / f"s{k}"), "--worker_index", str(k),
                               *other[k]) for k in range(2)]
-    for status, stderr in finish(processes):
+    for status, stderr in [worker.finish() for worker in processes]:
         message = stderr.strip().splitlines()[-1]
         assert status == 2 and message.startswith("bilm: error: worker 1 (") and "Traceback" not in stderr, stderr
         assert "has --n_gpus 2 (the chief's: 1), options.lstm.dim 32 (the chief's: 16): every worker must start " \
@@ -181,7 +207,7 @@ def test_workers_with_other_settings_are_refused_at_start_naming_each_setting(tm
     assert not (tmp_path / "s0").exists() and not (tmp_path / "s1").exists()  # nothing written
 
 
-def test_finetuning_workers_with_other_evaluations_are_refused_at_start(tmp_path):
+def test_finetuning_workers_with_other_evaluations_are_refused_at_start(tmp_path, start_worker):
     source = tmp_path / "source"
     options = {"bidirectional": True, "dropout": 0.0, "all_clip_norm_val": 10.0, "n_epochs": 1, "n_train_tokens": 20,
                "lstm": {"dim": 16, "projection_dim": 8, "n_layers": 1}, "batch_size": 2, "unroll_steps": 5,
@@ -193,13 +219,13 @@ def test_finetuning_workers_with_other_evaluations_are_refused_at_start(tmp_path
               "--save_dir", str(tmp_path / "tuned")]
     processes = [start_worker("finetune", *common, "--worker_index", str(k), "--eval_every", str(5 + k))
                  for k in range(2)]
-    for status, stderr in finish(processes):
+    for status, stderr in [worker.finish() for worker in processes]:
         message = stderr.strip().splitlines()[-1]
         assert status == 2 and "Traceback" not in stderr, stderr
         assert "has --eval_every 6 (the chief's: 5): every worker must start with the chief's settings" in message
 
 
-def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_signals(tmp_path):
+def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_signals(tmp_path, start_worker):
     shards = two_shards(tmp_path)
 
     def lone_worker(index, timeout, *extra):
@@ -212,17 +238,18 @@ def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_sig
 
     alone, missing = lone_worker(0, 3, "--quiet")
     waiting = {signum: lone_worker(1, 600) for signum in (signal.SIGTERM, signal.SIGINT)}
-    [(status, stderr)] = finish([alone], timeout=120)  # start-up, 3 s of waiting, the end
+    status, stderr = alone.finish(timeout=120)  # start-up, 3 s of waiting, the end
     assert status == 2 and stderr.strip().splitlines() == [
         f"bilm: error: worker 1 ({missing}): not started within --worker_timeout 3 s; start every worker of the "
         f"cluster (the same command, each with its own index)"], stderr
     for signum, (process, missing) in waiting.items():
-        wait_for_line(process, f"waiting for worker 0 ({missing}) (at most 600 s)")
-        process.send_signal(signum)
+        process.wait_for_line(f"waiting for worker 0 ({missing}) (at most 600 s)")
+        process.process.send_signal(signum)
         sent = time.time()
-        [(status, stderr)] = finish([process], timeout=60)
-        assert status == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], stderr
-        assert time.time() - sent < 15 and stderr.strip().startswith("bilm: "), stderr
+        status, stderr = process.finish(timeout=60)
+        status_and_word = {signal.SIGTERM: (143, "terminated (SIGTERM)"), signal.SIGINT: (130, "interrupted")}[signum]
+        assert status == status_and_word[0] and time.time() - sent < 15, stderr
+        assert stderr.strip().splitlines()[-1] == f"bilm: {status_and_word[1]}; nothing was left half-written", stderr
     # A peer whose port answers but that is no TensorFlow server: TensorFlow's session would wait for it for
     # ever; the wait is bounded too.
     with socket.create_server(("127.0.0.1", 0)) as silent:
@@ -231,34 +258,20 @@ def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_sig
         process = start_worker("--quiet", "train", "--train_prefix", shards, "--vocab_file", VOCAB, "--save_dir",
                                str(tmp_path / "silent"), *TOKEN_MODEL, "--worker_timeout", "3",
                                env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
-        [(status, stderr)] = finish([process], timeout=120)
+        status, stderr = process.finish(timeout=120)
     assert status == 2 and stderr.strip().splitlines() == [
         f"bilm: error: another worker did not answer before training began (TimeoutError); start every worker of "
         f"the cluster (the same command, each with its own index)"], stderr
 
 
-def wait_for_line(process, text, timeout=TIMEOUT):
-    """Read the process's stderr until a line contains ``text``."""
-    deadline, lines = time.time() + timeout, []
-    while time.time() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return
-    process.kill()
-    raise AssertionError(f"no {text!r} in: {''.join(lines)}")
-
-
-def test_a_worker_whose_chief_stops_ends_with_one_line(tmp_path):
+def test_a_worker_whose_chief_stops_ends_with_one_line(tmp_path, start_worker):
     workers = ",".join(local_addresses(2))
     common = ["--train_prefix", two_shards(tmp_path), "--vocab_file", VOCAB, "--save_dir", str(tmp_path / "save"),
               "--workers", workers, *TOKEN_MODEL, "--n_epochs", "1000", "--worker_timeout", "60", "--log_every", "5"]
     processes = [start_worker("train", *common, "--worker_index", str(k)) for k in range(2)]
-    wait_for_line(processes[0], "batch 5/")
-    processes[0].send_signal(signal.SIGTERM)
-    (chief, _), (status, stderr) = finish(processes, timeout=120)
+    processes[0].wait_for_line("batch 5/")
+    processes[0].process.send_signal(signal.SIGTERM)
+    (chief, _), (status, stderr) = [worker.finish(timeout=120) for worker in processes]
     assert chief == 143 and status == 2, stderr
     lines = stderr.strip().splitlines()
     assert all(line.startswith(("INFO ", "WARNING ")) for line in lines[:-1]), stderr  # no TensorFlow lines
