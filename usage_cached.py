@@ -1,22 +1,25 @@
 """Precompute every biLM layer for a dataset to HDF5; downstream code needs no TensorFlow.
 
-    python usage_cached.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB] [--workdir DIR]
+    python usage_cached.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB]
+                           [--workdir DIR] [--verbose]
 """
 import argparse
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import h5py
 
-import h5py  # noqa: E402
-
-from bilm import dump_bilm_embeddings  # noqa: E402
-from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments, start_tensorflow
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
 parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temporary directory, removed at the end)")
+parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's start-up lines")
 args = resolve_model_arguments(parser, parser.parse_args())
+start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
+
+from bilm import dump_bilm_embeddings  # noqa: E402
+
 temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="bilm_usage_cached_")  # removed at the end
 workdir = args.workdir or temporary.name
 os.makedirs(workdir, exist_ok=True)

@@ -1,25 +1,25 @@
 """ELMo from raw tokens (character input), the most general way to use a biLM.
 
-    python usage_character.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB]
+    python usage_character.py [--model NAME | --options OPTIONS --weights WEIGHTS --vocab VOCAB] [--verbose]
 
 Builds a question/context reading-comprehension style graph: one biLM, two inputs,
 ELMo at both the input and the output of a task model, weights shared between
 question and context.
 """
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bilm.cli import add_model_arguments, resolve_model_arguments, start_tensorflow
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+add_model_arguments(parser)
+parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's start-up lines")
+args = resolve_model_arguments(parser, parser.parse_args())
+start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from bilm import Batcher, BidirectionalLanguageModel, weight_layers  # noqa: E402
-from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
 from bilm.options import load_options  # noqa: E402
-
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-add_model_arguments(parser)
-args = resolve_model_arguments(parser, parser.parse_args())
 
 raw_context = [
     "Pretrained biLMs compute representations useful for NLP tasks .",

@@ -1,6 +1,6 @@
 """ELMo from cached token embeddings: faster, for a fixed vocabulary.
 
-    python usage_token.py [--model NAME | --options OPTIONS --weights WEIGHTS] [--workdir DIR]
+    python usage_token.py [--model NAME | --options OPTIONS --weights WEIGHTS] [--workdir DIR] [--verbose]
 
 The context-independent token vectors of every token of the data are computed once
 (``dump_token_embeddings``); the biLM then only runs its LSTMs on token ids.
@@ -9,17 +9,19 @@ import argparse
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow.compat.v1 as tf  # noqa: E402
-
-from bilm import BidirectionalLanguageModel, TokenBatcher, dump_token_embeddings, weight_layers  # noqa: E402
-from bilm.cli import add_model_arguments, resolve_model_arguments  # noqa: E402
+from bilm.cli import add_model_arguments, resolve_model_arguments, start_tensorflow
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser, vocab=False)
 parser.add_argument("--workdir", help="where to write the vocabulary and token embeddings (default: a temporary directory, removed at the end)")
+parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's start-up lines")
 args = resolve_model_arguments(parser, parser.parse_args())
+start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+from bilm import BidirectionalLanguageModel, TokenBatcher, dump_token_embeddings, weight_layers  # noqa: E402
+
 temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="bilm_usage_token_")  # removed at the end
 workdir = args.workdir or temporary.name
 os.makedirs(workdir, exist_ok=True)

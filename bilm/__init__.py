@@ -19,9 +19,8 @@ def _tensorflow_missing():
 
 if _tensorflow_missing():  # pragma: no cover - depends on the environment
     raise ImportError(
-        "bilm needs TensorFlow, which is not installed: install the package with "
-        "`pip install 'bilm[cpu]'` (CPU) or `pip install 'bilm[gpu]'` (NVIDIA GPU), "
-        "or install TensorFlow yourself (`pip install tensorflow`)"
+        "bilm needs TensorFlow, which is not installed: in bilm's clone, `pip install '.[cpu]'` (CPU) or "
+        "`pip install '.[gpu]'` (NVIDIA GPU); or install TensorFlow yourself (`pip install tensorflow`)"
     )
 
 # name -> module that defines it (the original's ``from bilm import ...`` names first).

@@ -1,7 +1,8 @@
 """Training save directories and checkpoints: finding, checking, restoring and exporting them.
 
 A save directory holds ``options.json`` (training form, ``n_characters`` 261),
-``vocabulary.json`` (what identifies the training vocabulary) and TensorFlow
+``vocabulary.json`` (what identifies the training vocabulary), ``finetune.json`` for a
+fine-tune (its settings and evaluations) and TensorFlow
 checkpoints ``model.ckpt-STEP``; TensorFlow's ``checkpoint`` file names the latest
 complete one. Checkpoints of two layouts are read (``bilm.layout.CHECKPOINT_NAMINGS``):
 ``bilm``'s, whose variables carry the weight file's names under ``lm/``, and the
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 SCOPE = layout.TRAINING_SCOPE
 OPTIONS_FILE = "options.json"
 VOCABULARY_RECORD = "vocabulary.json"
+FINETUNE_RECORD = "finetune.json"  # a fine-tune's settings and evaluations (bilm.finetune)
 CHECKPOINT_PREFIX = "model.ckpt"
 EVENTS_PATTERN = "events.out.tfevents.*"
 GLOBAL_STEP, TOKENS_TRAINED, SLOT = "global_step", "tokens_trained", "Adagrad"
@@ -272,10 +274,21 @@ def check_new_run(tf_save_dir, overwrite):
             f"{flag('overwrite=True', '--overwrite')} to start a new model there (its checkpoints are removed)")
 
 
+def check_not_a_finetune(tf_save_dir):
+    """Raise unless ``tf_save_dir`` is a plain training run: ``restart`` would train a fine-tune without its
+    evaluations and early stopping, and lose its best checkpoint."""
+    if os.path.isfile(os.path.join(tf_save_dir, FINETUNE_RECORD)):
+        raise CheckpointError(
+            f"{tf_save_dir}: is a fine-tune ({FINETUNE_RECORD}); continue it with "
+            f"{flag('finetune(..., resume=True)', 'bilm finetune --resume')} (its evaluations, best checkpoint and "
+            f"early stopping go on), or train it further as a new fine-tune from it into another directory")
+
+
 def clear_earlier_run(tf_save_dir, tf_log_dir):
-    """Remove the checkpoints and TensorBoard events of an earlier run."""
+    """Remove the checkpoints, TensorBoard events and fine-tuning record of an earlier run."""
     old = glob.glob(os.path.join(glob.escape(tf_save_dir), CHECKPOINT_PREFIX + "-*")) + \
-        [os.path.join(tf_save_dir, "checkpoint")] + glob.glob(os.path.join(glob.escape(tf_log_dir), EVENTS_PATTERN))
+        [os.path.join(tf_save_dir, name) for name in ("checkpoint", FINETUNE_RECORD)] + \
+        glob.glob(os.path.join(glob.escape(tf_log_dir), EVENTS_PATTERN))
     for path in old:
         if os.path.isfile(path):
             os.remove(path)

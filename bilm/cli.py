@@ -6,6 +6,8 @@ a non-zero status (130, 143) after the running job has saved what it completed.
 """
 import argparse
 import contextlib
+import difflib
+import glob
 import json
 import logging
 import math
@@ -14,6 +16,7 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 
 from . import __version__
 from .errors import BilmError, speak_in_flags
@@ -152,7 +155,7 @@ def _add_text_arguments(parser):
                         help="bytes not in the encoding are an error (strict, default) or replaced by U+FFFD")
     parser.add_argument(*_flag("tokenize"), choices=["moses"],
                         help="tokenize each line with the Moses tokenizer (as the published models' training text "
-                             "was; needs `pip install 'bilm[tokenize]'`); default: the input is already tokenized "
+                             "was; needs `pip install sacremoses`); default: the input is already tokenized "
                              "and split on whitespace")
 
 
@@ -214,8 +217,11 @@ def _download(args):
     from .download import catalogue, download
 
     if args.list or not args.name:
-        for name, entry in sorted(catalogue().items()):
-            print(f"{name:16} {entry.get('parameters', ''):>7}  {entry.get('description', '')}")
+        rows = [(name, str(entry.get("parameters", "")), entry.get("description", ""))
+                for name, entry in sorted(catalogue().items())]
+        widths = [max(len(row[k]) for row in rows) for k in (0, 1)]
+        for name, parameters, description in rows:
+            print(f"{name:{widths[0]}}  {parameters:>{widths[1]}}  {description}")
         return
     for role, path in download(args.name, cache=args.cache_dir, progress=not args.quiet).items():
         print(f"{role}: {path}")
@@ -282,13 +288,17 @@ def _restart(args):
 
 @contextlib.contextmanager
 def _restart_hint(args):
-    """On a training run stopped with a checkpoint saved, add the command that continues it."""
+    """On a training or fine-tuning run stopped with a checkpoint saved, add the command that continues it."""
     try:
         yield
     except (KeyboardInterrupt, BilmError) as err:
         if getattr(err, "bilm_checkpoint", None):
-            command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
-                       "--save_dir", args.save_dir]
+            if args.command == "finetune":  # its settings are in finetune.json
+                command = ["bilm", "finetune", "--resume", "--save_dir", args.save_dir, "--train_prefix",
+                           args.train_prefix, "--vocab_file", args.vocab_file, "--heldout_prefix", args.heldout_prefix]
+            else:
+                command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
+                           "--save_dir", args.save_dir]
             if args.n_gpus != 1:
                 command += ["--n_gpus", str(args.n_gpus)]
             if args.log_dir:
@@ -308,18 +318,19 @@ def _finetune(args):
         if args.options or args.weights:
             args.parser.error("give --from (a checkpoint) or --options and --weights (a weight file), not both")
         source = resolve_save_dir(args.source)
-    elif not (args.options and args.weights):
+    elif not (args.options and args.weights) and not args.resume:
         args.parser.error("start from --from SAVE_DIR_OR_NAME (a checkpoint) or from --options and --weights "
                           "(a weight file)")
-    perplexity = finetune(
-        args.save_dir, args.train_prefix, args.vocab_file, args.heldout_prefix, source_dir=source,
-        options_file=args.options, weight_file=args.weights, n_epochs=args.n_epochs,
-        n_train_tokens=args.n_train_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        dropout=args.dropout, n_negative_samples=args.n_negative_samples, eval_every=args.eval_every,
-        patience=args.patience, eval_batch_size=args.eval_batch_size,
-        softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
-        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
-        overwrite=args.overwrite, cluster=_cluster(args), worker_timeout=args.worker_timeout)
+    with _restart_hint(args):
+        perplexity = finetune(
+            args.save_dir, args.train_prefix, args.vocab_file, args.heldout_prefix, source_dir=source,
+            options_file=args.options, weight_file=args.weights, n_epochs=args.n_epochs,
+            n_train_tokens=args.n_train_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            dropout=args.dropout, n_negative_samples=args.n_negative_samples, eval_every=args.eval_every,
+            patience=args.patience, eval_batch_size=args.eval_batch_size,
+            softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
+            keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
+            overwrite=args.overwrite, resume=args.resume, cluster=_cluster(args), worker_timeout=args.worker_timeout)
     if perplexity is not None:  # the chief's
         print(f"best held-out perplexity: {perplexity:.3f}")
     _next_steps(args)
@@ -332,16 +343,30 @@ def _save_dir(args):
 
 
 def _next_steps(args):
-    logger.info("next: `bilm test --save_dir %s --vocab_file %s --test_prefix HELDOUT` to evaluate, "
-                "`bilm dump-weights --save_dir %s --outfile weights.hdf5 --options_outfile options.json` to export",
-                args.save_dir, args.vocab_file, args.save_dir)
+    evaluate = ["bilm", "test", "--save_dir", args.save_dir, "--vocab_file", args.vocab_file, "--test_prefix",
+                getattr(args, "heldout_prefix", None) or "HELDOUT"]
+    export = ["bilm", "dump-weights", "--save_dir", args.save_dir, "--outfile", "weights.hdf5", "--options_outfile",
+              "options.json"]
+    logger.info("next: `%s` to evaluate (any --batch_size gives the same perplexity), `%s` to export",
+                shlex.join(evaluate), shlex.join(export))
 
 
 def _test(args):
     from .evaluation import evaluate_checkpoint
 
-    perplexity = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size)
-    print(f"perplexity: {perplexity:.3f}")
+    result = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size,
+                                 original_figure=args.original_figure)
+    left_out = result.tokens_in_text - result.tokens
+    print(f"targets scored: {result.tokens:,} per direction"
+          + (f", {left_out:,} of the text's {result.tokens_in_text:,} left out (the original's last, incomplete batch)"
+             if left_out else " (every token and sentence end of the text, once)"))
+    print(f"forward perplexity: {result.forward:.3f}")
+    if result.backward is not None:
+        print(f"backward perplexity: {result.backward:.3f}")
+    what = ("the original's figure: exp of the mean over batches of both directions' mean loss"
+            if result.original_figure else "average of forward and backward" if result.backward is not None
+            else "forward only")
+    print(f"perplexity: {result:.3f} ({what})")
 
 
 def _dump_weights(args):
@@ -483,12 +508,14 @@ def _add_training_commands(commands):
         "--weights: the char CNN and LSTMs; the softmax is new, for --vocab_file). Train on --train_prefix, "
         "evaluate the held-out perplexity of --heldout_prefix every --eval_every batches, keep the best "
         "checkpoint (the latest of --save_dir at the end: `bilm dump-weights` exports it) and stop after "
-        "--patience evaluations without improvement. Defaults follow the original's advice for small corpora "
-        "(under about 10 million tokens): tune briefly (1 epoch), watching held-out perplexity.",
+        "--patience evaluations without improvement. The held-out text is read and checked before training. "
+        "Interrupted (Ctrl-C, SIGTERM), it resumes with --resume. Defaults follow the original's advice for small "
+        "corpora (under about 10 million tokens): tune briefly (1 epoch), watching held-out perplexity.",
         "bilm finetune --from original-checkpoint --save_dir tuned --train_prefix 'mine/train/*' "
         "--vocab_file vocab-2016-09-10.txt --heldout_prefix mine/heldout.txt", _finetune)
     finetune.add_argument("--from", dest="source", metavar="SAVE_DIR_OR_NAME",
-                          help="the checkpoint to start from: a save directory or a downloaded checkpoint's name")
+                          help="the checkpoint to start from: a save directory (not while it is being trained) or a "
+                               "downloaded checkpoint's name")
     finetune.add_argument("--options", help="with --weights: the options.json of a weight file to start from")
     finetune.add_argument("--weights", help="with --options: an HDF5 weight file to start from (a new softmax)")
     finetune.add_argument(*_flag("save_dir"), required=True, help="the new save directory")
@@ -496,17 +523,19 @@ def _add_training_commands(commands):
     finetune.add_argument(*_flag("vocab_file"), required=True,
                           help="the checkpoint's vocabulary (with --weights: any vocabulary, for the new softmax)")
     finetune.add_argument(*_flag("heldout_prefix"), required=True, help="glob of held-out files of the new text")
-    finetune.add_argument(*_flag("n_epochs"), type=_positive_int, default=1, help="epochs at most (default 1)")
+    finetune.add_argument(*_flag("n_epochs"), type=_positive_int, help="epochs at most (default 1)")
     finetune.add_argument(*_flag("n_train_tokens"), type=_positive_int,
                           help="tokens per epoch (default: counted from the data)")
-    finetune.add_argument(*_flag("eval_every"), type=_positive_int, default=200,
+    finetune.add_argument(*_flag("eval_every"), type=_positive_int,
                           help="batches between held-out evaluations (and checkpoints) (default 200)")
-    finetune.add_argument("--patience", type=_positive_int, default=3,
+    finetune.add_argument("--patience", type=_positive_int,
                           help="evaluations without a lower held-out perplexity before stopping (default 3)")
     finetune.add_argument(*_flag("eval_batch_size"), type=_positive_int, default=64,
-                          help="parallel token streams of the evaluation (default 64)")
-    finetune.add_argument(*_flag("softmax_only_batches"), type=_non_negative_int, default=0,
-                          help="with --weights: first batches in which only the new softmax learns (default 0)")
+                          help="parallel token streams of the evaluation: the speed only, every held-out target is "
+                               "scored once whatever it is (default 64)")
+    finetune.add_argument(*_flag("softmax_only_batches"), type=_non_negative_int,
+                          help="with --weights: first batches in which only the new softmax learns (default 0; a "
+                               "warning when it covers the whole run)")
     finetune.add_argument(*_flag("batch_size"), type=_positive_int, help="streams per tower (default: the source's)")
     finetune.add_argument(*_flag("learning_rate"), type=_number(1e-12, what="learning rate"),
                           help="Adagrad learning rate (default: the source's; its accumulators are kept)")
@@ -514,20 +543,33 @@ def _add_training_commands(commands):
     finetune.add_argument(*_flag("n_negative_samples"), type=_positive_int,
                           help="sampled softmax negatives (default: the source's)")
     finetune.add_argument("--seed", type=int, help="seed the shard order, dropout and sampling")
-    finetune.add_argument("--overwrite", action="store_true",
-                          help="start afresh in a --save_dir that has checkpoints (they are removed)")
+    again = finetune.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a --save_dir that has checkpoints (they are removed)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted fine-tune of --save_dir from its latest checkpoint, with its "
+                            "evaluations, best checkpoint and patience (finetune.json): --from/--weights and the "
+                            "settings not given are the interrupted run's")
     _add_training_run_arguments(finetune, checkpoint_every=False)  # checkpoints follow the evaluations
 
     test = _command(
         commands, "test", "perplexity of the latest checkpoint on held-out data",
-        "Evaluate the latest checkpoint of --save_dir on held-out text: full softmax, LSTM states carried, one "
-        "token per stream per step as the original; prints the perplexity (forward and backward averaged).",
-        "bilm test --test_prefix heldout.txt --vocab_file vocab.txt --save_dir ckpt --batch_size 64", _test)
+        "Evaluate the latest checkpoint of --save_dir on held-out text: full softmax, one token per stream per step "
+        "as the original. Every target (each token and sentence end) is scored exactly once per direction, each "
+        "sentence starting from the same LSTM states (those after a fixed warm-up text), so --batch_size changes "
+        "only the speed. Prints the targets scored, the forward and backward perplexities (exp of the mean negative "
+        "log-probability of the targets) and their average (the figure the paper quotes).",
+        "bilm test --test_prefix heldout.txt --vocab_file vocab.txt --save_dir ckpt", _test)
     test.add_argument(*_flag("test_prefix"), required=True, help="glob of the held-out files")
     test.add_argument(*_flag("vocab_file"), required=True, help="the vocabulary the model was trained with")
     test.add_argument(*_flag("save_dir"), required=True, help="the save directory of the run")
     test.add_argument(*_flag("batch_size"), type=_positive_int, default=256,
-                      help="parallel token streams (default 256; at most about tokens / 2 of the held-out text)")
+                      help="parallel token streams (default 256): any number gives the same perplexity, it sets "
+                           "only the speed")
+    test.add_argument(*_flag("original_figure"), action="store_true",
+                      help="reproduce the original's figure instead: states carried from sentence to sentence, the "
+                           "tokens of the last, incomplete batch left out (how many is printed: with many streams "
+                           "most of a small text), each batch weighted alike; it depends on --batch_size")
 
     dump = _command(
         commands, "dump-weights", "latest checkpoint -> HDF5 weight file (no softmax)",
@@ -596,7 +638,7 @@ def build_parser():
                        help="share the lines among several devices, one process each: GPUs by index, or N processes "
                             "sharing the CPU cores; one output file")
     embed.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
-                       help="compute on a Ray cluster (needs `pip install 'bilm[ray]'`): no ADDRESS or 'local' starts "
+                       help="compute on a Ray cluster (needs `pip install 'ray[data]'`): no ADDRESS or 'local' starts "
                             "Ray on this machine; 'auto' or ray://HOST:PORT joins a running cluster (trusted network "
                             "only). The output is written here, as without --ray")
     embed.add_argument(*_flag("ray_workers"), type=_positive_int, metavar="N",
@@ -624,8 +666,9 @@ def build_parser():
 
     export = _command(
         commands, "export", "write a TensorFlow SavedModel with TF Hub ELMo-like signatures (for TF2, eager)",
-        "Signatures: 'default' (untokenized strings, split on spaces -> elmo, default) and 'tokens' "
-        "(padded tokens + sequence_len -> word_emb, lstm_outputs1.., elmo, default). Load it with "
+        "Signatures: 'default' (sentences, split on any Unicode whitespace as `bilm embed` splits a line -> elmo, "
+        "default) and 'tokens' (padded tokens + sequence_len, one length in [0, T] per row, checked -> word_emb, "
+        "lstm_outputs1.., elmo, default); an empty batch gives empty outputs. Load it with "
         "tf.saved_model.load(DIR).signatures['default'](tf.constant([...])).",
         "bilm export elmo_savedmodel --model default", _export)
     export.add_argument("output", help="directory to write")
@@ -637,9 +680,11 @@ def build_parser():
     download = _command(
         commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
         "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), original-checkpoint (the "
-        "original's training checkpoint, to fine-tune from), plus any listed in the "
-        "JSON file named by $BILM_CATALOGUE. Cache: $BILM_CACHE or ~/.cache/bilm. A partial download resumes; "
-        "files are checked against their size and a SHA-256 recorded on the first download.",
+        "original's training checkpoint, to fine-tune from), plus any listed in the JSON file named by "
+        "$BILM_CATALOGUE (with a SHA-256 for each file). Cache: $BILM_CACHE or ~/.cache/bilm. A partial download "
+        "resumes; a second download of the same model waits for the first. Each file is checked against the "
+        "catalogue's SHA-256 and the size the server announces (one neither can check is refused), and against "
+        "the size and SHA-256 recorded on its first download afterwards.",
         "bilm download small && bilm embed sentences.txt elmo.hdf5 --model small", _download)
     download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
     download.add_argument("--list", action="store_true", help="list the catalogue")
@@ -684,7 +729,7 @@ def _handle_sigterm(handler):
 
 @contextlib.contextmanager
 def silenced_stderr(on):
-    """Redirect file descriptor 2 to /dev/null (TensorFlow's C++ start-up lines bypass Python)."""
+    """Redirect file descriptor 2 to /dev/null (C++ start-up lines, e.g. Ray's, bypass Python)."""
     if not on:
         yield
         return
@@ -699,28 +744,85 @@ def silenced_stderr(on):
         os.close(null)
 
 
+# TensorFlow's start-up lines (TensorFlow 2.21; some are written before its log level applies).
+_START_UP_LINES = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on",
+    r"cpu_feature_guard\.cc", r"^To enable the following instructions",  # one message on two lines
+    r"Could not find cuda drivers on your machine, GPU will not be used",  # the GPU build without a driver
+]))
+_NO_GPU_LINE = "failed call to cuInit"  # the GPU build on a machine without an NVIDIA GPU
+
+
+def is_start_up_line(line):
+    """True for a line TensorFlow writes whenever it starts: noise, not an error. The GPU build's
+    ``failed call to cuInit`` is one only where the machine has no NVIDIA GPU (no /dev/nvidia0...)."""
+    return bool(_START_UP_LINES.search(line)) or (_NO_GPU_LINE in line and not glob.glob("/dev/nvidia[0-9]*"))
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden(on):
+    """Hold back what is written to file descriptor 2 in the block; then write it, less the start-up lines."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not is_start_up_line(line)))
+            sys.stderr.flush()
+
+
+def start_tensorflow(verbose=False):
+    """Import TensorFlow and let it find its devices, with its start-up lines hidden unless ``verbose``.
+
+    Unless ``verbose``: TensorFlow's C++ INFO and WARNING logs are off (``TF_CPP_MIN_LOG_LEVEL=2``
+    unless set), its Python logger shows errors only, and what it writes to stderr while it
+    starts is held back and shown less its start-up lines (``is_start_up_line``), so a real
+    error still shows. Finding the devices now brings their lines (the GPU build's cuInit
+    line) into that window. The ``bilm`` command and the usage scripts call it first.
+    """
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _start_up_lines_hidden(not verbose):
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
+    if not verbose:
+        tf_logger.setLevel(logging.ERROR)
+
+
 def _configure(args):
-    """Logging, progress bars, messages in flags, and TensorFlow's settings (before it is imported)."""
+    """Logging, progress bars, messages in flags, and oneDNN (before TensorFlow is imported)."""
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("bilm").setLevel(level)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
-    if not args.verbose:  # TensorFlow's C++ log lines, errors too: bilm says what went wrong, in one line
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     # oneDNN's CPU kernels: TensorFlow turns them on by default only on some CPUs; on the others
     # (AVX2-only ones) they double the matrix-product rate. Numbers agree to the conformance bound.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     speak_in_flags(True)
 
 
-def _import_tensorflow(verbose):
-    with silenced_stderr(not verbose):
-        import tensorflow  # noqa: F401
-    tf_logger = logging.getLogger("tensorflow")
-    tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
-    if not verbose:
-        tf_logger.setLevel(logging.ERROR)
+def _parse(parser, argv):
+    """The arguments; an unknown flag is a usage error of its subcommand, with the nearest flag."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "parser", parser)
+        flags = [f for action in command._actions for f in action.option_strings]
+        near = difflib.get_close_matches(unknown[0], flags, n=1) if unknown[0].startswith("-") else []
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{f' (did you mean {near[0]}?)' if near else ''}")
+    return args
 
 
 def main(argv=None):
@@ -728,13 +830,16 @@ def main(argv=None):
     previous = None
     try:
         previous = _handle_sigterm(_on_sigterm)  # inside: a signal from here on ends in one line
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(build_parser(), argv)
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
-        if args.command not in ("download", "sample-corpus", "vocab", "merge"):
-            _import_tensorflow(args.verbose)
+        if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
+            if _in_a_cluster(args) and not args.verbose:
+                # When a worker stops, TensorFlow's C++ logs an error for every collective it aborts on the
+                # others (a hundred lines): the command says it in one line.
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+            start_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
         note = getattr(err, "bilm_note", None)
@@ -749,6 +854,12 @@ def main(argv=None):
         speak_in_flags(False)
         _handle_sigterm(previous)
     return 0
+
+
+def _in_a_cluster(args):
+    """Whether a training command runs as a worker of a cluster (--workers, --worker_index or $TF_CONFIG)."""
+    return hasattr(args, "worker_timeout") and bool(args.workers or args.worker_index is not None
+                                                    or os.environ.get("TF_CONFIG"))
 
 
 def _stopped(status):

@@ -49,12 +49,10 @@ def _worker(k, device, n_cpu, kwargs, messages, quiet):
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         threads = max(1, (os.cpu_count() or 1) // n_cpu)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        from .cli import silenced_stderr
-        with silenced_stderr(quiet):  # TensorFlow's start-up lines, as in the bilm command
-            import tensorflow  # noqa: F401
+        from .cli import start_tensorflow
+        start_tensorflow(verbose=not quiet)  # its start-up lines hidden, as in the bilm command
         from .dumps import dump_bilm_embeddings
         dump_bilm_embeddings(**kwargs, threads=threads, progress=lambda n: messages.put(("progress", k, n)))
         messages.put(("done", k, None))

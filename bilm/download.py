@@ -1,18 +1,21 @@
 """The published pretrained ELMo models: a catalogue, downloads into a cache, lookup by name.
 
 ``download(name)`` fetches a model's files into ``cache_dir()/name/`` (``$BILM_CACHE``,
-default ``~/.cache/bilm``), resuming a partial download with an HTTP range request,
-checking each file's size against the server's and recording its size and SHA-256 in
-``manifest.json``; later downloads verify the files against that record.
-``model_files(name)`` gives the paths of a downloaded model (``"default"``: the model
-shipped with bilm). More models (your own, or mirrors) can be listed in a JSON file
-named by ``$BILM_CATALOGUE``: ``{"name": {"description": ..., "files": {"options": URL,
-"weights": URL, "vocab": URL (optional)}}}``.
-"""
+default ``~/.cache/bilm``), one process at a time per model (a second waits for the
+first, then finds the files downloaded), resuming a partial download with an HTTP range
+request. Each file is checked against the SHA-256 the catalogue gives for it, and
+against the size the server announces; a file neither can check is refused. Its size
+and SHA-256 are recorded in ``manifest.json``; later downloads verify the files against
+that record. ``model_files(name)`` gives the paths of a downloaded model (``"default"``:
+the model shipped with bilm). More models (your own, or mirrors) can be listed in a
+JSON file named by ``$BILM_CATALOGUE``: ``{"name": {"description": ..., "files":
+{"options": URL, "weights": URL, "vocab": URL (optional)}, "sha256": {"options": HEX,
+"weights": HEX, ...}}}``, a SHA-256 for every file; names are plain file names."""
 import hashlib
 import json
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -20,11 +23,12 @@ from tqdm import tqdm
 
 from .errors import BilmError, InputError
 from .models import default_model_files
-from .outputs import atomic_output
+from .outputs import OutputLock, atomic_output
 
 logger = logging.getLogger(__name__)
 
 ENV_CACHE, ENV_CATALOGUE = "BILM_CACHE", "BILM_CATALOGUE"
+LOCK_WAIT_SECONDS = 3600  # how long a download waits for another download of the same model
 _S3 = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
 
 
@@ -34,7 +38,8 @@ def _allennlp(directory, description, parameters):
             "files": {"options": f"{stem}_options.json", "weights": f"{stem}_weights.hdf5"}}
 
 
-# The English models published with ELMo (AllenNLP; Peters et al., 2018).
+# The English models published with ELMo (AllenNLP; Peters et al., 2018). No SHA-256 yet (none could be
+# taken where this was written, without access to the files): checked against the sizes S3 announces.
 CATALOGUE = {
     "small": _allennlp("2x1024_128_2048cnn_1xhighway", "LSTM 2x1024 projected to 128, output 256; "
                        "1B Word Benchmark", "13.6M"),
@@ -67,7 +72,7 @@ def cache_dir():
 
 
 def catalogue():
-    """The built-in catalogue plus the entries of the ``$BILM_CATALOGUE`` JSON file."""
+    """The built-in catalogue plus the entries of the ``$BILM_CATALOGUE`` JSON file (checked)."""
     entries = dict(CATALOGUE)
     extra = os.environ.get(ENV_CATALOGUE)
     if extra:
@@ -76,21 +81,49 @@ def catalogue():
                 more = json.load(fin)
         except (OSError, ValueError) as err:
             raise InputError(f"{extra} (${ENV_CATALOGUE}): cannot read a JSON catalogue ({err})") from None
-        for name, entry in more.items() if isinstance(more, dict) else []:
-            files = entry.get("files") if isinstance(entry, dict) else None
-            checkpoint = isinstance(entry, dict) and entry.get("kind") == "checkpoint"
-            if checkpoint and not (isinstance(files, dict) and "options" in files and
-                                   any(role.endswith(".index") for role in files)):
-                raise InputError(f"{extra}: checkpoint entry '{name}' needs \"files\" with \"options\", an "
-                                 f"\"...index\" and its data files")
-            if not checkpoint and (not isinstance(files, dict) or not {"options", "weights"} <= set(files)):
-                raise InputError(f"{extra}: entry '{name}' needs \"files\" with \"options\" and \"weights\" URLs")
+        if not isinstance(more, dict):
+            raise InputError(f"{extra} (${ENV_CATALOGUE}): expected a JSON object of models by name")
+        for name, entry in more.items():
+            _check_entry(extra, name, entry)
         entries.update(more)
     return entries
 
 
+def _plain_name(name):
+    """A name that is one file or directory of the cache: no path, nothing hidden behind it."""
+    return isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and not set("/\\\0") & set(name)
+
+
+def _check_entry(source, name, entry):
+    """Raise unless a catalogue file's entry names plain files, each with a URL and a SHA-256."""
+    where = f"{source}: entry {name!r}"
+    if not _plain_name(name):
+        raise InputError(f"{where}: expected a plain name (no '/' or '..'): it names a directory of the cache")
+    if name == "default":
+        raise InputError(f"{where}: 'default' is the model shipped with bilm; choose another name")
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: expected an object with \"files\" and \"sha256\"")
+    files = entry.get("files")
+    if entry.get("kind") == "checkpoint":
+        if not (isinstance(files, dict) and "options" in files and any(role.endswith(".index") for role in files)):
+            raise InputError(f"{where}: a checkpoint needs \"files\" with \"options\", an \"...index\" and its "
+                             f"data files")
+    elif not isinstance(files, dict) or not {"options", "weights"} <= set(files):
+        raise InputError(f"{where}: needs \"files\" with \"options\" and \"weights\" URLs")
+    digests = entry.get("sha256")
+    for role in files:
+        if not _plain_name(FILE_NAMES.get(role, role)):
+            raise InputError(f"{where}: file {role!r} is not a plain file name (no '/' or '..')")
+        digest = digests.get(role) if isinstance(digests, dict) else None
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise InputError(f"{where}: key \"sha256\" has no SHA-256 for {role!r}; expected "
+                             f"\"sha256\": {{\"{role}\": \"<the 64 hex digits sha256sum prints>\"}}")
+
+
 def _entry(name):
     entries = catalogue()
+    if name == "default":
+        raise InputError("'default' ships with bilm: there is nothing to download")
     if name not in entries:
         raise InputError(f"unknown model {name!r}; expected one of: {', '.join(sorted(entries))}")
     return entries[name]
@@ -115,11 +148,19 @@ def _remote_size(url):
     return int(length) if length is not None else None
 
 
-def _fetch(url, path, progress):
-    """Download ``url`` to ``path``, resuming ``path + '.partial'``; return the size."""
+def _fetch(url, path, progress, sha256=None):
+    """Download ``url`` to ``path``, resuming ``path + '.partial'``; return (size, SHA-256).
+
+    The file must match ``sha256`` (the catalogue's) when given, and the size the server
+    announces when it announces one; with neither it is refused (nothing could tell a
+    truncated file). A file that does not match is removed: a rerun downloads it again.
+    """
     partial = path + ".partial"
     try:
         total = _remote_size(url)
+        if total is None and sha256 is None:
+            raise DownloadError(f"{url}: the server announces no size and the catalogue gives no SHA-256: a "
+                                f"download could not be checked; add its \"sha256\" to the catalogue")
         have = os.path.getsize(partial) if os.path.exists(partial) else 0
         if total is None or have > total:
             have = 0
@@ -139,8 +180,13 @@ def _fetch(url, path, progress):
     size = os.path.getsize(partial)
     if total is not None and size != total:
         raise DownloadError(f"{url}: received {size} bytes, the server announced {total}; rerun to resume")
+    digest = _sha256(partial)
+    if sha256 is not None and digest != sha256:
+        os.remove(partial)
+        raise DownloadError(f"{url}: received {size} bytes whose SHA-256 is {digest}, not the catalogue's "
+                            f"{sha256} (damaged or cut short; removed); rerun to download it again")
     os.replace(partial, path)
-    return size
+    return size, digest
 
 
 def _read_manifest(path):
@@ -158,32 +204,37 @@ def _read_manifest(path):
 def download(name, cache=None, progress=True):
     """Download model ``name`` (see ``catalogue()``) into the cache; return {role: path}.
 
-    Files already downloaded are verified against the manifest (size and SHA-256) and
-    downloaded again if they do not match.
+    Files already downloaded are verified against the manifest (size and SHA-256, and the
+    catalogue's SHA-256) and downloaded again if they do not match. One process at a
+    time downloads a model: another waits for it (up to ``LOCK_WAIT_SECONDS``).
     """
     entry = _entry(name)
     directory = os.path.join(cache or cache_dir(), name)
     os.makedirs(directory, exist_ok=True)
-    manifest_path = os.path.join(directory, MANIFEST)
-    manifest = _read_manifest(manifest_path) if os.path.exists(manifest_path) else {}
-    paths = {}
-    for role, url in entry["files"].items():
-        path = os.path.join(directory, FILE_NAMES.get(role, role))
-        record = manifest.get(role)
-        if os.path.exists(path) and record and record.get("url") == url:
-            if os.path.getsize(path) == record["size"] and _sha256(path) == record["sha256"]:
-                logger.info("%s: %s is downloaded and verified", name, role)
-                paths[role] = path
-                continue
-            logger.warning("%s: %s does not match its recorded size and SHA-256; downloading it again", name, path)
-            os.remove(path)
-        size = _fetch(url, path, progress)
-        manifest[role] = {"url": url, "size": size, "sha256": _sha256(path)}
-        with atomic_output(manifest_path, overwrite=True) as temporary, open(temporary, "w") as fout:
-            json.dump(manifest, fout, indent=1)
-        paths[role] = path
-    if entry.get("kind") == "checkpoint":
-        _write_checkpoint_state(directory, paths)
+    with OutputLock(directory, wait=LOCK_WAIT_SECONDS):
+        manifest_path = os.path.join(directory, MANIFEST)
+        manifest = _read_manifest(manifest_path) if os.path.exists(manifest_path) else {}
+        paths = {}
+        for role, url in entry["files"].items():
+            path = os.path.join(directory, FILE_NAMES.get(role, role))
+            expected = entry.get("sha256", {}).get(role)
+            record = manifest.get(role)
+            if (os.path.exists(path) and record and record.get("url") == url
+                    and expected in (None, record["sha256"])):
+                if os.path.getsize(path) == record["size"] and _sha256(path) == record["sha256"]:
+                    logger.info("%s: %s is downloaded and verified", name, role)
+                    paths[role] = path
+                    continue
+                logger.warning("%s: %s does not match its recorded size and SHA-256; downloading it again", name,
+                               path)
+                os.remove(path)
+            size, digest = _fetch(url, path, progress, expected)
+            manifest[role] = {"url": url, "size": size, "sha256": digest}
+            with atomic_output(manifest_path, overwrite=True) as temporary, open(temporary, "w") as fout:
+                json.dump(manifest, fout, indent=1)
+            paths[role] = path
+        if entry.get("kind") == "checkpoint":
+            _write_checkpoint_state(directory, paths)
     logger.info("model %s is in %s", name, directory)
     return paths
 
@@ -226,7 +277,10 @@ def model_files(name, cache=None):
         if files is None:
             raise InputError("the default model is not installed with this copy of bilm")
         return files
-    _entry(name)
+    entries = catalogue()
+    if name not in entries:
+        models = ["default"] + sorted(n for n, entry in entries.items() if entry.get("kind") != "checkpoint")
+        raise InputError(f"unknown model {name!r}; expected one of: {', '.join(models)}")
     directory = os.path.join(cache or cache_dir(), name)
     manifest_path = os.path.join(directory, MANIFEST)
     if not os.path.exists(manifest_path):

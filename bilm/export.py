@@ -12,11 +12,14 @@ user loads it in eager mode::
 
 Signatures:
 
-- ``default``: ``strings`` (B,) of space-separated tokens -> ``elmo`` (B, T, 2P),
-  ``default`` (B, 2P);
+- ``default``: ``strings`` (B,) of whitespace-separated tokens (split as ``bilm embed``
+  splits a line: on any Unicode whitespace) -> ``elmo`` (B, T, 2P), ``default`` (B, 2P);
 - ``tokens``: ``tokens`` (B, T) strings (padding ignored past ``sequence_len``) and
-  ``sequence_len`` (B,) int32 -> ``word_emb`` (B, T, P), ``lstm_outputs1`` ..
-  ``lstm_outputs{L}`` (B, T, 2P), ``elmo`` (B, T, 2P), ``default`` (B, 2P).
+  ``sequence_len`` (B,) int32, one length in [0, T] per row (checked: else an
+  ``InvalidArgumentError`` naming ``sequence_len``) -> ``word_emb`` (B, T, P),
+  ``lstm_outputs1`` .. ``lstm_outputs{L}`` (B, T, 2P), ``elmo`` (B, T, 2P), ``default`` (B, 2P).
+
+An empty batch gives empty outputs.
 
 Every sentence starts from the same LSTM states (``state_mode`` ``"warm"`` or
 ``"zero"``), so outputs do not depend on the batch. Values past a sentence's length
@@ -25,6 +28,7 @@ are zeros.
 import logging
 import os
 import shutil
+import sys
 
 import tensorflow.compat.v1 as tf
 
@@ -71,6 +75,31 @@ def token_char_ids_op(tokens, lengths, max_chars):
     ends = lengths[:, None, None] + 1
     char_ids = tf.where_v2(t < ends, with_begin + 1, tf.where_v2(tf.equal(t, ends), boundary(EOS_CHAR) + 1, 0))
     return char_ids
+
+
+def split_on_whitespace(strings):
+    """string (B,) -> ragged (B, None) tokens, split as ``str.split()`` splits (``embed`` does):
+    on runs of any Unicode whitespace (U+00A0, U+2009, U+3000...), not only ASCII's."""
+    spaces = "".join(f"\\x{{{c:x}}}" for c in range(sys.maxunicode + 1) if chr(c).isspace())  # RE2 syntax
+    return tf.strings.split(tf.strings.regex_replace(strings, f"[{spaces}]", " "), result_type="RaggedTensor")
+
+
+def checked_lengths(tokens, sequence_len):
+    """``sequence_len`` (B,) once checked against ``tokens`` (B, T): one length per row, each in [0, T].
+
+    A wrong one fails the call with an ``InvalidArgumentError`` whose line
+    ``assertion failed: [sequence_len: expected ...] [...]`` says what was expected and given.
+    """
+    rows, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
+    checks = [
+        tf.debugging.Assert(tf.equal(tf.size(sequence_len), rows), [
+            "sequence_len: expected one length per row of tokens; lengths:", tf.size(sequence_len), "rows:", rows]),
+        tf.debugging.Assert(tf.reduce_all((sequence_len >= 0) & (sequence_len <= width)), [
+            "sequence_len: expected lengths in [0, the width of tokens]; width:", width, "sequence_len:",
+            sequence_len], summarize=10),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(sequence_len)
 
 
 def _outputs(model, tokens, lengths, max_chars):
@@ -127,11 +156,11 @@ def _build_and_save(options, weight_file, export_dir, state_mode):
     with tf.Graph().as_default():
         model = BidirectionalLanguageModel(options, weight_file, state_mode=state_mode)
         strings = tf.placeholder(tf.string, [None], name="strings")
-        split = tf.strings.split(strings, result_type="RaggedTensor")  # (B, None) tokens
+        split = split_on_whitespace(strings)  # (B, None) tokens
         default = _outputs(model, split.to_tensor(""), tf.cast(split.row_lengths(), tf.int32), max_chars)
         tokens = tf.placeholder(tf.string, [None, None], name="tokens")
         sequence_len = tf.placeholder(tf.int32, [None], name="sequence_len")
-        by_tokens = _outputs(model, tokens, sequence_len, max_chars)
+        by_tokens = _outputs(model, tokens, checked_lengths(tokens, sequence_len), max_chars)
         info = tf.saved_model.utils.build_tensor_info
 
         def signature(inputs, outputs):

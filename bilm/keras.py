@@ -11,17 +11,24 @@
 The layer runs ``bilm.network`` (the one definition of the biLM that the graph API
 runs too) on Keras weights made from ``bilm.layout``: the pretrained weights are read
 from the files once, when the layer is made, and the warm-up states computed then
-(eagerly). Inputs are padded tokens (strings; ``""`` is padding), as TF Hub ELMo's
-``tokens`` signature took, or character ids as ``Batcher`` makes them. Outputs: the
-ELMo mix (trainable softmax weights and gamma, as ``weight_layers``), one layer, or
-all layers; values past a sentence's end are zeros and ``compute_mask`` gives Keras
-the real tokens.
+(eagerly). Inputs are padded tokens (strings; ``""`` is padding, at the end, the front
+(Keras' ``pad_sequences``) or anywhere: each row's real tokens are read in order as one
+sentence and their vectors put back at their positions), as TF Hub ELMo's ``tokens``
+signature took, or character ids as ``Batcher`` makes them. Outputs: the ELMo mix
+(trainable softmax weights and gamma, as ``weight_layers``), one layer, or all layers;
+padding positions are zeros and ``compute_mask`` gives Keras the real tokens.
+
+Under a mixed-precision Keras policy (``mixed_bfloat16``, ``mixed_float16``) the matrix
+products and convolutions take the compute type (as ``--precision bfloat16`` does, see
+``bilm.precision``) and the output is in the compute type; the weights stay float32.
+A saved model stores a model name as the name (resolved again when it is loaded, in any
+install) and files as their paths.
 """
 import keras
 import numpy as np
 import tensorflow as tf
 
-from . import layout, network, states, weights
+from . import layout, network, precision, states, weights
 from .batching import Batcher
 from .elmo import mix_layers
 from .errors import InputError
@@ -33,6 +40,20 @@ OUTPUTS = ("elmo", "top", "average", "all")
 INPUTS = ("tokens", "char_ids")
 
 
+def _compact(tokens):
+    """Each row's real tokens (not ``""``) moved to its front, in their order.
+
+    Args:
+        tokens: string (B, T).
+    Returns:
+        the compacted tokens, string (B, T), and int32 (B, T): where each token of
+        ``tokens`` is in its compacted row (for padding: a position of no meaning).
+    """
+    real = tf.cast(tf.not_equal(tokens, ""), tf.int32)
+    order = tf.argsort(1 - real, axis=1, stable=True)  # the real positions first, in order
+    return tf.gather(tokens, order, batch_dims=1), tf.cumsum(real, axis=1, exclusive=True)
+
+
 @keras.saving.register_keras_serializable(package="bilm")
 class ELMo(keras.layers.Layer):
     """ELMo vectors of tokenized sentences.
@@ -40,7 +61,7 @@ class ELMo(keras.layers.Layer):
     Args:
         model: a model name (``"default"``, the shipped one, or a downloaded one), or
             None with ``options_file`` and ``weight_file``.
-        inputs: ``"tokens"``: string (B, T) tokens, ``""`` after a sentence's end; or
+        inputs: ``"tokens"``: string (B, T) tokens, ``""`` for padding (anywhere); or
             ``"char_ids"``: int32 (B, T + 2, C) from ``Batcher`` (begin/end included).
         output: ``"elmo"`` (the mix, (B, T, 2P)), ``"top"``, ``"average"``, a layer index,
             or ``"all"`` ((B, n_layers + 1, T, 2P)).
@@ -58,12 +79,16 @@ class ELMo(keras.layers.Layer):
         if output not in OUTPUTS and not isinstance(output, int):
             raise InputError(f"output is {output!r}; expected one of {OUTPUTS} or a layer index")
         states.check_state_mode(state_mode, allowed=("warm", "zero"))
-        if options_file is None or weight_file is None:
+        if (options_file is None) != (weight_file is None) or (options_file is None and model is None):
+            raise InputError("expected a model name, or options_file and weight_file together")
+        by_name = options_file is None
+        # A model name is saved as the name (found again where the model is loaded), files as paths.
+        self.config = dict(model=model if by_name else None, options_file=options_file, weight_file=weight_file,
+                           inputs=inputs, output=output, state_mode=state_mode, trainable_bilm=trainable_bilm,
+                           do_layer_norm=do_layer_norm)
+        if by_name:
             from .download import model_files
             options_file, weight_file, _ = model_files(model)
-        self.config = dict(model=model, options_file=options_file, weight_file=weight_file, inputs=inputs,
-                           output=output, state_mode=state_mode, trainable_bilm=trainable_bilm,
-                           do_layer_norm=do_layer_norm)
         self.options = ModelOptions.of(options_file)
         self.options.require_char_input("bilm.keras.ELMo")
         self.parameters = layout.weight_file_parameters(self.options)
@@ -92,18 +117,20 @@ class ELMo(keras.layers.Layer):
         for name, param in self.parameters.items():
             self.params[name] = self.add_weight(  # Keras names have no "/"
                 name=name.replace("/", "."), shape=param.shape,
-                initializer=keras.initializers.Constant(self._values[name]), trainable=self.config["trainable_bilm"])
+                initializer=keras.initializers.Constant(self._values[name]), trainable=self.config["trainable_bilm"],
+                autocast=False)  # float32 under a mixed policy too: `precision` casts what runs reduced
         self._values = None  # held once, in the weights
         start = None
         if self._warm is not None:
             start = [[tuple(self.add_weight(name=f"warm_{kind}_{d}_{layer}", shape=value.shape,
-                                            initializer=keras.initializers.Constant(value), trainable=False)
+                                            initializer=keras.initializers.Constant(value), trainable=False,
+                                            autocast=False)
                             for kind, value in zip("ch", final)) for layer, final in enumerate(direction)]
                      for d, direction in enumerate(self._warm)]
         self.start = start
         n_layers = self.options.n_layers + 1
-        self.mix = self.add_weight(name="ELMo_W", shape=(n_layers,), initializer="zeros")
-        self.gamma = self.add_weight(name="ELMo_gamma", shape=(1,), initializer="ones")
+        self.mix = self.add_weight(name="ELMo_W", shape=(n_layers,), initializer="zeros", autocast=False)
+        self.gamma = self.add_weight(name="ELMo_gamma", shape=(1,), initializer="ones", autocast=False)
         super().build(input_shape)
 
     def _char_ids(self, inputs):
@@ -114,17 +141,40 @@ class ELMo(keras.layers.Layer):
         return token_char_ids_op(tokens, lengths, self.options.max_characters)
 
     def language_model(self, inputs):
-        """The biLM's outputs: ``lm_embeddings`` (B, L, T, 2P), ``mask`` (B, T), ``lengths`` (B,)."""
+        """The biLM's outputs: ``lm_embeddings`` (B, L, T, 2P), ``mask`` (B, T), ``lengths`` (B,).
+
+        Token inputs may have padding anywhere: the real tokens of each row are moved to
+        its front (in order), run as one sentence, and their outputs moved back to the
+        tokens' positions; ``mask`` is then the real tokens (values at padding are arbitrary).
+        """
+        tokens = positions = None
+        if self.config["inputs"] == "tokens":
+            tokens = tf.convert_to_tensor(inputs)
+            inputs, positions = _compact(tokens)
         ids = self._char_ids(inputs)
-        params = {name: tf.convert_to_tensor(value) for name, value in self.params.items()}
+        params = precision.reduced_parameters(
+            {name: tf.convert_to_tensor(value) for name, value in self.params.items()}, self.parameters,
+            self._precision())
         embedding = network.char_cnn_embedding(ids, self.options, params, distinct=True, chunk=CNN_CHUNK)
         policy = states.Zero(self.options) if self.start is None else states.Given(
             self.options, [[tuple(tf.convert_to_tensor(v) for v in final) for final in d] for d in self.start])
-        return network.language_model(embedding, network.sentence_lengths(ids), policy, self.options, params)
+        ops = network.language_model(embedding, network.sentence_lengths(ids), policy, self.options, params)
+        if tokens is not None:
+            ops["lm_embeddings"] = tf.gather(ops["lm_embeddings"], positions, axis=2, batch_dims=1)
+            ops["mask"] = tf.not_equal(tokens, "")
+        return ops
+
+    def _precision(self):
+        """The ``bilm.precision`` of the layer's dtype policy: float32, or bfloat16/float16 (mixed)."""
+        compute = keras.backend.standardize_dtype(self.compute_dtype)
+        return compute if compute in ("bfloat16", "float16") else "float32"
 
     def call(self, inputs):
         ops = self.language_model(inputs)
-        layers, mask = ops["lm_embeddings"], ops["mask"]
+        return tf.cast(self._vectors(ops["lm_embeddings"], ops["mask"]), self.compute_dtype)
+
+    def _vectors(self, layers, mask):
+        """The ``output`` asked for, zero at padding: (B, T, 2P), or (B, L, T, 2P) for ``"all"``."""
         output = self.config["output"]
         if output == "all":
             return layers * tf.cast(mask, tf.float32)[:, None, :, None]

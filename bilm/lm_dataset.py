@@ -51,35 +51,53 @@ def _has_sentence(path):
         lines.close()
 
 
-def _pack_batches(sentences, batch_size, num_steps, max_word_length):
+def _pack_batches(sentences, batch_size, num_steps, max_word_length, pad=False):
     """Pack ``(token_ids, char_ids or None)`` sentences into batches (see the module doc).
 
-    Stops, without yielding the incomplete batch, when ``sentences`` is exhausted.
+    When ``sentences`` is exhausted: without ``pad``, stop without yielding the incomplete
+    batch (the original's behaviour: the tokens still in the other rows are never
+    targets); with ``pad``, the rows that run out are filled with id 0 until every row is
+    used up, so every token is a target exactly once, and the batches add (bool,
+    (batch_size, num_steps)) ``next_token_mask``, True where the target is a real token,
+    and ``sentence_start``, True where a sentence's first input is.
     """
     streams = [None] * batch_size  # per row: what is left of its current sentence
+    finished = [False] * batch_size  # per row (pad): no sentence left for it
     while True:
         token_ids = np.zeros((batch_size, num_steps), np.int32)
         next_token_id = np.zeros((batch_size, num_steps), np.int32)
+        mask = np.zeros((batch_size, num_steps), bool)
+        starts = np.zeros((batch_size, num_steps), bool)
         if max_word_length is None:
             chars = None
         else:
             chars = np.zeros((batch_size, num_steps, max_word_length), np.int32)
         for row in range(batch_size):
             pos = 0
-            while pos < num_steps:
+            while pos < num_steps and not finished[row]:
                 if streams[row] is None or len(streams[row][0]) <= 1:
                     streams[row] = next(sentences, None)
                     if streams[row] is None:
-                        return
+                        if not pad:
+                            return
+                        finished[row] = True
+                        break
+                    starts[row, pos] = True
                 ids, char_ids = streams[row]
                 n = min(len(ids) - 1, num_steps - pos)
                 token_ids[row, pos : pos + n] = ids[:n]
                 next_token_id[row, pos : pos + n] = ids[1 : n + 1]
+                mask[row, pos : pos + n] = True
                 if chars is not None:
                     chars[row, pos : pos + n] = char_ids[:n]
                 streams[row] = (ids[n:], None if char_ids is None else char_ids[n:])
                 pos += n
-        yield {"token_ids": token_ids, "tokens_characters": chars, "next_token_id": next_token_id}
+        batch = {"token_ids": token_ids, "tokens_characters": chars, "next_token_id": next_token_id}
+        if pad:
+            if not mask.any():
+                return
+            batch.update(next_token_mask=mask, sentence_start=starts)
+        yield batch
 
 
 def _check_batch_shape(batch_size, num_steps):
@@ -191,21 +209,26 @@ class LMDataset:
                     raise InputError(f"{self._filepattern!r} contains no sentences")
                 sentences_in_pass, shards_in_pass = 0, 0
 
-    def iter_batches(self, batch_size, num_steps):
+    def iter_batches(self, batch_size, num_steps, pad=False):
         """Generator of training batches, each a dict of:
 
         - ``token_ids``: int32 (batch_size, num_steps), the inputs;
         - ``tokens_characters``: int32 (batch_size, num_steps, max_word_length), the
           inputs' character ids (no +1 shift), or None for a token vocabulary;
-        - ``next_token_id``: int32 (batch_size, num_steps), the targets.
+        - ``next_token_id``: int32 (batch_size, num_steps), the targets;
+        - with ``pad``: ``next_token_mask``, bool (batch_size, num_steps), True where
+          the target is a real token (False in the padding of rows that ran out), and
+          ``sentence_start``, bool (batch_size, num_steps), True where a sentence's
+          first input (``<S>``, or ``</S>`` reversed) is.
 
-        Endless in training mode; in test mode it ends when the corpus is used up
-        (the last, incomplete batch is dropped).
+        Endless in training mode. In test mode it ends when the corpus is used up: the
+        last, incomplete batch is dropped (the original's behaviour), or with ``pad``
+        the rows that run out are padded until every token has been a target once.
         """
         _check_batch_shape(batch_size, num_steps)
         sentences = self.get_sentence()
         try:
-            yield from _pack_batches(sentences, batch_size, num_steps, self.max_word_length)
+            yield from _pack_batches(sentences, batch_size, num_steps, self.max_word_length, pad)
         finally:
             sentences.close()
 
@@ -227,13 +250,16 @@ class BidirectionalLMDataset:
     def vocab(self):
         return self._data_forward.vocab
 
-    def iter_batches(self, batch_size, num_steps):
+    def iter_batches(self, batch_size, num_steps, pad=False):
         """Generator of the forward batches of ``LMDataset.iter_batches`` plus the
         backward ones under ``token_ids_reverse``, ``tokens_characters_reverse`` and
-        ``next_token_id_reverse`` (same shapes). Stops when either direction stops.
+        ``next_token_id_reverse`` (same shapes; ``next_token_mask_reverse`` and
+        ``sentence_start_reverse`` with ``pad``).
+        Stops when either direction stops (a sentence has as many tokens both ways, so
+        the two are packed alike and stop together).
         """
-        forward = self._data_forward.iter_batches(batch_size, num_steps)
-        backward = self._data_reverse.iter_batches(batch_size, num_steps)
+        forward = self._data_forward.iter_batches(batch_size, num_steps, pad)
+        backward = self._data_reverse.iter_batches(batch_size, num_steps, pad)
         try:
             for batch, batch_reverse in zip(forward, backward):
                 for key, value in batch_reverse.items():
@@ -264,11 +290,11 @@ def training_data(options, vocab, filepattern, test=False, worker=(0, 1)):
     return dataset(filepattern, vocab, test=test, shuffle_on_load=not test, worker=worker)
 
 
-def shard_files(filepattern, worker=(0, 1)):
+def shard_files(filepattern, worker=(0, 1), what="training file"):
     """The training files a glob pattern matches, sorted (worker k of n: files k, k + n, ...); an error if none."""
     files = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
     if not files:
-        raise InputError(f"no training file matches {filepattern!r}; expected a glob of text files")
+        raise InputError(f"no {what} matches {filepattern!r}; expected a glob of text files")
     k, n = worker
     if len(files) < n:
         raise InputError(f"{filepattern!r} matches {len(files)} file(s), fewer than the {n} workers of the cluster: "

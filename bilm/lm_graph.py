@@ -27,14 +27,20 @@ class LanguageModel:
     Args:
         options: training options (a dict, as in the original, or ``ModelOptions``).
         is_training: sampled softmax and dropout (else full softmax, no dropout).
+        sentence_starts: (evaluation, ``unroll_steps`` 1) the placeholders ``sentence_start``
+            (and ``sentence_start_reverse``), bool (B, 1): a row whose input starts a sentence
+            starts from fixed states (``states.SentenceStarts``) instead of the carried ones.
 
     Attributes: ``total_loss`` (mean over tokens, mean of the directions),
-    ``individual_losses``, ``lstm_outputs`` ([direction][layer] (B, T, P)),
+    ``individual_losses`` (per direction, mean over tokens), ``token_losses`` (per
+    direction, each target's negative log-probability (B, T); the full softmax's
+    when not ``is_training``), ``lstm_outputs`` ([direction][layer] (B, T, P)),
     ``placeholders`` {batch key: placeholder}, ``options`` (the dict).
     """
 
-    def __init__(self, options, is_training):
+    def __init__(self, options, is_training, sentence_starts=False):
         self.config = ModelOptions.of(options, training=True)
+        self.sentence_starts = sentence_starts
         self.options = self.config.to_dict()
         self.is_training = is_training
         self.bidirectional = self.config.bidirectional
@@ -66,7 +72,11 @@ class LanguageModel:
         self.params = network.create_variables(parameters)
         if self.share_embedding_softmax:
             self.params["softmax/W"] = self.params[layout.TOKEN_EMBEDDING_NAME]
-        self.states = states.Stateful(config, config.batch_size, [tf.GraphKeys.LOCAL_VARIABLES])
+        policy = states.SentenceStarts if self.sentence_starts else states.Stateful
+        self.states = policy(config, config.batch_size, [tf.GraphKeys.LOCAL_VARIABLES])
+        if self.sentence_starts:
+            for direction in range(config.n_directions):
+                self.placeholders["sentence_start" + ("_reverse" if direction else "")] = self.states.starts[direction]
         inputs = [self._inputs("_reverse" if direction else "") for direction in range(config.n_directions)]
         # Both directions' tokens through the char CNN at once: each distinct token once.
         all_ids = tf.concat([ids for ids, _ in inputs], axis=0)  # (directions B, T[, C])
@@ -75,20 +85,21 @@ class LanguageModel:
         else:
             all_embeddings = network.token_embedding(all_ids, self.params)
         embeddings = tf.split(all_embeddings, config.n_directions, axis=0)  # (B, T, P) each
-        self.lstm_outputs, updates, self.individual_losses = [], [], []
+        self.lstm_outputs, updates, self.token_losses = [], [], []
         for direction, ((_, next_ids), embedding) in enumerate(zip(inputs, embeddings)):
             outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),
                                                  config, self.params, direction, dropout=dropout)
             self.lstm_outputs.append(outputs)
             updates += self.states.store(direction, finals, config.batch_size)
             top = tf.nn.dropout(outputs[-1], rate=dropout) if dropout else outputs[-1]
-            self.individual_losses.append(self._softmax_loss(top, next_ids))
+            self.token_losses.append(self._softmax_loss(top, next_ids))
+        self.individual_losses = [tf.reduce_mean(losses) for losses in self.token_losses]
         self.state_update_op = tf.group(*updates)
         with tf.control_dependencies([self.state_update_op]):
             self.total_loss = tf.add_n(self.individual_losses) / len(self.individual_losses)
 
     def _softmax_loss(self, outputs, next_ids):
-        """Mean loss per token: sampled softmax in training, full softmax otherwise."""
+        """The loss of each target (B, T): sampled softmax in training, full softmax otherwise."""
         config = self.config
         softmax_w, softmax_b = self.params["softmax/W"], self.params["softmax/b"]
         flat_outputs = tf.reshape(outputs, [-1, config.projection_dim])  # (B T, P)
@@ -99,7 +110,7 @@ class LanguageModel:
         else:
             logits = tf.matmul(flat_outputs, softmax_w, transpose_b=True) + softmax_b  # (B T, V)
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=flat_ids[:, 0], logits=logits)
-        return tf.reduce_mean(losses)
+        return tf.reshape(losses, tf.shape(next_ids))
 
 
 def available_gpus():

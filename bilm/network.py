@@ -76,8 +76,8 @@ def char_cnn_embedding(char_ids, options, params, distinct=False, chunk=None):
         if chunk is None:
             vectors = _embed_tokens(unique_ids, options, params)  # (U, P)
         else:  # equal chunks of at most `chunk` tokens: fewer than n_chunks padding rows
-            n_chunks = (n_unique + chunk - 1) // chunk
-            size = (n_unique + n_chunks - 1) // n_chunks
+            n_chunks = tf.maximum((n_unique + chunk - 1) // chunk, 1)  # an empty batch: one chunk of one
+            size = tf.maximum((n_unique + n_chunks - 1) // n_chunks, 1)  # padding row, gathered by none
             padded = tf.pad(unique_ids, [[0, n_chunks * size - n_unique], [0, 0]])
             chunks = tf.reshape(padded, [n_chunks, size, max_chars])
             vectors = tf.map_fn(lambda ids: _embed_tokens(ids, options, params), chunks,
@@ -228,7 +228,9 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     if batch_size is None:
         batch_size = tf.shape(inputs)[0]
     max_time = tf.shape(inputs)[1]
-    n_steps = max_time if lengths is None else tf.minimum(tf.reduce_max(lengths), max_time)
+    n_steps = max_time
+    if lengths is not None:  # (an empty batch has no longest row: every step is run, over no row)
+        n_steps = tf.where_v2(tf.size(lengths) > 0, tf.minimum(tf.reduce_max(lengths), max_time), max_time)
     n_blocks = (n_steps + STEPS_PER_BLOCK - 1) // STEPS_PER_BLOCK
     time_major = tf.transpose(inputs, [1, 0, 2])[:n_steps]  # (steps, B, P)
     time_major = tf.pad(time_major, [[0, n_blocks * STEPS_PER_BLOCK - n_steps], [0, 0], [0, 0]])

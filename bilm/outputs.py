@@ -33,6 +33,7 @@ LOCK_SUFFIX = ".lock"
 JOB_FILE = "job.json"
 STATES_GROUP = ".states"  # in a part file: what resuming after the part needs (not copied to the output)
 FLUSH_SECONDS = 30.0
+WAIT_POLL_SECONDS = 0.2  # how often a waiting OutputLock tries again
 
 
 def _same_file(a, b):
@@ -103,15 +104,18 @@ class OutputLock:
     The lock file (``lock_path``) records the holder's process id, command line and
     start time; the lock itself (``fcntl.flock``) disappears with the process, so a
     killed job never leaves a stale lock. A second job on the same output is refused
-    at once with ``OutputLockedError`` naming the first.
+    with ``OutputLockedError`` naming the first: at once, or after waiting up to ``wait``
+    seconds for the first to finish.
     """
 
-    def __init__(self, output, lock_path=None):
+    def __init__(self, output, lock_path=None, wait=0):
         self.output = output
         self.path = lock_path or output + LOCK_SUFFIX
+        self.wait = wait
         self._file = None
 
     def acquire(self):
+        deadline, told = time.monotonic() + self.wait, False
         while True:
             try:
                 handle = open(self.path, "a+", encoding="utf-8")
@@ -120,11 +124,15 @@ class OutputLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                if time.monotonic() >= deadline:
+                    raise self._held_error(handle, waited=self.wait) from None
+                if not told:
+                    logger.info("%s: is being written by another process; waiting for it to finish (at most %.0f s)",
+                                self.output, self.wait)
+                    told = True
                 handle.close()
-                raise OutputLockedError(f"{self.output}: is being written by another process ({holder}); wait for "
-                                        f"it to finish or stop it (its lock: {self.path})") from None
+                time.sleep(WAIT_POLL_SECONDS)
+                continue
             try:  # the file may have been removed by its last holder since we opened it: lock the new one
                 same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
             except FileNotFoundError:
@@ -139,6 +147,29 @@ class OutputLock:
         handle.flush()
         self._file = handle
         return self
+
+    def _held_error(self, handle, waited=0):
+        """The error naming the lock's holder (``handle``: the lock file, closed here)."""
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        waited = f"; waited {waited:.0f} s" if waited else ""
+        return OutputLockedError(f"{self.output}: is being written by another process ({holder}){waited}; wait for "
+                                 f"it to finish or stop it (its lock: {self.path})")
+
+    def check_free(self):
+        """Raise ``OutputLockedError`` if a process holds the lock, without taking it or writing anything
+        (an input that must not be in the middle of being written)."""
+        try:
+            handle = open(self.path, encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                raise self._held_error(handle) from None
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
     def release(self):
         if self._file is not None:

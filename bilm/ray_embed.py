@@ -17,7 +17,7 @@ The job is ``dump_bilm_embeddings``'s, with the computing shared among Ray actor
 Ray Data restarts an actor that is lost (its process killed, its machine gone) and runs
 its batches again. Only the deterministic state modes run here (``warm``, ``zero``): a
 sentence's vectors do not depend on the batch it is computed in. Ray is optional
-(``pip install 'bilm[ray]'``) and imported only when a job starts. The cluster's
+(``pip install '.[ray]'`` in bilm's clone) and imported only when a job starts. The cluster's
 processes read the input and the model files: on several machines they must be at the
 same paths on every node (a shared file system); the output is written by the driver.
 """
@@ -49,7 +49,7 @@ def import_ray():
         import ray.data
     except ImportError:
         raise InputError(f"{flag('dump_on_ray', '--ray')} needs Ray, which is not installed: "
-                         f"pip install 'bilm[ray]'") from None
+                         f"pip install 'ray[data]' (in bilm's clone: pip install '.[ray]')") from None
     return ray
 
 

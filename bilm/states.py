@@ -84,6 +84,41 @@ class Stateful:
         return [v for d in self.variables for layer in d for v in layer]
 
 
+class SentenceStarts(Stateful):
+    """``Stateful`` rows (the evaluation's training graph) in which a row whose input starts a sentence starts from
+    fixed states instead of what the row carried, so that a sentence's scores do not depend on what came
+    before it in its row.
+
+    ``starts[direction]``: bool placeholder (rows, 1), True where the row's first position starts a sentence
+    (default False: carried, as ``Stateful``); ``start_values[direction][layer] = (c (1, D), h (1, P))``
+    variables (zeros until ``keep_row_0_as_start`` copies a row's states into them, e.g. after a warm-up text).
+    """
+
+    name = "sentence starts"
+
+    def __init__(self, options, rows, collections=None):
+        super().__init__(options, rows, collections)
+        self.start_values = [
+            [tuple(tf.Variable(tf.zeros([1, size]), trainable=False, collections=collections, name=name)
+                   for name, size in zip(("start_c", "start_h"), options.state_sizes))
+             for _ in range(options.n_layers)]
+            for _ in range(2)
+        ]
+        self.starts = [tf.placeholder_with_default(tf.zeros([rows, 1], tf.bool), [rows, 1], name=f"sentence_start_{d}")
+                       for d in range(2)]
+
+    def initial(self, direction, batch_size):
+        start = self.starts[direction][:batch_size]  # (b, 1)
+        return [tuple(tf.where_v2(start, fixed, carried) for carried, fixed in zip(layer, start_layer))
+                for layer, start_layer in zip(super().initial(direction, batch_size), self.start_values[direction])]
+
+    def keep_row_0_as_start(self):
+        """An op copying row 0 of every carried state into the start states."""
+        return tf.group(*[fixed.assign(carried[:1])
+                          for d in range(2) for layer, start_layer in zip(self.variables[d], self.start_values[d])
+                          for carried, fixed in zip(layer, start_layer)])
+
+
 class Zero:
     """Every sentence starts from zero states; final states are dropped; no batch limit."""
 

@@ -81,7 +81,7 @@ class Tokenizer:
             from sacremoses import MosesTokenizer
         except ImportError:
             raise InputError(f"{flag('tokenize=' + repr(kind), '--tokenize ' + kind)} needs the sacremoses package: "
-                             f"pip install 'bilm[tokenize]'") from None
+                             f"pip install sacremoses (in bilm's clone: pip install '.[tokenize]')") from None
         self._moses = MosesTokenizer(lang="en")
 
     def __call__(self, line):

@@ -395,6 +395,10 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     if tokens == 0:
         remaining = max(1, remaining)
     total = step + remaining
+    if softmax_only_batches >= total > step:
+        logger.warning("%s is %d, at least the %d batches of the run: only the softmax is trained, no weight of the "
+                       "body (char CNN, LSTMs) changes", flag("softmax_only_batches", "--softmax_only_batches"),
+                       softmax_only_batches, total)
     interval = _log_interval(run.log_every, remaining)
     where = f" on worker {run.cluster.index} of {run.cluster.size}" if run.cluster else ""
     logger.info("training %d batches of %d tokens (%d done, %d of %d tokens), %d tower(s)%s", total, step_tokens, step,
@@ -406,6 +410,8 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000)) if run.cluster else None
     watch, rollbacks = DivergenceWatch(config.n_tokens_vocab), []
     try:
+        if evaluation is not None and evaluation.start(sess, step, total, saver, writer, run.chief):
+            total = step  # a fine-tune that had stopped early: nothing is left to train
         while step < total:
             batch = next(batches)
             want = dict(fetches, step=graph["softmax_train_op" if step < softmax_only_batches else "train_op"])
@@ -444,7 +450,7 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                             step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
             evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
             if evaluate or step % run.checkpoint_every == 0 or step >= total:
-                saver.save()
+                saver.save(publish=evaluate and not watch.bad)  # an evaluated checkpoint: the latest at once
                 if writer is not None:
                     writer.flush(saver.latest)
             if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer, run.chief):
@@ -620,6 +626,7 @@ def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1,
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, cluster=cluster,
                       worker_timeout=worker_timeout, on_divergence=on_divergence, max_rollbacks=max_rollbacks)
     with _guard(save_dir, run):
+        checkpoints.check_not_a_finetune(save_dir)
         saved, ckpt_file = checkpoints.load_save_dir(save_dir)
         config = saved.replace(**{key: value for key, value in option_changes.items() if value is not None})
         data = training_data(config, vocab_file, train_prefix, worker=run.worker())

@@ -5,6 +5,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -76,13 +77,24 @@ def test_train_test_restart_dump_weights(tmp_path, capsys, caplog):
     progress = [r.message for r in caplog.records if r.message.startswith("batch ")]
     assert len(progress) >= 5  # a short run still reports as it goes
     assert any(f"trained {steps} batches" in r.message for r in caplog.records)  # and how it ended
-    assert any("bilm test --save_dir" in r.message for r in caplog.records)
+    hint = next(r.message for r in caplog.records if r.message.startswith("next: "))
+    evaluate = re.search(r"`(bilm test --save_dir [^`]*)`", hint).group(1)
+    # As printed, with the held-out files put in: its default 256 streams are more than the 5 sentences.
+    assert main(shlex.split(evaluate.replace("HELDOUT", str(TINY_CORPUS)))[1:]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"targets scored: {tokens_per_epoch} per direction (every token and sentence end of the text, once)"
+    forward, backward, average = (float(re.search(r": ([0-9.]+)", line).group(1)) for line in lines[1:4])
+    assert lines[1].startswith("forward perplexity: ") and lines[2].startswith("backward perplexity: ")
+    assert average == pytest.approx((forward + backward) / 2, abs=1e-3)
+    assert lines[3].endswith(" (average of forward and backward)")
+    assert main(["test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", save,
+                 "--batch_size", "2", "--original_figure"]) == 0
+    scored = int(re.search(r"targets scored: (\d+) per direction, (\d+) of the text's (\d+) left out",
+                           capsys.readouterr().out).group(1))
+    assert 0 < scored < tokens_per_epoch and scored % 2 == 0  # whole batches of 2 streams, the last one left out
     assert not (Path(save) / "train.lock").exists()
     assert main(["--quiet", "restart"] + common + ["--n_epochs", "3"]) == 0
     assert (Path(save) / f"model.ckpt-{3 * tokens_per_epoch // 10}.index").exists()
-    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir",
-                 save, "--batch_size", "2"]) == 0
-    assert "perplexity:" in capsys.readouterr().out
     weights = tmp_path / "w.hdf5"
     assert main(["dump-weights", "--save_dir", save, "--outfile", str(weights), "--options_outfile",
                  str(weights)]) == 2  # refused before anything is written
@@ -352,3 +364,73 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     trainer.send_signal(signal.SIGTERM)
     trainer.communicate(timeout=120)
     assert trainer.returncode == 143
+
+
+START_UP_MARKERS = ("oneDNN", "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS", "absl::InitializeLog", "cuInit",
+                    "cuda drivers")
+
+
+def _run_as_a_user(*args):
+    """A subprocess with TensorFlow's log settings as a user has them (none)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("command", [
+    ["usage_character.py"], ["usage_token.py"], ["usage_cached.py"],
+    ["-m", "bilm.cli", "merge", "MERGED", "MISSING"], ["-m", "bilm.cli", "download", "--list"],
+], ids=["usage_character", "usage_token", "usage_cached", "failed merge", "download --list"])
+def test_no_tensorflow_start_up_line_is_shown(command, tmp_path):
+    command = [str(tmp_path / "m.hdf5") if a == "MERGED" else str(tmp_path / "no.hdf5") if a == "MISSING" else a
+               for a in command]
+    result = _run_as_a_user(*command)
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if any(marker in line for marker in START_UP_MARKERS)], lines
+    if command[-1].endswith("no.hdf5"):
+        assert result.returncode == 2 and lines == [f"bilm: error: {tmp_path / 'no.hdf5'}: shard output not found"]
+    else:
+        assert result.returncode == 0 and result.stdout, result.stderr
+
+
+# Lines TensorFlow 2.21's GPU build writes as it starts on a machine without a GPU (its CPU build: some of them).
+GPU_BUILD_START_UP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796284900.992016   11305 port.cc:153] oneDNN custom operations are on. You may see slightly different \
+numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the \
+environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
+I0000 00:00:1796284901.004200   11305 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be \
+used.
+I0000 00:00:1796284901.426052   11305 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available \
+CPU instructions in performance-critical operations.
+To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, rebuild \
+TensorFlow with the appropriate compiler flags.
+E0000 00:00:1796284905.834489   11305 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call \
+to cuInit: UNKNOWN ERROR (303)
+"""
+
+
+def test_start_up_lines_are_told_from_errors(monkeypatch):
+    import bilm.cli as cli
+    monkeypatch.setattr(cli.glob, "glob", lambda pattern: [])  # no NVIDIA GPU
+    assert all(cli.is_start_up_line(line) for line in GPU_BUILD_START_UP.splitlines())
+    error = "E0000 00:00:1796284905.834489   11305 some_kernel.cc:52] INTERNAL: out of memory"
+    assert not cli.is_start_up_line(error)
+    monkeypatch.setattr(cli.glob, "glob", lambda pattern: ["/dev/nvidia0"])  # a GPU that cuInit failed on: shown
+    cuinit = GPU_BUILD_START_UP.splitlines()[-1]
+    assert not cli.is_start_up_line(cuinit)
+    # What is written while TensorFlow starts is held back, then shown less the start-up lines.
+    written = "".join(GPU_BUILD_START_UP.splitlines(keepends=True)[:-1]) + error + "\n"  # (cuInit's: GPU or not)
+    held = _run_as_a_user("-c", "import os; from bilm.cli import _start_up_lines_hidden\n"
+                                "with _start_up_lines_hidden(True):\n"
+                                f"    os.write(2, {written.encode()!r})")
+    assert held.returncode == 0 and held.stderr == error + "\n", held.stderr
+
+
+def test_a_misspelled_flag_shows_its_command_usage_and_the_nearest_flag(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["embed", "in.txt", "out.hdf5", "--layr", "top"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: bilm embed ") and "--layers {all,top,average,mix}" in err
+    assert err.strip().splitlines()[-1] == ("bilm embed: error: unrecognized arguments: --layr top "
+                                            "(did you mean --layers?)")

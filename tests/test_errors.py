@@ -15,12 +15,14 @@ import tensorflow.compat.v1 as tf
 
 from bilm import Batcher, BidirectionalLanguageModel, TokenBatcher
 from bilm.dumps import dump_bilm_embeddings, merge_shards
-from bilm.errors import (BilmError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
+from bilm.errors import (BilmError, CheckpointError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
                          OutputExistsError, OutputLockedError, VocabularyError, WeightFileError)
+from bilm.finetune import finetune
 from bilm.lm_dataset import LMDataset, load_vocab
 from bilm.options import ModelOptions, check_options, load_options
 from bilm.outputs import OutputLock, PartsJob, atomic_output
 from bilm.text import DatasetReader
+from bilm.trainer import restart_training
 from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.weights import check_embedding_file, check_weight_file
 from conftest import make_options, random_weight_file, write_model
@@ -353,6 +355,27 @@ def training_data_not_utf8(tmp_path):
     (tmp_path / "shard-1.txt").write_bytes(b"the cat\nthe \xff\n")
     data = LMDataset(str(tmp_path / "shard-1.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)), test=True)
     list(data.iter_batches(1, 2))
+
+
+# --- fine-tuning -------------------------------------------------------------------
+
+
+@case(CheckpointError, r"tuned: no finetune\.json, so no fine-tune to resume there \(a training run continues with "
+                       r"restart\)")
+def finetune_resume_without_a_record(tmp_path):
+    finetune(str(tmp_path / "tuned"), "train.txt", "vocab.txt", "heldout.txt", resume=True)
+
+
+@case(InputError, r"overwrite \(--overwrite\) and resume \(--resume\) contradict each other")
+def finetune_overwrite_and_resume(tmp_path):
+    finetune(str(tmp_path / "tuned"), "train.txt", "vocab.txt", "heldout.txt", resume=True, overwrite=True)
+
+
+@case(CheckpointError, r"tuned: is a fine-tune \(finetune\.json\); continue it with finetune\(\.\.\., resume=True\)")
+def restart_of_a_finetune(tmp_path):
+    (tmp_path / "tuned").mkdir()
+    write(tmp_path / "tuned" / "finetune.json", json.dumps({"evaluations": [], "best": None}))
+    restart_training("train.txt", "vocab.txt", str(tmp_path / "tuned"))
 
 
 # --- outputs ------------------------------------------------------------------------

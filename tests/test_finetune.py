@@ -2,7 +2,14 @@
 import hashlib
 import http.server
 import json
+import logging
+import re
+import shlex
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -12,7 +19,7 @@ import tensorflow.compat.v1 as tf
 
 from bilm.checkpoints import dump_weights, load_options_latest_checkpoint
 from bilm.cli import main
-from bilm.errors import CheckpointError, VocabularyError
+from bilm.errors import CheckpointError, InputError, VocabularyError
 from bilm.evaluation import evaluate_checkpoint
 from bilm.finetune import finetune
 from conftest import TINY_CORPUS
@@ -203,7 +210,7 @@ def test_finetune_refuses_another_vocabulary_and_its_source_as_target(tmp_path):
         finetune(str(tmp_path), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), source_dir=str(tmp_path / "orig"))
 
 
-def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path):
+def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path, caplog):
     values = original_checkpoint(tmp_path / "orig")
     weight_file, options_file = str(tmp_path / "w.hdf5"), str(tmp_path / "options.json")
     dump_weights(str(tmp_path / "orig"), weight_file, options_outfile=options_file)
@@ -211,6 +218,10 @@ def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path):
     finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), options_file=options_file,
              weight_file=weight_file, batch_size=2, n_negative_samples=4, eval_every=100, eval_batch_size=2,
              softmax_only_batches=n_batches, seed=0)
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING and "softmax_only" in r.message]
+    assert warnings == [f"softmax_only_batches (--softmax_only_batches) is {n_batches}, at least the {n_batches} "
+                        f"batches of the run: only the softmax is trained, no weight of the body (char CNN, LSTMs) "
+                        f"changes"]
     _, ckpt = load_options_latest_checkpoint(str(tmp_path / "tuned"))
     reader = tf.train.load_checkpoint(ckpt)
     assert reader.get_tensor("global_step") == n_batches
@@ -239,7 +250,10 @@ def test_a_published_checkpoint_is_downloaded_and_used_by_name(tmp_path, monkeyp
         files.update({f"model.ckpt-935.{part}": f"{url}/model.ckpt-935.{part}"
                       for part in ("index", "data-00000-of-00001")})
         catalogue = tmp_path / "catalogue.json"
-        catalogue.write_text(json.dumps({"tiny-checkpoint": {"kind": "checkpoint", "files": files}}))
+        digests = {role: hashlib.sha256((served / url.rsplit("/", 1)[1]).read_bytes()).hexdigest()
+                   for role, url in files.items()}
+        catalogue.write_text(json.dumps({"tiny-checkpoint": {"kind": "checkpoint", "files": files,
+                                                             "sha256": digests}}))
         monkeypatch.setenv("BILM_CATALOGUE", str(catalogue))
         monkeypatch.setenv("BILM_CACHE", str(tmp_path / "cache"))
         assert main(["--quiet", "download", "tiny-checkpoint"]) == 0
@@ -252,3 +266,164 @@ def test_a_published_checkpoint_is_downloaded_and_used_by_name(tmp_path, monkeyp
         assert "is a downloaded checkpoint, never written to" in capsys.readouterr().err
     finally:
         httpd.shutdown()
+
+
+# --- held-out text, resuming, sources ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _evaluations(record):
+    try:
+        return len(json.loads(record.read_text())["evaluations"])
+    except FileNotFoundError:
+        return 0
+
+
+def test_finetune_checks_the_heldout_text_before_training(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    tuned = tmp_path / "tuned"
+
+    def tune(heldout):
+        finetune(str(tuned), str(TINY_CORPUS), VOCAB, heldout, source_dir=str(tmp_path / "orig"), eval_every=2,
+                 seed=0)
+
+    bad = tmp_path / "bad.txt"  # its last line is Latin-1, not UTF-8: found now, not at the first evaluation
+    bad.write_bytes(TEXT.encode("utf-8") + "caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"bad\.txt, line 6: not valid UTF-8"):
+        tune(str(bad))
+    assert not list(tuned.glob("model.ckpt-*"))  # nothing was trained
+    with pytest.raises(InputError, match=r"no held-out file of heldout_prefix \(--heldout_prefix\) matches "
+                                         r"'.*missing\*\.txt'"):
+        tune(str(tmp_path / "missing*.txt"))
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"held-out text of heldout_prefix \(--heldout_prefix\), '.*blank\.txt' "
+                                         r"\(1 file\(s\)\), holds no sentence"):
+        tune(str(tmp_path / "blank.txt"))
+    assert not list(tuned.glob("model.ckpt-*"))
+
+
+def test_finetune_with_a_small_heldout_text_and_its_next_hint_run_as_printed(tmp_path, caplog, capsys):
+    original_checkpoint(tmp_path / "orig")
+    small = tmp_path / "small.txt"  # 2 sentences: fewer than the 64 evaluation streams and 256 test streams
+    small.write_text("the mill wheel turns .\nthe zeppelin flies over the town .\n", encoding="utf-8")
+    caplog.set_level(logging.INFO)
+    assert main(["finetune", "--from", str(tmp_path / "orig"), "--save_dir", str(tmp_path / "tuned"),
+                 "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(small),
+                 "--eval_every", "4", "--seed", "0"]) == 0
+    best = float(capsys.readouterr().out.split("best held-out perplexity: ")[1])
+    words, vocabulary = small.read_text().split(), set(Path(VOCAB).read_text().split())
+    unknown = 100 * sum(word not in vocabulary for word in words) / len(words)
+    assert unknown > 0 and any(f"2 sentences, 12 tokens ({unknown:.1f}% not in the vocabulary), 14 targets per "
+                               f"direction" in r.message for r in caplog.records)
+    hint = next(r.message for r in caplog.records if r.message.startswith("next: "))
+    evaluate = re.search(r"`(bilm test [^`]*)`", hint).group(1)
+    assert main(shlex.split(evaluate)[1:]) == 0
+    printed = capsys.readouterr().out
+    assert "targets scored: 14 per direction (every token and sentence end of the text, once)" in printed
+    assert float(re.search(r"^perplexity: ([0-9.]+) ", printed, flags=re.M).group(1)) == pytest.approx(best, abs=1e-3)
+
+
+def test_an_interrupted_finetune_resumes_with_its_evaluations_and_best_checkpoint(tmp_path, capsys):
+    original_checkpoint(tmp_path / "orig")
+    n_batches = 20 * TOKENS_PER_EPOCH // 10  # 20 epochs of the tiny corpus in batches of 2 x 5 tokens
+
+    def command(save_dir):
+        return ["finetune", "--from", str(tmp_path / "orig"), "--save_dir", str(save_dir), "--train_prefix",
+                str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(TINY_CORPUS), "--n_epochs", "20",
+                "--eval_every", "6", "--patience", "1000", "--eval_batch_size", "2", "--keep_checkpoints", "1",
+                "--seed", "0"]
+
+    tuned = tmp_path / "tuned"
+    record = tuned / "finetune.json"
+    process = _start(*command(tuned))
+    _wait_for(lambda: _evaluations(record) >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    hint = stderr.strip().splitlines()[-1].split("continue with: ")[1]
+    assert hint.startswith(f"bilm finetune --resume --save_dir {tuned} ")
+    before = json.loads(record.read_text())
+    assert not before["finished"] and before["settings"]["eval_every"] == 6
+    # restart would go on without evaluations or early stopping, and the same command would start afresh:
+    # both refused, pointing to --resume
+    assert main(["restart", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", str(tuned)]) == 2
+    assert "is a fine-tune (finetune.json); continue it with bilm finetune --resume" in capsys.readouterr().err
+    assert main(command(tuned)) == 2
+    assert "holds an earlier fine-tune; continue it with --resume, or pass --overwrite" in capsys.readouterr().err
+    # No later evaluation may beat the best so far: the resumed run must keep its checkpoint through every save
+    # (it keeps 2 by default) and end with it as the latest.
+    kept = before["best"]
+    for entry in [before["best"]] + [e for e in before["evaluations"] if e["step"] == kept["step"]]:
+        entry["heldout_perplexity"] = 0.0
+    record.write_text(json.dumps(before))
+
+    assert main(shlex.split(hint)[1:]) == 0
+    after = json.loads(record.read_text())
+    assert main(command(tmp_path / "whole")) == 0  # the same fine-tune, uninterrupted
+    whole = json.loads((tmp_path / "whole" / "finetune.json").read_text())
+    steps = [e["step"] for e in whole["evaluations"]]
+    assert steps == list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
+    assert [e["step"] for e in after["evaluations"]] == steps  # same batches, same evaluations
+    assert after["evaluations"][:len(before["evaluations"])] == before["evaluations"]  # the history goes on
+    assert after["finished"] and after["best"] == before["best"]
+    _, latest = load_options_latest_checkpoint(str(tuned))
+    assert latest == str(tuned / f"model.ckpt-{kept['step']}") and Path(latest + ".index").is_file()
+    assert tf.train.load_checkpoint(latest).get_tensor("global_step") == kept["step"]
+    # Resuming a finished fine-tune trains nothing more.
+    assert main(shlex.split(hint)[1:]) == 0
+    assert json.loads(record.read_text()) == after
+
+
+def test_finetune_refuses_a_source_another_process_is_training(tmp_path, capsys):
+    source = tmp_path / "training"
+    trainer = _start("train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", str(source),
+                     "--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8]]", "--n_highway", "0",
+                     "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "1000",
+                     "--checkpoint_every", "1")
+    try:
+        _wait_for(lambda: (source / "checkpoint").exists(), trainer)  # a checkpoint to fine-tune, being trained
+        assert main(["finetune", "--from", str(source), "--save_dir", str(tmp_path / "tuned"), "--train_prefix",
+                     str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(TINY_CORPUS)]) == 2
+        error = capsys.readouterr().err
+        assert f"training: is being written by another process (pid {trainer.pid}, " in error
+        assert f"(its lock: {source / 'train.lock'})" in error
+        assert not (tmp_path / "tuned").exists()  # refused at once
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.communicate(timeout=120)
+    assert trainer.returncode == 143
+
+
+def test_a_finetune_interrupted_during_an_evaluation_makes_it_when_resumed(tmp_path):
+    original_checkpoint(tmp_path / "orig")
+    heldout = tmp_path / "heldout.txt"  # long enough that SIGTERM lands while it is evaluated
+    heldout.write_text(TEXT * 30, encoding="utf-8")
+    n_batches = 2 * TOKENS_PER_EPOCH // 10
+    tuned = tmp_path / "tuned"
+    process = _start("finetune", "--from", str(tmp_path / "orig"), "--save_dir", str(tuned), "--train_prefix",
+                     str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(heldout), "--n_epochs", "2",
+                     "--eval_every", "6", "--patience", "1000", "--eval_batch_size", "1", "--seed", "0")
+    _wait_for((tuned / "model.ckpt-6.index").exists, process)  # saved just before the evaluation of batch 6
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert f"the latest checkpoint, {tuned / 'model.ckpt-6'}, holds batch 6" in stderr
+    assert json.loads((tuned / "finetune.json").read_text())["evaluations"] == []  # batch 6 not evaluated
+    assert main(shlex.split(stderr.strip().splitlines()[-1].split("continue with: ")[1])[1:]) == 0
+    evaluations = json.loads((tuned / "finetune.json").read_text())["evaluations"]
+    assert [e["step"] for e in evaluations] == [6, 12, n_batches]  # as an uninterrupted run's
+    assert evaluations[0]["train_perplexity"] is None  # made on resuming: no batch of it to report

@@ -91,4 +91,4 @@ def test_import_without_tensorflow_says_how_to_install():
         import bilm
     """)
     assert result.returncode != 0
-    assert "pip install 'bilm[cpu]'" in result.stderr and "pip install 'bilm[gpu]'" in result.stderr
+    assert "pip install '.[cpu]'" in result.stderr and "pip install '.[gpu]'" in result.stderr

@@ -131,6 +131,26 @@ def test_test_mode_drops_the_final_incomplete_batch(tmp_path):
     np.testing.assert_array_equal(batches[0]["next_token_id"], [[3, 4, 5], [6, 7, 8]])
 
 
+def test_padded_test_mode_makes_every_token_a_target_once(tmp_path):
+    pattern = write_shards(tmp_path, [["the cat sat", "a dog ran fast"]])
+    batches = finite(LMDataset(pattern, Vocabulary(write_vocab(tmp_path)), test=True).iter_batches(2, 3, pad=True))
+    # Row 0 runs out after "sat" (its target </S>), row 1 after "fast": the rest is padding, masked out.
+    assert len(batches) == 2
+    expected = {
+        "token_ids": [[[0, 3, 4], [0, 6, 7]], [[5, 0, 0], [8, 9, 0]]],
+        "next_token_id": [[[3, 4, 5], [6, 7, 8]], [[1, 0, 0], [9, 1, 0]]],
+        "next_token_mask": [[[1, 1, 1], [1, 1, 1]], [[1, 0, 0], [1, 1, 0]]],
+        "sentence_start": [[[1, 0, 0], [1, 0, 0]], [[0, 0, 0], [0, 0, 0]]],
+    }
+    for key, values in expected.items():
+        for batch, value in zip(batches, values):
+            np.testing.assert_array_equal(batch[key], value, err_msg=key)
+    # More rows than sentences: the rows without one are padding from the start.
+    batches = finite(LMDataset(pattern, Vocabulary(write_vocab(tmp_path)), test=True).iter_batches(3, 4, pad=True))
+    assert len(batches) == 2 and not batches[0]["next_token_mask"][2].any()
+    assert sum(int(b["next_token_mask"].sum()) for b in batches) == 4 + 5  # every target of both sentences, once
+
+
 def test_bidirectional_exact_packing_by_hand(tmp_path):
     # Reversed: "the cat sat" = [</S> sat cat the <S>] = [1 5 4 3 0],
     #           "a dog ran fast" = [</S> fast ran dog a <S>] = [1 9 8 7 6 0].

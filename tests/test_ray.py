@@ -15,7 +15,7 @@ from bilm.errors import InputError
 from bilm.ray_embed import dump_on_ray
 from conftest import make_options, random_sentences, same_hdf5, write_model
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bilm[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +104,7 @@ def test_what_ray_cannot_do_is_refused_in_one_line(model, tmp_path, capsys, monk
     assert main([*args[:-1], "--ray-workers", "2"]) == 2
     assert "--ray-workers goes with --ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    with pytest.raises(InputError, match=r"needs Ray, which is not installed: pip install 'bilm\[ray\]'"):
+    with pytest.raises(InputError, match=r"needs Ray, which is not installed: pip install 'ray\[data\]' \(in "
+                                         r"bilm's clone: pip install '\.\[ray\]'\)"):
         dump_on_ray(None, None, model["data"], model["options"], model["weights"], str(tmp_path / "x.hdf5"))
     assert not list(tmp_path.iterdir())

@@ -59,3 +59,13 @@ def test_the_two_worker_cluster_block_runs_verbatim(tmp_path):
     ckpt = tmp_path / "cluster_demo" / "ckpt"
     assert (ckpt / "checkpoint").is_file() and (ckpt / "options.json").is_file()
     assert "worker 1 of 2" in result.stderr and "worker 0 of 2" in result.stderr  # both logged their rate
+
+
+def test_no_install_command_can_fetch_the_unrelated_bilm_of_the_package_index():
+    """The index's `bilm` is another (2018) package: installs name the clone ('.[extra]') or other packages."""
+    texts = {path: path.read_text(encoding="utf-8") for path in
+             [ROOT / "README.md", ROOT / "Dockerfile", *sorted((ROOT / "bilm").glob("*.py"))]}
+    found = [f"{path.name}: {match}" for path, text in texts.items()
+             for match in re.findall(r"pip install\s+(?:-\S+\s+)*['\"]?bilm\b\S*", text)]
+    assert found == []
+    assert "pip install '.[tokenize]'" in texts[ROOT / "README.md"]

@@ -8,7 +8,8 @@ import tensorflow.compat.v1 as tf
 
 from bilm import BidirectionalLanguageModel, Batcher
 from bilm.data import BidirectionalLMDataset, LMDataset
-from bilm.errors import OptionsError
+from bilm.errors import InputError, OptionsError
+from bilm.evaluation import evaluate_checkpoint
 from bilm.lm_graph import feed, session_config
 from bilm.training import (LanguageModel, build_training_graph, dump_weights, load_options_latest_checkpoint,
                            load_vocab, train)
@@ -191,3 +192,94 @@ def test_dump_weights_without_lstm_projection(tmp_path):
     with tf.Graph().as_default():
         ops = BidirectionalLanguageModel(options_file, weight_file)(tf.placeholder(tf.int32, (None, None, 50)))
         assert ops["lm_embeddings"].shape[-1] == 32
+
+
+# --- held-out perplexity: every target once, whatever the batch size --------------------------------
+
+def _oracle_losses(lm, softmax, sentences, word_ids, direction, start=None):
+    """Negative log-probabilities of every target of ``sentences`` in one direction, by the NumPy oracle
+    (independent of bilm): each sentence read as a training stream reads it (inputs ``<S> w_1 .. w_n``,
+    targets ``w_1 .. w_n </S>``; reversed backwards), from copies of ``start`` states, or carried along
+    from the oracle's current states when ``start`` is None."""
+    from numpy_bilm import DIRECTIONS, char_ids_for_sentences
+
+    w, b = softmax
+    losses = []
+    for sentence in sentences:
+        if start is not None:
+            lm.states[DIRECTIONS[direction]] = [[v.copy() for v in layer] for layer in start]
+        chars = char_ids_for_sentences([sentence])[0]  # <S> w_1 .. w_n </S>, +1 shifted
+        ids = [word_ids["<S>"]] + [word_ids.get(word, word_ids["<UNK>"]) for word in sentence] + [word_ids["</S>"]]
+        inputs, targets = (chars[:-1], ids[1:]) if direction == 0 else (chars[1:][::-1], ids[:-1][::-1])
+        top = lm.run_lstm(lm.token_embeddings(inputs[None]), np.array([len(inputs)]), DIRECTIONS[direction])[-1][0]
+        logits = top.astype(np.float64) @ w.T + b  # (n + 1, V)
+        top_logit = logits.max(axis=1, keepdims=True)
+        log_z = top_logit[:, 0] + np.log(np.exp(logits - top_logit).sum(axis=1))
+        losses += list(log_z - logits[np.arange(len(targets)), targets])
+    return losses
+
+
+def _oracle(save_dir, tmp_path):
+    """(NumPy biLM of the checkpoint, its softmax (W, b), {word: id}) read from the files, not through bilm's graph."""
+    from numpy_bilm import NumpyBiLM, load_weight_file
+
+    dump_weights(save_dir, str(tmp_path / "oracle.hdf5"))
+    _, ckpt = load_options_latest_checkpoint(save_dir)
+    reader = tf.train.load_checkpoint(ckpt)
+    softmax = (reader.get_tensor("lm/softmax/W").astype(np.float64), reader.get_tensor("lm/softmax/b"))
+    options = json.loads((tmp_path / "checkpoints" / "options.json").read_text())
+    word_ids = {word: k for k, word in enumerate(open(VOCAB, encoding="utf-8").read().split())}
+    return NumpyBiLM(options, load_weight_file(tmp_path / "oracle.hdf5"), max_batch_size=1), softmax, word_ids
+
+
+def test_perplexity_scores_every_target_once_whatever_the_batch_size(tmp_path):
+    from bilm.states import WARMUP_TEXT
+    from numpy_bilm import DIRECTIONS
+
+    options = make_options(n_batches=40)
+    _, save_dir = train_and_test(options, tmp_path)
+    rng = np.random.default_rng(3)  # 23 sentences of the corpus's words, and words the vocabulary lacks
+    words = TINY_CORPUS.read_text(encoding="utf-8").split() + ["zeppelin", "Überlingen"]
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("".join(" ".join(rng.choice(words, rng.integers(1, 15))) + "\n" for _ in range(23)),
+                       encoding="utf-8")
+    text = heldout.read_text(encoding="utf-8")
+    sentences = [line.split() for line in text.splitlines()]
+    targets = len(text.split()) + len(text.splitlines())  # each token, and each sentence's end
+
+    lm, softmax, word_ids = _oracle(save_dir, tmp_path)
+    warmup = [line.split() for line in WARMUP_TEXT.read_text(encoding="utf-8").splitlines() if line.split()]
+    expected = []
+    for direction in range(2):  # each sentence starts from the states after the warm-up text, read as a stream
+        lm.reset_states()
+        _oracle_losses(lm, softmax, warmup, word_ids, direction)
+        warm = [[v.copy() for v in layer] for layer in lm.states[DIRECTIONS[direction]]]
+        losses = _oracle_losses(lm, softmax, sentences, word_ids, direction, start=warm)
+        assert len(losses) == targets
+        expected.append(np.exp(np.mean(losses)))
+
+    results = {}
+    for batch_size in (1, 7, 64, 100):  # 64 and 100: more streams than sentences
+        results[batch_size] = evaluate_checkpoint(save_dir, str(heldout), VOCAB, batch_size)
+        result = results[batch_size]
+        assert result.tokens == result.tokens_in_text == targets
+        assert result.forward == pytest.approx(expected[0], rel=1e-5)
+        assert result.backward == pytest.approx(expected[1], rel=1e-5)
+        assert result == pytest.approx((expected[0] + expected[1]) / 2, rel=1e-5)
+        assert result == pytest.approx(results[1], rel=1e-5)  # the batch size changes only the speed
+
+    # The original's figure: states carried from sentence to sentence from zero, exp of the mean over batches
+    # of both directions' mean loss; with one stream, every target is a batch.
+    carried = []
+    for direction in range(2):
+        lm.reset_states()
+        carried.append(_oracle_losses(lm, softmax, sentences, word_ids, direction))
+    original = evaluate_checkpoint(save_dir, str(heldout), VOCAB, 1, original_figure=True)
+    assert original.tokens == targets and original.original_figure
+    assert original == pytest.approx(np.exp(np.mean(np.add(*carried) / 2)), rel=1e-5)
+    assert original.forward == pytest.approx(np.exp(np.mean(carried[0])), rel=1e-5)
+    # With 7 streams the original stops when the first runs out: fewer targets, in whole batches.
+    seven = evaluate_checkpoint(save_dir, str(heldout), VOCAB, 7, original_figure=True)
+    assert seven.tokens < targets and seven.tokens % 7 == 0 and seven.tokens_in_text == targets
+    with pytest.raises(InputError, match=r"the original's figure scores no target: .*batch_size \(--batch_size\) = 64"):
+        evaluate_checkpoint(save_dir, str(heldout), VOCAB, 64, original_figure=True)

@@ -19,7 +19,7 @@ bilm dump-weights --save_dir "$WORK/checkpoints" --outfile "$WORK/weights/lm_wei
 
 perplexity() {  # SAVE_DIR HELDOUT -> the perplexity `bilm test` prints
   bilm test --save_dir "$1" --test_prefix "$2" --vocab_file "$VOCAB" --batch_size 64 2>&1 \
-    | sed -n 's/^perplexity: \([0-9.]*\)$/\1/p'
+    | sed -n 's/^perplexity: \([0-9.]*\) .*$/\1/p'
 }
 
 # Same settings both ways: batch 32 x 20, 1,024 negatives, dropout 0.1, learning rate 0.2;
