@@ -344,8 +344,10 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     out = tmp_path / "out.hdf5"
     first = _start("embed", str(data), str(out), "--batch-size", "4", *model_args)
     _wait_for(Path(str(out) + ".lock").exists, first)
+    first.send_signal(signal.SIGSTOP)  # it holds the lock, and cannot finish before the second job has tried
     second = _start("embed", str(data), str(out), "--batch-size", "4", "--resume", *model_args)
     _, stderr = second.communicate(timeout=120)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"is being written by another process (pid {first.pid}, `" in stderr and "Traceback" not in stderr
     _, stderr = first.communicate(timeout=300)
@@ -358,8 +360,10 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
              "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "40"]
     trainer = _start(*train)
     _wait_for((save / "train.lock").exists, trainer)
+    trainer.send_signal(signal.SIGSTOP)  # as above
     other = _start(*train)
     _, stderr = other.communicate(timeout=120)
+    trainer.send_signal(signal.SIGCONT)
     assert other.returncode == 2 and "is being written by another process" in stderr
     trainer.send_signal(signal.SIGTERM)
     trainer.communicate(timeout=120)

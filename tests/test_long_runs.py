@@ -341,10 +341,10 @@ def test_a_restart_from_an_earlier_checkpoint_never_names_a_later_one_latest(tmp
             first = _Checkpoints(sess, graph, str(tmp_path), keep=2)
             for value in (10, 20):
                 step.load(value, sess)
-                first.save()
+                first.save(publish=True)
             restarted = _Checkpoints(sess, graph, str(tmp_path), keep=2)  # restarted from model.ckpt-10
             step.load(15, sess)
-            assert restarted.save() == str(tmp_path / "model.ckpt-15")
+            assert restarted.save(publish=True) == str(tmp_path / "model.ckpt-15")
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-15")
     assert sorted(p.name for p in tmp_path.glob("*.index")) == ["model.ckpt-10.index", "model.ckpt-15.index"]
 
