@@ -5,8 +5,9 @@ trains ``n_epochs * n_train_tokens`` tokens in batches of ``batch_size * unroll_
 tokens per tower, so a restart with another batch size or number of towers trains
 exactly the tokens that are left. A run interrupted (Ctrl-C, SIGTERM through the
 ``bilm`` command) or stopped by an error saves a checkpoint of its last completed batch
-first; a run whose loss or gradients stop being finite stops at once without saving,
-so its last good checkpoint stays the latest.
+first. A checkpoint becomes the latest once the next batch's loss shows its weights are
+good; a run that diverges (``bilm.divergence``) stops, or rolls back to its last good
+checkpoint, and no checkpoint of the diverged weights is kept.
 """
 import contextlib
 import glob
