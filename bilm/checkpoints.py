@@ -72,11 +72,10 @@ def checkpoint_paths(tf_save_dir):
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
         paths.append(state.model_checkpoint_path)
-    resolved = []
-    for path in paths:  # as written (relative or absolute), or beside the file (a moved directory)
-        here = os.path.join(tf_save_dir, os.path.basename(path))
-        path = path if os.path.isabs(path) else os.path.join(tf_save_dir, path)
-        resolved.append(path if os.path.exists(path + ".index") or not os.path.exists(here + ".index") else here)
+    # As TensorFlow resolves them (a relative name is relative to the directory), or beside the file (a
+    # moved directory, or a missing checkpoint: named where it belongs).
+    resolved = [path if os.path.exists(path + ".index") else os.path.join(tf_save_dir, os.path.basename(path))
+                for path in paths]
     return resolved[::-1]
 
 

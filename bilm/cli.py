@@ -263,7 +263,8 @@ def _train(args):
                         n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
-                        worker_timeout=args.worker_timeout, **changes)
+                        worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
+                        max_rollbacks=args.max_rollbacks, **changes)
     _next_steps(args)
 
 
@@ -279,7 +280,8 @@ def _restart(args):
         restart_training(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
-                         worker_timeout=args.worker_timeout, n_train_tokens=args.n_train_tokens,
+                         worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
+                         max_rollbacks=args.max_rollbacks, n_train_tokens=args.n_train_tokens,
                          n_epochs=args.n_epochs, batch_size=args.batch_size)
     _next_steps(args)
 
@@ -406,13 +408,30 @@ def _add_training_run_arguments(parser, checkpoint_every=True):
     cluster.add_argument(*_flag("workers"), metavar="HOST:PORT,...", help="every worker's address; the first is the chief")
     cluster.add_argument(*_flag("worker_index"), type=_non_negative_int, help="this worker's position in --workers")
     cluster.add_argument(*_flag("worker_timeout"), type=_number(1, what="number of seconds"), default=600,
-                         help="seconds a batch may wait for the other workers before the run stops, naming the ones "
-                              "that are gone (default 600)")
+                         help="seconds to wait for the other workers, at start and at each batch, before the run "
+                              "stops naming the ones that never came or are gone (default 600)")
     parser.add_argument(*_flag("keep_checkpoints"), type=_positive_int, default=2,
                         help="checkpoints kept in --save_dir, the newest, earlier runs' included (default 2)")
     parser.add_argument(*_flag("log_every"), type=_positive_int, default=100,
                         help="batches between progress lines and TensorBoard summaries, at most (default 100; "
                              "short runs log about 10 times)")
+
+
+def _add_divergence_arguments(parser):
+    from .divergence import DIVERGED_AFTER, MAX_ROLLBACKS, SPIKE_FACTOR, UNIFORM_MARGIN, WARMUP_BATCHES
+
+    group = parser.add_argument_group(
+        "divergence", f"A run has diverged when its loss is not finite, or is bad for {DIVERGED_AFTER} batches in a "
+                      f"row after a warm-up of {WARMUP_BATCHES}: above ln({UNIFORM_MARGIN:g} x vocabulary size), worse "
+                      f"than guessing uniformly, or a perplexity over {SPIKE_FACTOR:g} x its recent level. A checkpoint "
+                      f"becomes the latest only once the next batch's loss is good: no checkpoint of diverged weights "
+                      f"is kept.")
+    group.add_argument(*_flag("on_divergence"), choices=["stop", "rollback"], default="stop",
+                       help="stop (default: exit with an error naming the batch, the loss and the last good "
+                            "checkpoint), or rollback: restore the last good checkpoint, skip the data that diverged "
+                            "and continue (one machine only)")
+    group.add_argument(*_flag("max_rollbacks"), type=_positive_int, default=MAX_ROLLBACKS,
+                       help=f"with --on_divergence rollback: rollbacks at most, then stop (default {MAX_ROLLBACKS})")
 
 
 def _add_training_commands(commands):
@@ -462,6 +481,7 @@ def _add_training_commands(commands):
                        help="start a new model in a save_dir that has checkpoints (they and the earlier TensorBoard "
                             "events are removed)")
     _add_training_run_arguments(train)
+    _add_divergence_arguments(train)
 
     restart = _command(
         commands, "restart", "continue training from the latest checkpoint of --save_dir",
@@ -479,6 +499,7 @@ def _add_training_commands(commands):
     restart.add_argument(*_flag("n_epochs"), type=_positive_int, help="change the number of epochs")
     restart.add_argument(*_flag("batch_size"), type=_positive_int, help="change the streams per tower")
     _add_training_run_arguments(restart)
+    _add_divergence_arguments(restart)
 
     finetune = _command(
         commands, "finetune", "fine-tune a pretrained biLM on new text into a new save directory",
@@ -811,28 +832,50 @@ def _parse(parser, argv):
 
 def main(argv=None):
     """Run the ``bilm`` command; returns the exit status (0, 2 on an error, 130/143 when interrupted)."""
-    previous = _handle_sigterm(_on_sigterm)
+    previous = None
     try:
+        previous = _handle_sigterm(_on_sigterm)  # inside: a signal from here on ends in one line
         args = _parse(build_parser(), argv)
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
         if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
+            if _in_a_cluster(args) and not args.verbose:
+                # When a worker stops, TensorFlow's C++ logs an error for every collective it aborts on the
+                # others (a hundred lines): the command says it in one line.
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
             start_tensorflow(args.verbose)
         args.run(args)
     except (BilmError, OSError) as err:
         note = getattr(err, "bilm_note", None)
         print(f"bilm: error: {err}{'; ' + note if note else ''}", file=sys.stderr)
-        return EXIT_ERROR
+        return _stopped(EXIT_ERROR)
     except KeyboardInterrupt as err:
         note = getattr(err, "bilm_note", None) or "nothing was left half-written"
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"bilm: {what}; {note}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+        return _stopped(EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED)
     finally:
         speak_in_flags(False)
         _handle_sigterm(previous)
     return 0
+
+
+def _in_a_cluster(args):
+    """Whether a training command runs as a worker of a cluster (--workers, --worker_index or $TF_CONFIG)."""
+    return hasattr(args, "worker_timeout") and bool(args.workers or args.worker_index is not None
+                                                    or os.environ.get("TF_CONFIG"))
+
+
+def _stopped(status):
+    """``status``; or, when a TensorFlow call that waited for other workers was given up on (it never
+    returns, and TensorFlow's clean-up would wait for it), end the process now with it."""
+    cluster = sys.modules.get("bilm.cluster")  # imported only by training commands
+    if cluster is not None and cluster.calls_left_running():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -20,17 +20,22 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from .errors import InputError, TrainingError, WorkerLostError
+from .errors import InputError, TrainingError, WorkerLostError, flag
 
 logger = logging.getLogger(__name__)
 
 GROUP_KEY = 1
 DENSE_LIMIT = 1 << 20  # sparse gradients of tables up to this many values are reduced densely
+SETTINGS_WORDS = 4096  # int64 words (32 KB): room for one worker's settings, compared at start
+RUN_FLAGS = ("n_gpus", "softmax_only_batches", "eval_every", "patience", "eval_batch_size")  # settings with a flag
+TF_CONFIG_FORM = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": K}}'
 
 
 @dataclass(frozen=True)
@@ -63,19 +68,29 @@ class Cluster:
         text = os.environ.get("TF_CONFIG") if text is None else text
         if not text:
             return None
+
+        def wrong(what):
+            return InputError(f"TF_CONFIG: {what}; expected {TF_CONFIG_FORM}")
+
         try:
             config = json.loads(text)
-            cluster, task = config["cluster"], config["task"]
-            workers = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
-            kind, index = task["type"], int(task["index"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, \"task\": "
-                             f"{{\"type\": \"worker\", \"index\": K}}}} ({err})") from None
+        except ValueError as err:
+            raise wrong(f"not JSON ({err})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
+                not isinstance(config.get("task"), dict):
+            raise wrong(f"no 'cluster' and 'task' objects in {text[:80]!r}")
+        cluster, task = config["cluster"], config["task"]
+        jobs = {name: cluster.get(name, []) for name in ("chief", "worker")}
+        for name, addresses in jobs.items():
+            if not (isinstance(addresses, list) and all(isinstance(a, str) for a in addresses)):
+                raise wrong(f"cluster.{name} is {json.dumps(addresses)}, not a list of \"host:port\" strings")
+        kind, index = task.get("type"), task.get("index")
         if kind not in ("chief", "worker"):
-            raise InputError(f"TF_CONFIG: task type {kind!r}; bilm's synchronous training has only workers (and a "
-                             f"chief)")
-        position = index if kind == "chief" else len(cluster.get("chief", [])) + index
-        return cls.of(workers, position, "TF_CONFIG")
+            raise wrong(f"task.type {json.dumps(kind)}: bilm's synchronous training has only workers (and a chief)")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise wrong(f"task.index {json.dumps(index)}, not an integer")
+        position = index if kind == "chief" else len(jobs["chief"]) + index
+        return cls.of(jobs["chief"] + jobs["worker"], position, "TF_CONFIG")
 
     @classmethod
     def of(cls, workers, index, source="--workers"):
@@ -115,18 +130,84 @@ class Cluster:
             raise InputError(f"worker {self.index} ({self.workers[self.index]}): cannot start its server "
                              f"({str(err).strip().splitlines()[0]})") from None
 
+    def wait_for_peers(self, timeout, poll=0.2):
+        """Wait until every other worker's server accepts connections, for at most ``timeout`` seconds.
+
+        TensorFlow's first session call waits for every worker of the cluster for ever, and in C++,
+        where SIGTERM and Ctrl-C wait too; this wait is a Python loop that they end at once.
+        Raises ``WorkerLostError`` naming the workers that never came.
+        """
+        deadline = time.monotonic() + timeout
+        waiting = [k for k in range(self.size) if k != self.index]
+        logged = False
+        while True:
+            waiting = [k for k in waiting if not self._accepts(k, timeout=poll)]
+            if not waiting:
+                return
+            names = ", ".join(f"worker {k} ({self.workers[k]})" for k in waiting)
+            if time.monotonic() >= deadline:
+                raise WorkerLostError(f"{names}: not started within {flag('worker_timeout', '--worker_timeout')} "
+                                      f"{timeout:g} s; start every worker of the cluster (the same command, each with "
+                                      f"its own index)")
+            if not logged:
+                logger.info("waiting for %s (at most %g s)", names, timeout)
+                logged = True
+            time.sleep(poll)
+
+    def _accepts(self, k, timeout):
+        host, _, port = self.workers[k].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            return True
+        except OSError:
+            return False
+
     def unreachable(self, timeout=2.0):
         """The other workers whose port no longer accepts connections."""
-        lost = []
-        for k, address in enumerate(self.workers):
-            if k == self.index:
-                continue
-            host, _, port = address.rpartition(":")
-            try:
-                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-            except OSError:
-                lost.append(f"worker {k} ({address})")
-        return lost
+        return [f"worker {k} ({address})" for k, address in enumerate(self.workers)
+                if k != self.index and not self._accepts(k, timeout)]
+
+
+def within(timeout, call):
+    """``call()``'s result, waited for at most ``timeout`` seconds in a way that Ctrl-C and SIGTERM interrupt.
+
+    A TensorFlow call that waits for other workers blocks in C++, where Python's signal handlers wait
+    until it returns, and the first call of a cluster session waits for every worker without a bound:
+    the call runs in a thread, this one waits for it. Raises ``TimeoutError`` when it takes longer (the
+    call is left running: the process is about to stop), or what the call raised.
+    """
+    outcome, done = {}, threading.Event()
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: B036 (re-raised in the waiting thread)
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name="bilm-cluster-wait", daemon=True)
+    thread.start()
+    try:
+        finished = done.wait(timeout)
+    except BaseException:  # Ctrl-C or SIGTERM while waiting
+        _ABANDONED.append(thread)
+        raise
+    if not finished:
+        _ABANDONED.append(thread)
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+_ABANDONED = []  # ``within``'s threads given up on
+
+
+def calls_left_running():
+    """Whether a call ``within`` gave up on still runs: its session cannot be closed (closing waits for it)
+    and the process can only end without its clean-up (``os._exit``)."""
+    return any(thread.is_alive() for thread in _ABANDONED)
 
 
 def local_addresses(n):
@@ -195,26 +276,58 @@ class Collectives:
         """An op giving every worker the chief's values of ``variables``."""
         return tf.group(*[variable.assign(self.broadcast(variable.read_value())) for variable in variables])
 
-    def fingerprints(self, text):
-        """Every worker's fingerprint (4 int64 of a SHA-256) of ``text``: (W, 4)."""
-        digest = np.frombuffer(hashlib.sha256(text.encode("utf-8")).digest(), dtype=np.int64)
-        return tf.reshape(self.gather(tf.constant(digest)), [self.cluster.size, 4])
+    def gather_settings(self, settings):
+        """Every worker's ``settings`` (see ``encode_settings``): int64 (W, SETTINGS_WORDS)."""
+        return tf.reshape(self.gather(tf.constant(encode_settings(settings))), [self.cluster.size, SETTINGS_WORDS])
 
 
-def check_same_setup(sess, fingerprints, cluster, what, options=None):
-    """Raise ``TrainingError`` naming the workers whose setup (options, vocabulary, data) is not the chief's."""
-    values = sess.run(fingerprints, options=options)
-    others = [k for k in range(cluster.size) if not np.array_equal(values[k], values[0])]
-    if others:
-        names = ", ".join(f"worker {k} ({cluster.workers[k]})" for k in others)
-        raise TrainingError(f"{names}: started with {what} other than the chief's; start every worker with the "
-                            f"same options, vocabulary and training files")
+def encode_settings(settings):
+    """A worker's settings (a JSON dict; nested dicts flattened to dotted names, long values to a SHA-256
+    prefix) as SETTINGS_WORDS int64: what every worker must share, to compare at start."""
+    flat = {}
+
+    def add(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{prefix}.{key}" if prefix else key, item)
+            return
+        text = json.dumps(value, sort_keys=True)
+        flat[prefix] = text if len(text) <= 80 else "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    add("", settings)
+    data = json.dumps(flat, sort_keys=True).encode("utf-8")
+    if len(data) > 8 * SETTINGS_WORDS:
+        raise InputError(f"the training settings take {len(data)} bytes, more than the {8 * SETTINGS_WORDS} a worker "
+                         f"can compare with the others")
+    return np.frombuffer(data.ljust(8 * SETTINGS_WORDS, b"\0"), dtype=np.int64)
+
+
+def decode_settings(words):
+    return json.loads(np.asarray(words, np.int64).tobytes().rstrip(b"\0").decode("utf-8"))
+
+
+def check_same_setup(sess, gathered, cluster, options=None):
+    """Raise ``TrainingError`` naming the workers whose settings (``Collectives.gather_settings``: options,
+    vocabulary, data, towers, evaluation) are not the chief's, and the settings that differ."""
+    settings = [decode_settings(words) for words in sess.run(gathered, options=options)]
+    chief, differences = settings[0], []
+    for k, theirs in enumerate(settings[1:], start=1):
+        names = [name for name in sorted(set(chief) | set(theirs)) if chief.get(name) != theirs.get(name)]
+        if names:
+            what = ", ".join(f"{flag(name, '--' + name) if name in RUN_FLAGS else name} {theirs.get(name, 'unset')} "
+                             f"(the chief's: {chief.get(name, 'unset')})" for name in names)
+            differences.append(f"worker {k} ({cluster.workers[k]}) has {what}")
+    if differences:
+        raise TrainingError(f"{'; '.join(differences)}: every worker must start with the chief's settings (options, "
+                            f"vocabulary, training files, towers, evaluation)")
 
 
 def lost_worker_error(err, cluster, step):
     """A one-line ``WorkerLostError`` for a step that failed because another worker is gone."""
     lost = cluster.unreachable()
     who = ", ".join(lost) if lost else "another worker"
-    when = f"at batch {step + 1}" if step >= 0 else "before training began"
-    return WorkerLostError(f"{who} stopped responding {when} ({type(err).__name__}); the cluster stops: "
-                           f"continue with restart on every worker once it is back")
+    if step < 0:
+        return WorkerLostError(f"{who} did not answer before training began ({type(err).__name__}); start every "
+                               f"worker of the cluster (the same command, each with its own index)")
+    return WorkerLostError(f"{who} stopped responding at batch {step + 1} ({type(err).__name__}); the cluster "
+                           f"stops: continue with restart on every worker once it is back")

@@ -96,10 +96,10 @@ class HeldoutEvaluation:
         writer.add(sess.run(self.summary, {self.value: perplexity}), step)
         improved = self.best is None or perplexity < self.best["heldout_perplexity"]
         self.history.append({"step": step, "train_perplexity": train_perplexity,
-                             "heldout_perplexity": float(perplexity), "checkpoint": saver.latest})
+                             "heldout_perplexity": float(perplexity), "checkpoint": saver.newest})
         if improved:
             self.best = self.history[-1]
-            saver.protected = saver.latest
+            saver.protected = saver.newest
         self._write(saver, finished=False)
         since = len(self.history) - 1 - self.history.index(self.best)
         logger.info("batch %d: held-out perplexity %.2f (best %.2f at batch %d)", step, perplexity,
@@ -203,7 +203,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
                         evaluation.best["heldout_perplexity"], evaluation.best["step"])
         else:
             _train(config, data, save_dir, log_dir or save_dir, run, start, vocab, overwrite, evaluation,
-                   settings["softmax_only_batches"], setup=_setup(vocab, train_prefix))
+                   settings["softmax_only_batches"], setup=_setup(vocab, train_prefix, heldout_prefix))
         if not run.chief:
             return None  # the chief evaluates
         if evaluation.best is None:

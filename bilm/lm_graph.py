@@ -172,7 +172,8 @@ def build_training_graph(options, n_gpus, collectives=None):
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
         ``train_op`` and ``softmax_train_op`` (the update of all weights, of the softmax alone; their
         value is the global step after the update),
-        ``train_perplexity``, ``finite`` (bool: the batch was applied),
+        ``train_loss`` (the batch's loss, mean over towers and workers), ``train_perplexity`` (its exp),
+        ``finite`` (bool: the batch was applied), ``reset_states`` (zero the LSTM states),
         ``global_step``, ``tokens_trained`` (int64 variable: tokens trained on, all
         towers), ``grad_norm``, ``weights_finite``,
         ``summaries``, ``histograms``.
@@ -233,7 +234,8 @@ def build_training_graph(options, n_gpus, collectives=None):
                for g, v in zip(grads, variables)]  # the rows a sparse gradient has (not densified)
         )
     return {"models": models, "train_op": train_op, "softmax_train_op": softmax_train_op,
-            "train_perplexity": train_perplexity, "finite": finite,
+            "train_perplexity": train_perplexity, "train_loss": loss, "finite": finite,
+            "reset_states": tf.variables_initializer([v for m in models for v in m.states.flat_variables()]),
             "global_step": global_step, "tokens_trained": tokens_trained,
             "grad_norm": grad_norm, "weights_finite": weights_finite, "summaries": summaries,
             "histograms": histograms}

@@ -5,12 +5,12 @@ trains ``n_epochs * n_train_tokens`` tokens in batches of ``batch_size * unroll_
 tokens per tower, so a restart with another batch size or number of towers trains
 exactly the tokens that are left. A run interrupted (Ctrl-C, SIGTERM through the
 ``bilm`` command) or stopped by an error saves a checkpoint of its last completed batch
-first; a run whose loss or gradients stop being finite stops at once without saving,
-so its last good checkpoint stays the latest.
+first. A checkpoint becomes the latest once the next batch's loss shows its weights are
+good; a run that diverges (``bilm.divergence``) stops, or rolls back to its last good
+checkpoint, and no checkpoint of the diverged weights is kept.
 """
 import contextlib
 import glob
-import json
 import logging
 import os
 import random
@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import tensorflow.compat.v1 as tf
 
 from . import checkpoints, layout, precision, weights
-from .errors import BilmError, OptionsError, OutputError, TrainingError, WorkerLostError, flag, tensorflow_reason
+from .divergence import MAX_ROLLBACKS, MAX_SKIPPED_BATCHES, DivergenceWatch
+from .errors import (BilmError, InputError, OptionsError, OutputError, TrainingError, WorkerLostError, flag,
+                     tensorflow_reason)
 from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
-from .cluster import Collectives, check_same_setup, lost_worker_error
+from .cluster import Collectives, calls_left_running, check_same_setup, lost_worker_error, within
 from .lm_graph import build_training_graph, feed, session_config
 from .options import ELMO_ORIGINAL, ModelOptions, training_options
 from .prefetch import Prefetch
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = "train.lock"
 KEEP_CHECKPOINTS = 2
+ON_DIVERGENCE = ("stop", "rollback")
 
 
 def tokens_per_step(config, n_gpus):
@@ -44,18 +47,28 @@ def _log_interval(log_every, total):
     return max(1, min(log_every, total // 10))
 
 
+@contextlib.contextmanager
 def save_dir_lock(tf_save_dir):
-    """The lock that one training process at a time holds on a save directory (created if needed)."""
+    """Hold the lock that one training process at a time holds on a save directory (created if needed;
+    removed again if the run leaves it empty, e.g. when it fails before training)."""
+    created = not os.path.exists(tf_save_dir)
     try:
         os.makedirs(tf_save_dir, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{tf_save_dir}: cannot create the save directory ({os.strerror(err.errno)})") from None
-    return OutputLock(tf_save_dir, os.path.join(tf_save_dir, LOCK_FILE))
+    try:
+        with OutputLock(tf_save_dir, os.path.join(tf_save_dir, LOCK_FILE)):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there
+                os.rmdir(tf_save_dir)
 
 
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
           checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False,
-          keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0):
+          keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, on_divergence="stop",
+          max_rollbacks=MAX_ROLLBACKS):
     """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
     Args:
@@ -77,14 +90,16 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
             graph is built); without it that is an error (use restart).
         cluster: a ``bilm.cluster.Cluster``: this process is one of its workers; ``data``
             is this worker's share (``worker=(index, size)``), and each batch is averaged
-            over every worker (``worker_timeout``: seconds to wait for them).
+            over every worker (``worker_timeout``: seconds to wait for them, at start too).
+        on_divergence: ``"stop"`` or ``"rollback"`` (at most ``max_rollbacks`` times) when the
+            run diverges (``bilm.divergence``).
     Returns:
         the final training perplexity.
     Raises:
-        TrainingError: the loss or gradients stopped being finite (nothing is saved).
+        TrainingError: the run diverged (no checkpoint of the diverged weights is kept).
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, histogram_every, keep_checkpoints, seed, cluster,
-                      worker_timeout)
+                      worker_timeout, on_divergence, max_rollbacks)
     with _guard(tf_save_dir, run):
         config = ModelOptions.of(options, training=True)
         vocab = getattr(data, "vocab", None)
@@ -97,17 +112,24 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
 
 class _Checkpoints:
     """Saves the training session's checkpoints: only sound weights, the newest ``keep`` of them (earlier
-    runs' included) plus a ``protected`` one (fine-tuning's best), with clear errors on a full disk."""
+    runs' included) plus a ``protected`` one (fine-tuning's best), with clear errors on a full disk.
+
+    A checkpoint is written at once but becomes the save directory's latest (``latest``, what ``restart``
+    and ``test`` read) only when the next batch's loss shows its weights are good (``confirm``), or
+    when the run ends or stops on a good batch (``save(publish=True)``); until then it is ``pending``, and
+    a run that diverges removes it (``discard``). ``newest`` is the newest written, pending or not.
+    """
 
     def __init__(self, sess, graph, tf_save_dir, keep, enabled=True):
         self.sess, self.graph, self.dir, self.keep, self.enabled = sess, graph, tf_save_dir, keep, enabled
         self.saver = tf.train.Saver(tf.global_variables(), max_to_keep=None)
         earlier = checkpoints.checkpoint_paths(tf_save_dir) if enabled else []  # newest first
-        self.latest = earlier[0] if earlier else None
-        self.protected = None
+        self.latest = self.newest = earlier[0] if earlier else None
+        self.pending = self.protected = None
 
-    def save(self):
-        """Write a checkpoint of the current step (the chief of a cluster only); return its path."""
+    def save(self, publish=False):
+        """Write a checkpoint of the current step (the chief of a cluster only), pending unless ``publish``;
+        return its path."""
         if not self.enabled:
             return self.latest
         if not self.sess.run(self.graph["weights_finite"]):
@@ -115,21 +137,37 @@ class _Checkpoints:
                                 f"{self.latest}, is the last good one)")
         step = int(self.sess.run(self.graph["global_step"]))
         prefix = os.path.join(self.dir, checkpoints.CHECKPOINT_PREFIX)
+        self.discard()  # a pending checkpoint not confirmed by now is not known to be good
         try:
-            self.latest = self.saver.save(self.sess, prefix, global_step=step, write_meta_graph=False)
+            path = self.saver.save(self.sess, prefix, global_step=step, write_meta_graph=False, write_state=False)
         except (tf.errors.OpError, OSError) as err:
-            for leftover in glob.glob(glob.escape(f"{prefix}-{step}") + "*"):
-                if os.path.isdir(leftover):
-                    shutil.rmtree(leftover, ignore_errors=True)
-                elif not os.path.exists(f"{prefix}-{step}.index"):
-                    os.remove(leftover)
+            _remove_checkpoint(f"{prefix}-{step}", partial=True)
             error = OutputError(f"{self.dir}: cannot write checkpoint {os.path.basename(prefix)}-{step} "
                                 f"({tensorflow_reason(err)}); the latest complete checkpoint is {self.latest}: "
                                 f"make room, then continue with restart")
             error.bilm_checkpoint = self.latest  # nothing more to save: say how to continue
             raise error from None
-        self._prune(latest=self.latest, saved_step=step)
-        return self.latest
+        self.pending = self.newest = path
+        if publish:
+            self.confirm()
+        return path
+
+    def confirm(self):
+        """The pending checkpoint's weights are good: make it the latest."""
+        if self.pending is not None:
+            self._prune(latest=self.pending, saved_step=int(self.pending.rsplit("-", 1)[1]))
+            self.latest, self.pending = self.pending, None
+
+    def discard(self):
+        """Remove the pending checkpoint (unless protected): its weights are not known to be good."""
+        if self.pending is not None and self.pending != self.protected:
+            _remove_checkpoint(self.pending)
+            self.newest = self.latest
+        self.pending = None
+
+    def restore_latest(self):
+        """Load the latest checkpoint into the session (a rollback)."""
+        self.saver.restore(self.sess, self.latest)
 
     def _prune(self, latest=None, saved_step=None):
         """Keep the newest ``keep`` checkpoints, ``latest`` and the protected one, and list them in
@@ -142,8 +180,7 @@ class _Checkpoints:
         kept += [p for p in paths if p == self.protected and p not in kept]
         for path in paths:
             if path not in kept:
-                for name in glob.glob(glob.escape(path) + ".*"):
-                    os.remove(name)
+                _remove_checkpoint(path)
         latest = latest or kept[0]
         tf.train.update_checkpoint_state(self.dir, latest, [p for p in kept[::-1] if p != latest] + [latest])
 
@@ -152,6 +189,16 @@ class _Checkpoints:
         if self.enabled:
             self._prune(latest=path)
             self.latest = path
+
+
+def _remove_checkpoint(path, partial=False):
+    """Remove the files of checkpoint ``path`` (``partial``: what a failed save left, its temporary
+    directories included; a complete checkpoint of that step is kept)."""
+    for name in glob.glob(glob.escape(path) + ".*") + glob.glob(glob.escape(path) + "_temp*"):
+        if os.path.isdir(name):
+            shutil.rmtree(name, ignore_errors=True)
+        elif not (partial and os.path.exists(f"{path}.index")):
+            os.remove(name)
 
 
 class _Events:
@@ -192,8 +239,11 @@ class RunSettings:
     """How a training run goes (not the model): towers, checkpoints, logging, seed, cluster.
 
     ``cluster``: a ``bilm.cluster.Cluster`` to train across machines (None: this one);
-    ``worker_timeout``: seconds a step may wait for the other workers before the run
-    stops naming the ones that are gone.
+    ``worker_timeout``: seconds a step (or the start) may wait for the other workers
+    before the run stops naming the ones that are gone (or never came).
+    ``on_divergence``: what a diverged run does (``bilm.divergence``): ``"stop"``, or
+    ``"rollback"``: restore the latest checkpoint, skip the data that diverged and go on,
+    at most ``max_rollbacks`` times (one machine only).
     """
 
     n_gpus: int = 1
@@ -204,6 +254,16 @@ class RunSettings:
     seed: int = None
     cluster: object = None
     worker_timeout: float = 600.0
+    on_divergence: str = "stop"
+    max_rollbacks: int = MAX_ROLLBACKS
+
+    def __post_init__(self):
+        if self.on_divergence not in ON_DIVERGENCE:
+            raise InputError(f"{flag('on_divergence', '--on_divergence')} is {self.on_divergence!r}; expected one "
+                             f"of {', '.join(ON_DIVERGENCE)}")
+        if self.on_divergence == "rollback" and self.cluster is not None:
+            raise InputError(f"{flag('on_divergence', '--on_divergence')} rollback: not on a cluster (it restores "
+                             f"the chief's checkpoint on one machine); use stop, then restart")
 
     @property
     def chief(self):
@@ -265,6 +325,8 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
                            f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
     session = session_config(run.n_gpus)
     server = run.cluster.start_server(session) if run.cluster else None
+    if server is not None:
+        run.cluster.wait_for_peers(run.worker_timeout)
     placement = tf.device(run.cluster.device) if run.cluster else contextlib.nullcontext()
     with tf.Graph().as_default(), placement:
         if run.seed is not None:  # the graph's sampling and dropout; the shard order and shuffling
@@ -277,17 +339,21 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
             evaluation.build(config, collectives)
         if collectives is not None:
             broadcast = collectives.broadcast_from_chief(tf.global_variables())
-            fingerprints = collectives.fingerprints(json.dumps([config.to_dict(), setup], sort_keys=True))
-        with tf.Session(server.target if server else "", config=session) as sess, precision.exact():
-            sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
-            if run.chief:
+            settings = collectives.gather_settings(_step_settings(config, run, setup, evaluation, softmax_only_batches))
+        initialize = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+        with _session(server.target if server else "", session) as sess, precision.exact():
+            if collectives is None:
+                sess.run(initialize)
                 start.initialize(sess, graph, config)
-            if collectives is not None:
+            else:  # every call that waits for the other workers: bounded, and Ctrl-C and SIGTERM end it
                 limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
                 try:
-                    check_same_setup(sess, fingerprints, run.cluster, "options, a vocabulary or training files", limit)
-                    sess.run(broadcast, options=limit)
-                except tf.errors.OpError as err:
+                    within(run.worker_timeout, lambda: sess.run(initialize))  # the session waits for every worker
+                    within(run.worker_timeout, lambda: check_same_setup(sess, settings, run.cluster, limit))
+                    if run.chief:
+                        start.initialize(sess, graph, config)
+                    within(run.worker_timeout, lambda: sess.run(broadcast, options=limit))
+                except (tf.errors.OpError, TimeoutError) as err:
                     raise lost_worker_error(err, run.cluster, -1) from None
             if run.chief:
                 for directory in (save_dir, log_dir):
@@ -310,6 +376,19 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
                     writer.close()
 
 
+@contextlib.contextmanager
+def _session(target, config):
+    """A ``tf.Session``, the default one inside; closed at the end unless a call on it was left running
+    (``bilm.cluster.within``: closing would wait for it)."""
+    sess = tf.Session(target, config=config)
+    try:
+        with sess.as_default():
+            yield sess
+    finally:
+        if not calls_left_running():
+            sess.close()
+
+
 def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_only_batches):
     step_tokens, total_tokens = graph["tokens_per_step"], config.n_epochs * config.n_train_tokens
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
@@ -328,8 +407,9 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     perplexity, start_step, began = float("nan"), step, time.time()
     start = began
     batches = Prefetch(data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps))
-    fetches = {"perplexity": graph["train_perplexity"], "finite": graph["finite"], "grad_norm": graph["grad_norm"]}
+    fetches = {"loss": graph["train_loss"], "perplexity": graph["train_perplexity"], "grad_norm": graph["grad_norm"]}
     limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000)) if run.cluster else None
+    watch, rollbacks = DivergenceWatch(config.n_tokens_vocab), []
     try:
         if evaluation is not None and evaluation.start(sess, step, total, saver, writer, run.chief):
             total = step  # a fine-tune that had stopped early: nothing is left to train
@@ -346,11 +426,18 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                 if run.cluster is None:
                     raise
                 raise lost_worker_error(err, run.cluster, step) from None
-            if not result["finite"]:
-                raise TrainingError(
-                    f"training diverged at batch {result['step']}: train perplexity {result['perplexity']:.4g}, "
-                    f"gradient norm {result['grad_norm']:.4g}; the batch was not applied and nothing was saved: "
-                    f"the latest checkpoint ({saver.latest}) is the last good one (a lower learning rate may help)")
+            diverged = watch.judge(int(result["step"]), float(result["loss"]), float(result["grad_norm"]),
+                                   last=int(result["step"]) >= total)
+            if not watch.bad:
+                saver.confirm()  # this batch's loss shows that the weights it started from are good
+            if diverged:
+                saver.discard()
+                if run.on_divergence != "rollback" or saver.latest is None or len(rollbacks) >= run.max_rollbacks:
+                    raise _divergence_error(int(result["step"]), diverged, saver, run, rollbacks)
+                rollbacks.append(int(result["step"]))
+                step = _roll_back(sess, graph, saver, watch, batches, f"batch {result['step']}: {diverged}", run,
+                                  len(rollbacks))
+                continue
             step, perplexity = int(result["step"]), float(result["perplexity"])
             for key in ("summaries", "histograms"):
                 if key in result:
@@ -364,19 +451,20 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                             step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
             evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
             if evaluate or step % run.checkpoint_every == 0 or step >= total:
-                saver.save()
+                saver.save(publish=evaluate and not watch.bad)  # an evaluated checkpoint: the latest at once
                 if writer is not None:
                     writer.flush(saver.latest)
             if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer, run.chief):
                 break  # stopped early
+        saver.confirm()  # the run ended without diverging: its last checkpoint is the latest
     except WorkerLostError as err:
-        _save_on_stop(err, sess, graph, saver, total_tokens)  # the chief keeps the last complete batch
+        _save_on_stop(err, sess, graph, saver, total_tokens, watch)  # the chief keeps the last complete batch
         raise
     except TrainingError:
         raise
     except (KeyboardInterrupt, BilmError, OSError, tf.errors.OpError) as err:
         if getattr(err, "bilm_checkpoint", None) is None:  # not a failed save: save now
-            _save_on_stop(err, sess, graph, saver, total_tokens)
+            _save_on_stop(err, sess, graph, saver, total_tokens, watch)
         if isinstance(err, tf.errors.OpError):  # TensorFlow's multi-line message: one line of it
             stopped = TrainingError(f"TensorFlow stopped training: {tensorflow_reason(err)}")
             stopped.bilm_note, stopped.bilm_checkpoint = err.bilm_note, getattr(err, "bilm_checkpoint", None)
@@ -387,14 +475,55 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     if evaluation is not None:
         evaluation.finish(saver)
     tokens = int(sess.run(graph["tokens_trained"]))
-    logger.info("trained %d batches (%d tokens, %d of %d in all) in %s; train perplexity %.2f; latest checkpoint %s",
+    undone = f", after {len(rollbacks)} rollback(s) (at batches {', '.join(map(str, rollbacks))})" if rollbacks else ""
+    logger.info("trained %d batches (%d tokens, %d of %d in all) in %s%s; train perplexity %.2f; latest checkpoint %s",
                 step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
-                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), perplexity,
+                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), undone, perplexity,
                 saver.latest if run.chief else "(the chief's)")
     return perplexity
 
 
-def _save_on_stop(err, sess, graph, saver, total_tokens):
+def _divergence_error(step, reason, saver, run, rollbacks):
+    """The one-line error of a diverged run: the batch, the loss, and the checkpoint that stays the latest."""
+    if not saver.enabled:
+        kept = "the chief keeps its last good checkpoint as the latest"
+    elif saver.latest is None:
+        kept = "no checkpoint of this run is known to be good, so none was kept"
+    else:
+        kept = f"nothing after the last good checkpoint, {saver.latest}, was saved: it stays the latest"
+    tried = ""
+    if run.on_divergence == "rollback":
+        most = flag("max_rollbacks", "--max_rollbacks")
+        tried = f" after {len(rollbacks)} rollback(s), the most {most} allows" if rollbacks else \
+            " with no good checkpoint to roll back to"
+    return TrainingError(f"training diverged at batch {step}{tried}: {reason}; {kept} (a lower learning rate may "
+                         f"help)")
+
+
+def _roll_back(sess, graph, saver, watch, batches, diverged, run, count):
+    """Restore the latest (good) checkpoint and skip the data that diverged: the batches from the checkpoint
+    to the divergence are not repeated, and the next ones are skipped while the restored weights find them
+    bad (a window of bad data). Returns the restored global step."""
+    saver.restore_latest()
+    sess.run(graph["reset_states"])  # the LSTM states were those of the diverged weights
+    step = int(sess.run(graph["global_step"]))
+    skipped = 0
+    while True:
+        skipped += 1
+        loss = float(sess.run(graph["train_loss"], feed(graph["models"], next(batches))))
+        if not watch.is_bad(loss):
+            break
+        if skipped >= MAX_SKIPPED_BATCHES:
+            raise TrainingError(f"training diverged at {diverged}; rolled back to {saver.latest}, whose loss stayed "
+                                f"bad for the next {skipped} batches (loss {loss:.4g}): the data, not the weights?")
+    watch.streak = []
+    logger.warning("diverged at %s; rolled back to %s (rollback %d of at most %d) and skipped the next %d batch(es) "
+                   "of data, to the first the restored weights find good", diverged, saver.latest, count,
+                   run.max_rollbacks, skipped)
+    return step
+
+
+def _save_on_stop(err, sess, graph, saver, total_tokens, watch):
     """Save the last completed batch of a stopped run; note on ``err`` what was kept."""
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
     where = f"batch {step} ({tokens:,} of {total_tokens:,} tokens)"
@@ -403,11 +532,18 @@ def _save_on_stop(err, sess, graph, saver, total_tokens):
         return
     if step == 0:
         note = "no batch was trained: nothing to save"
+    elif watch.bad:
+        saver.discard()
+        note = (f"not saved: {watch.reason()}; the latest checkpoint, {saver.latest}, is the last good one"
+                if saver.latest else f"not saved: {watch.reason()}")
+    elif saver.pending is not None and saver.pending.endswith(f"-{step}"):
+        saver.confirm()
+        note = f"the latest checkpoint, {saver.latest}, holds {where}"
     elif saver.latest is not None and saver.latest.endswith(f"-{step}"):
         note = f"the latest checkpoint, {saver.latest}, holds {where}"
     else:
         try:
-            note = f"saved {saver.save()} after {where}"
+            note = f"saved {saver.save(publish=True)} after {where}"
         except BilmError as save_error:
             note = f"not saved: {save_error}"
     err.bilm_note, err.bilm_checkpoint = note, saver.latest
@@ -419,15 +555,30 @@ def _guard(save_dir, run):
     return save_dir_lock(save_dir) if run.chief else contextlib.nullcontext()
 
 
-def _setup(vocab, train_prefix):
-    """What every worker of a cluster must share besides the options: the vocabulary and the shard names."""
-    names = [os.path.basename(path) for path in shard_files(train_prefix)]
-    return {"vocabulary": checkpoints.vocabulary_identity(vocab)["sha256"], "shards": names}
+def _setup(vocab, train_prefix, heldout_prefix=None):
+    """What every worker of a cluster must share besides the options: the vocabulary and the shard names
+    (and the held-out files' of fine-tuning)."""
+    setup = {"vocabulary": checkpoints.vocabulary_identity(vocab)["sha256"],
+             "training files": [os.path.basename(path) for path in shard_files(train_prefix)]}
+    if heldout_prefix is not None:
+        setup["held-out files"] = [os.path.basename(path) for path in shard_files(heldout_prefix)]
+    return setup
+
+
+def _step_settings(config, run, setup, evaluation, softmax_only_batches):
+    """Every setting that changes a training step, which the workers of a cluster compare at start: the
+    options, ``setup`` (vocabulary, data), the towers, and when each step evaluates (fine-tuning)."""
+    settings = dict(setup, options=config.to_dict(), n_gpus=run.n_gpus, softmax_only_batches=softmax_only_batches)
+    if evaluation is not None:
+        settings.update(eval_every=evaluation.every, patience=evaluation.patience,
+                        eval_batch_size=evaluation.batch_size)
+    return settings
 
 
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,
                     token_input=False, seed=None, overwrite=False, checkpoint_every=1250, log_every=100,
-                    keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, **option_changes):
+                    keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, on_divergence="stop",
+                    max_rollbacks=MAX_ROLLBACKS, **option_changes):
     """Train a new model on the files of ``train_prefix``: the original ELMo hyperparameters, then changes.
 
     Args:
@@ -438,12 +589,14 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
             dropout and sampling.
         cluster: a ``bilm.cluster.Cluster``: this process is one of its workers (every
             worker runs this function with the same arguments).
+        on_divergence, max_rollbacks: as ``train``.
     Everything that can be checked (the save directory, the options, the vocabulary)
     is checked before the corpus is counted or anything is written.
     Returns the final training perplexity.
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, seed=seed,
-                      cluster=cluster, worker_timeout=worker_timeout)
+                      cluster=cluster, worker_timeout=worker_timeout, on_divergence=on_divergence,
+                      max_rollbacks=max_rollbacks)
     with _guard(save_dir, run):
         if run.chief:
             checkpoints.check_new_run(save_dir, overwrite)
@@ -460,7 +613,7 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
                      log_every=100, keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0,
-                     **option_changes):
+                     on_divergence="stop", max_rollbacks=MAX_ROLLBACKS, **option_changes):
     """Continue training from the latest intact checkpoint of ``save_dir``.
 
     ``option_changes``: ``n_train_tokens``, ``n_epochs``, ``batch_size`` (None values are
@@ -468,10 +621,11 @@ def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1,
     ``n_epochs * n_train_tokens``, in batches of the new size. The vocabulary must be
     the run's (checked against ``vocabulary.json``). On a cluster every worker reads
     the options of ``save_dir``; the chief restores the checkpoint and gives the weights
-    to the others. Returns the final training perplexity.
+    to the others. ``on_divergence``, ``max_rollbacks``: as ``train``. Returns the final
+    training perplexity.
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, cluster=cluster,
-                      worker_timeout=worker_timeout)
+                      worker_timeout=worker_timeout, on_divergence=on_divergence, max_rollbacks=max_rollbacks)
     with _guard(save_dir, run):
         checkpoints.check_not_a_finetune(save_dir)
         saved, ckpt_file = checkpoints.load_save_dir(save_dir)

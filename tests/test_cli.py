@@ -278,7 +278,7 @@ def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
     data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 3000, max_len=20)), encoding="utf-8")
     out, expected = tmp_path / "out.hdf5", tmp_path / "expected.hdf5"
     job = ["embed", str(data), str(out), "--batch-size", "4"] + model_args
-    # Ctrl-C while TensorFlow loads: one line, no traceback.
+    # Ctrl-C while TensorFlow loads (once the command runs: it handles SIGTERM): one line, no traceback.
     early = _start(*job)
     _wait_for(lambda: _loads_tensorflow(early.pid), early)
     early.send_signal(signal.SIGINT)
@@ -325,8 +325,10 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
              "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "40"]
     trainer = _start(*train)
     _wait_for((save / "train.lock").exists, trainer)
+    trainer.send_signal(signal.SIGSTOP)  # as above
     other = _start(*train)
     _, stderr = other.communicate(timeout=120)
+    trainer.send_signal(signal.SIGCONT)
     assert other.returncode == 2 and "is being written by another process" in stderr
     trainer.send_signal(signal.SIGTERM)
     trainer.communicate(timeout=120)

@@ -1,8 +1,11 @@
 """Training across worker processes on 127.0.0.1 (TensorFlow's collective ops), bounded in time."""
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,23 +136,164 @@ def test_a_cluster_trains_and_a_lost_worker_stops_it_then_restart_finishes(tmp_p
     assert evaluate_checkpoint(str(saves[0]), str(TINY_CORPUS), VOCAB, batch_size=1) < 20
 
 
-def test_a_worker_with_other_options_is_refused_at_start(tmp_path):
-    addresses = local_addresses(2)
-    workers = ",".join(addresses)
+def two_shards(directory):
     for k in range(2):
-        (tmp_path / f"shard{k}.txt").write_text(TINY_CORPUS.read_text(encoding="utf-8"), encoding="utf-8")
-    common = ["--train_prefix", str(tmp_path / "shard*.txt"), "--vocab_file", VOCAB, "--workers", workers,
-              "--token_input",
-              "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "8", "--projection_dim", "8",
-              "--n_epochs", "1", "--worker_timeout", "30"]
-    processes = [subprocess.Popen([sys.executable, "-m", "bilm.cli", "train", *common, "--save_dir",
-                                   str(tmp_path / f"s{k}"), "--worker_index", str(k), "--lstm_dim", str(16 * (k + 1))],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
-    for process in processes:
-        _, stderr = process.communicate(timeout=TIMEOUT)
-        assert process.returncode == 2, stderr[-2000:]
-        assert "started with options, a vocabulary or training files other than the chief's" in stderr
-    assert not list((tmp_path / "s0").glob("model.ckpt-*"))
+        (directory / f"shard{k}.txt").write_text(TINY_CORPUS.read_text(encoding="utf-8"), encoding="utf-8")
+    return str(directory / "shard*.txt")
+
+
+class Worker:
+    """A ``bilm`` command in its own process, its stderr read as it comes (every wait on it is bounded)."""
+
+    def __init__(self, *args, env=None):
+        self.process = subprocess.Popen([sys.executable, "-m", "bilm.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
+
+    def wait_for_line(self, text, timeout=TIMEOUT):
+        deadline = time.time() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert time.time() < deadline and self.process.poll() is None, f"no {text!r} in: {''.join(self.lines)}"
+            time.sleep(0.05)
+
+    def finish(self, timeout=TIMEOUT):
+        """(exit status, stderr); a process still running after ``timeout`` s is killed (and the status says so)."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            self.lines.append(f"\n(still running after {timeout} s: killed)")
+        self.reader.join(timeout=10)
+        return self.process.returncode, "".join(self.lines)
+
+
+@pytest.fixture
+def start_worker():
+    """Start ``Worker``s; any still running when the test ends is killed."""
+    started = []
+
+    def start(*args, env=None):
+        started.append(Worker(*args, env=env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
+
+
+TOKEN_MODEL = ["--token_input", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "8",
+               "--projection_dim", "8", "--lstm_dim", "16"]
+
+
+def test_workers_with_other_settings_are_refused_at_start_naming_each_setting(tmp_path, start_worker):
+    workers = ",".join(local_addresses(2))
+    common = ["--train_prefix", two_shards(tmp_path), "--vocab_file", VOCAB, "--workers", workers, *TOKEN_MODEL,
+              "--n_epochs", "1", "--worker_timeout", "60"]
+    # Worker 1 with another LSTM size and, on its own, more towers: a batch of other sizes (the chief would
+    # count its own towers' tokens for every worker).
+    other = {0: [], 1: ["--lstm_dim", "32", "--n_gpus", "2"]}
+    processes = [start_worker("train", *common, "--save_dir", str(tmp_path / f"s{k}"), "--worker_index", str(k),
+                              *other[k]) for k in range(2)]
+    for status, stderr in [worker.finish() for worker in processes]:
+        message = stderr.strip().splitlines()[-1]
+        assert status == 2 and message.startswith("bilm: error: worker 1 (") and "Traceback" not in stderr, stderr
+        assert "has --n_gpus 2 (the chief's: 1), options.lstm.dim 32 (the chief's: 16): every worker must start " \
+               "with the chief's settings" in message, message
+    assert not (tmp_path / "s0").exists() and not (tmp_path / "s1").exists()  # nothing written
+
+
+def test_finetuning_workers_with_other_evaluations_are_refused_at_start(tmp_path, start_worker):
+    source = tmp_path / "source"
+    options = {"bidirectional": True, "dropout": 0.0, "all_clip_norm_val": 10.0, "n_epochs": 1, "n_train_tokens": 20,
+               "lstm": {"dim": 16, "projection_dim": 8, "n_layers": 1}, "batch_size": 2, "unroll_steps": 5,
+               "n_tokens_vocab": load_vocab(VOCAB).size, "n_negative_samples_batch": 8}
+    train(options, BidirectionalLMDataset(str(TINY_CORPUS), load_vocab(VOCAB)), 1, str(source), str(source))
+    workers = ",".join(local_addresses(2))
+    common = ["--from", str(source), "--train_prefix", two_shards(tmp_path), "--heldout_prefix", str(TINY_CORPUS),
+              "--vocab_file", VOCAB, "--workers", workers, "--worker_timeout", "60", "--eval_batch_size", "2",
+              "--save_dir", str(tmp_path / "tuned")]
+    processes = [start_worker("finetune", *common, "--worker_index", str(k), "--eval_every", str(5 + k))
+                 for k in range(2)]
+    for status, stderr in [worker.finish() for worker in processes]:
+        message = stderr.strip().splitlines()[-1]
+        assert status == 2 and "Traceback" not in stderr, stderr
+        assert "has --eval_every 6 (the chief's: 5): every worker must start with the chief's settings" in message
+
+
+def test_a_worker_whose_peers_never_come_waits_at_most_the_timeout_and_obeys_signals(tmp_path, start_worker):
+    shards = two_shards(tmp_path)
+
+    def lone_worker(index, timeout, *extra):
+        addresses = local_addresses(2)  # a cluster of two; only this worker starts
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        process = start_worker(*extra, "train", "--train_prefix", shards, "--vocab_file", VOCAB, "--save_dir",
+                               str(tmp_path / f"save{index}{timeout}"), *TOKEN_MODEL, "--worker_timeout", str(timeout),
+                               env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
+        return process, addresses[1 - index]
+
+    alone, missing = lone_worker(0, 3, "--quiet")
+    waiting = {signum: lone_worker(1, 600) for signum in (signal.SIGTERM, signal.SIGINT)}
+    status, stderr = alone.finish(timeout=120)  # start-up, 3 s of waiting, the end
+    assert status == 2 and stderr.strip().splitlines() == [
+        f"bilm: error: worker 1 ({missing}): not started within --worker_timeout 3 s; start every worker of the "
+        f"cluster (the same command, each with its own index)"], stderr
+    for signum, (process, missing) in waiting.items():
+        process.wait_for_line(f"waiting for worker 0 ({missing}) (at most 600 s)")
+        process.process.send_signal(signum)
+        sent = time.time()
+        status, stderr = process.finish(timeout=60)
+        status_and_word = {signal.SIGTERM: (143, "terminated (SIGTERM)"), signal.SIGINT: (130, "interrupted")}[signum]
+        assert status == status_and_word[0] and time.time() - sent < 15, stderr
+        assert stderr.strip().splitlines()[-1] == f"bilm: {status_and_word[1]}; nothing was left half-written", stderr
+    # A peer whose port answers but that is no TensorFlow server: TensorFlow's session would wait for it for
+    # ever; the wait is bounded too.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        tf_config = {"cluster": {"worker": [local_addresses(1)[0], f"127.0.0.1:{silent.getsockname()[1]}"]},
+                     "task": {"type": "worker", "index": 0}}
+        process = start_worker("--quiet", "train", "--train_prefix", shards, "--vocab_file", VOCAB, "--save_dir",
+                               str(tmp_path / "silent"), *TOKEN_MODEL, "--worker_timeout", "3",
+                               env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
+        status, stderr = process.finish(timeout=120)
+    assert status == 2 and stderr.strip().splitlines() == [
+        f"bilm: error: another worker did not answer before training began (TimeoutError); start every worker of "
+        f"the cluster (the same command, each with its own index)"], stderr
+
+
+def test_a_worker_whose_chief_stops_ends_with_one_line(tmp_path, start_worker):
+    workers = ",".join(local_addresses(2))
+    common = ["--train_prefix", two_shards(tmp_path), "--vocab_file", VOCAB, "--save_dir", str(tmp_path / "save"),
+              "--workers", workers, *TOKEN_MODEL, "--n_epochs", "1000", "--worker_timeout", "60", "--log_every", "5"]
+    processes = [start_worker("train", *common, "--worker_index", str(k)) for k in range(2)]
+    processes[0].wait_for_line("batch 5/")
+    processes[0].process.send_signal(signal.SIGTERM)
+    (chief, _), (status, stderr) = [worker.finish(timeout=120) for worker in processes]
+    assert chief == 143 and status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert all(line.startswith(("INFO ", "WARNING ")) for line in lines[:-1]), stderr  # no TensorFlow lines
+    assert lines[-1].startswith("bilm: error: worker 0 (") and "stopped responding" in lines[-1], stderr
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    ('{"cluster": {"worker": [1, 2]}, "task": {"type": "worker", "index": 0}}',
+     'cluster.worker is [1, 2], not a list of "host:port" strings'),
+    ('{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+     'cluster.worker is "127.0.0.1:1", not a list of "host:port" strings'),
+    ('"a string"', "no 'cluster' and 'task' objects in '\"a string\"'"),
+    ("not json", "not JSON (Expecting value: line 1 column 1 (char 0))"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": "1"}}',
+     'task.index "1", not an integer'),
+])
+def test_a_malformed_tf_config_is_one_line_naming_it(monkeypatch, capsys, tf_config, expected):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert main(["--quiet", "train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir",
+                 "/tmp/unused"]) == 2
+    assert capsys.readouterr().err == f"bilm: error: TF_CONFIG: {expected}; expected {{\"cluster\": {{\"worker\": " \
+                                      f"[\"host:port\", ...]}}, \"task\": {{\"type\": \"worker\", \"index\": K}}}}\n"
 
 
 def test_fewer_shards_than_workers_is_a_clear_error(capsys):

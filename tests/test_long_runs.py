@@ -1,5 +1,7 @@
 """Training runs that lose nothing: signals, errors mid-run, divergence, restarts with other settings, full disks."""
+import itertools
 import json
+import logging
 import re
 import os
 import shlex
@@ -16,6 +18,7 @@ import tensorflow.compat.v1 as tf
 from bilm.checkpoints import latest_checkpoint, load_options_latest_checkpoint
 from bilm.cli import main
 from bilm.errors import CheckpointError, TrainingError, VocabularyError
+from bilm.evaluation import evaluate_checkpoint
 from bilm.lm_dataset import load_vocab
 from bilm.training import train
 from bilm.data import BidirectionalLMDataset
@@ -106,19 +109,153 @@ def test_an_error_mid_run_saves_then_says_how_to_continue(tmp_path, capsys):
     assert latest_checkpoint(str(save)) is not None
 
 
-def test_divergence_stops_at_once_and_never_saves_non_finite_weights(tmp_path):
-    options = json.loads(json.dumps(_options(learning_rate=1e30, n_batches=40)))
+def test_non_finite_loss_stops_at_once_and_keeps_the_weights_before_the_update_that_broke(tmp_path):
+    options = _options(n_batches=10)
     save = str(tmp_path / "ckpt")
-    with pytest.raises(TrainingError, match=r"training diverged at batch \d+: train perplexity .*the latest "
-                                            r"checkpoint .* is the last good one") as raised:
-        train(options, _dataset(options), 1, save, save, checkpoint_every=1, seed=0)
-    batch = int(re.search(r"diverged at batch (\d+)", str(raised.value)).group(1))
-    paths = sorted(Path(save).glob("model.ckpt-*.index"))
-    assert paths, "the batches before the divergence were saved"
-    # Stopped at once: the last checkpoint is the batch before, and the message names it.
-    assert tf.train.latest_checkpoint(save).endswith(f"model.ckpt-{batch - 1}")
-    assert f"model.ckpt-{batch - 1}" in str(raised.value)
-    assert all(all_finite(str(p)[: -len(".index")]) for p in paths)
+    train(options, _dataset(options), 1, save, save, seed=0)  # 10 good batches: model.ckpt-10
+    good = stored(f"{save}/model.ckpt-10", "lm/softmax/W")
+    exploding = dict(options, learning_rate=1e30, n_train_tokens=40 * 10)
+    with pytest.raises(TrainingError) as raised:
+        train(exploding, _dataset(options), 1, save, save, restart_ckpt_file=f"{save}/model.ckpt-10",
+              checkpoint_every=1, seed=0)
+    message = str(raised.value)
+    batch = int(re.search(r"^training diverged at batch (\d+): loss \S+, gradient norm \S+: not finite", message).group(1))
+    assert batch <= 13, message  # at once, without a warm-up
+    # Batch 11 was applied (its loss was good) and ruined the weights; model.ckpt-11 was written, then never
+    # confirmed by a good batch: it is gone, and the weights before it stay the latest.
+    assert "the last good checkpoint, " + f"{save}/model.ckpt-10, was saved: it stays the latest" in message
+    assert tf.train.latest_checkpoint(save) == f"{save}/model.ckpt-10"
+    assert sorted(p.name for p in Path(save).glob("model.ckpt-*.index")) == ["model.ckpt-10.index"]
+    np.testing.assert_array_equal(stored(f"{save}/model.ckpt-10", "lm/softmax/W"), good)
+
+
+def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoint(tmp_path, capsys):
+    # The tiny model at --learning_rate 1e8: its loss is finite (exp overflows: train perplexity inf) but
+    # far worse than guessing, from the second batch on.
+    save = tmp_path / "ckpt"
+    diverging = ["--quiet", "train", *common(save), *SMALL, "--n_epochs", "24", "--checkpoint_every", "1"]
+    assert main(diverging + ["--learning_rate", "1e8"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bilm: error: training diverged at batch 21: loss "), lines
+    assert "above ln(2 x 43) = 4.45, worse than guessing uniformly" in lines[0] and "since batch 2;" in lines[0]
+    assert "no checkpoint of this run is known to be good, so none was kept" in lines[0]
+    assert not list(save.glob("model.ckpt-*")) and not (save / "checkpoint").exists()
+    # From a good checkpoint: the run that diverges after it names it, and it stays the latest.
+    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--overwrite"]) == 0
+    steps = TOKENS_PER_EPOCH // 10
+    options = json.loads((save / "options.json").read_text())
+    (save / "options.json").write_text(json.dumps(dict(options, learning_rate=1e8)))
+    assert main(["--quiet", "restart", *common(save), "--n_epochs", "24", "--checkpoint_every", "1"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"bilm: error: training diverged at batch {steps + 21}: loss \S+, above ln\(2 x 43\) = "
+                        rf"4\.45, .* since batch {steps + 2}; nothing after the last good checkpoint, "
+                        rf"{save}/model\.ckpt-{steps}, was saved: it stays the latest \(a lower learning rate may "
+                        rf"help\)", message), message
+    assert tf.train.latest_checkpoint(str(save)) == f"{save}/model.ckpt-{steps}"
+    assert sorted(p.name for p in save.glob("model.ckpt-*.index")) == [f"model.ckpt-{steps}.index"]
+
+
+class PoisonedShard:
+    """Batches of the tiny corpus, with a window of garbage (random vocabulary words) from batch ``at`` on:
+    a shard that makes a run diverge once. Records how often its batches are read from the start."""
+
+    def __init__(self, vocab, garbage_file, at=None, length=30):
+        self.vocab, self.garbage_file, self.at, self.length, self.passes = vocab, garbage_file, at, length, 0
+
+    def iter_batches(self, batch_size, num_steps):
+        self.passes += 1
+        clean = BidirectionalLMDataset(str(TINY_CORPUS), self.vocab, shuffle_on_load=True)
+        garbage = BidirectionalLMDataset(str(self.garbage_file), self.vocab, test=True)
+        clean, garbage = clean.iter_batches(batch_size, num_steps), garbage.iter_batches(batch_size, num_steps)
+        for k in itertools.count():
+            poisoned = self.at is not None and self.at <= k < self.at + self.length
+            yield next(garbage) if poisoned else next(clean)
+
+
+def test_rollback_skips_the_window_that_diverged_and_ends_as_a_clean_run(tmp_path, caplog):
+    vocab = load_vocab(VOCAB)
+    rng = np.random.default_rng(0)
+    words = [vocab.id_to_word(i) for i in range(3, vocab.size)]
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("\n".join(" ".join(rng.choice(words, 30)) for _ in range(60)) + "\n", encoding="utf-8")
+    # A token model, full softmax, 800 batches of 8 x 5 tokens: it ends near its floor (a perplexity of
+    # about 1.45 on this corpus), where what it learned no longer depends on which batches it saw.
+    options = {"bidirectional": True, "dropout": 0.0, "all_clip_norm_val": 10.0, "sample_softmax": False,
+               "lstm": {"dim": 16, "projection_dim": 8, "n_layers": 2, "cell_clip": 3, "proj_clip": 3},
+               "n_epochs": 1, "n_train_tokens": 800 * 40, "batch_size": 8, "unroll_steps": 5,
+               "n_tokens_vocab": vocab.size}
+
+    def run(name, at, on_divergence):
+        data = PoisonedShard(vocab, garbage, at)
+        train(options, data, 1, str(tmp_path / name), str(tmp_path / name), checkpoint_every=10, seed=0,
+              on_divergence=on_divergence)
+        return evaluate_checkpoint(str(tmp_path / name), str(TINY_CORPUS), VOCAB, batch_size=1), data
+
+    clean, _ = run("clean", None, "stop")
+    # Garbage from batch 401: the loss leaps above ln(2V) and the run diverges after 5 such batches.
+    with pytest.raises(TrainingError, match=r"diverged at batch 405: loss .* since batch 401; nothing after the last "
+                                            r"good checkpoint, .*/model.ckpt-390, was saved"):
+        run("stopped", 400, "stop")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bilm.trainer"):
+        rolled_back, data = run("rolled_back", 400, "rollback")
+    warnings = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    skipped = int(re.search(r"rolled back to .*/model\.ckpt-390 \(rollback 1 of at most 3\) and skipped the next "
+                            r"(\d+) batch", warnings[0]).group(1))
+    assert 25 <= skipped <= 30  # the rest of the window (batches 406 to 430), and no more than a few after it
+    assert data.passes == 1  # the data went on from where it was: nothing was read twice
+    assert tf.train.latest_checkpoint(str(tmp_path / "rolled_back")).endswith("model.ckpt-800")
+    assert abs(rolled_back / clean - 1) < 0.05, (rolled_back, clean)
+
+
+def test_the_divergence_watch_judges_streaks_after_the_warm_up():
+    from bilm.divergence import DIVERGED_AFTER, WARMUP_BATCHES, DivergenceWatch
+
+    watch = DivergenceWatch(100)  # bound ln(200) = 5.30
+    for step in range(1, WARMUP_BATCHES + 1):  # the warm-up: a streak is noted, never judged
+        assert watch.judge(step, 6.0) is None
+    assert watch.bad and len(watch.streak) == WARMUP_BATCHES
+    for step in range(WARMUP_BATCHES + 1, WARMUP_BATCHES + 60):
+        assert watch.judge(step, 1.0) is None  # good: the streak ends
+    assert not watch.bad
+    assert watch.judge(99, 3.2) is None  # a perplexity under 10 x e: not a spike (the mean is now 62.2 / 60)
+    verdicts = [watch.judge(100 + k, 3.5) for k in range(DIVERGED_AFTER)]  # over 10 x exp(1.0367) = 28.2
+    assert verdicts[:-1] == [None] * (DIVERGED_AFTER - 1)
+    assert verdicts[-1] == f"loss 3.5, a perplexity over 10 x 2.82, that of the mean loss 1.04 of the 60 good " \
+                           f"batches before, for {DIVERGED_AFTER} batches since batch 100"
+    late = DivergenceWatch(100)  # a run that ends in a streak has diverged, warm-up or not
+    assert [late.judge(k, 9.0, last=k == DIVERGED_AFTER) is None for k in range(1, DIVERGED_AFTER + 1)] == \
+        [True] * (DIVERGED_AFTER - 1) + [False]
+    assert "not finite" in DivergenceWatch(100).judge(1, 2.0, grad_norm=float("nan"))
+
+
+def test_a_failed_train_leaves_no_save_directory(tmp_path, capsys):
+    save = tmp_path / "new" / "ckpt"
+    assert main(["--quiet", "train", *common(save, corpus=tmp_path / "nothing*.txt"), *SMALL]) == 2
+    assert "no training file matches" in capsys.readouterr().err
+    assert not save.exists()
+    save.mkdir(parents=True)  # a directory that was there before is kept
+    assert main(["--quiet", "train", *common(save, corpus=tmp_path / "nothing*.txt"), *SMALL]) == 2
+    assert save.is_dir() and not list(save.iterdir())
+
+
+def test_messages_name_relative_save_directories_once(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "train", *common("s1x"), *SMALL, "--n_epochs", "1", "--checkpoint_every", "3"]) == 0
+    steps = TOKENS_PER_EPOCH // 10
+    for name in Path("s1x").glob(f"model.ckpt-{steps}.data-*"):
+        name.unlink()
+    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", "s1x",
+                 "--batch_size", "2"]) == 0
+    assert f"s1x/model.ckpt-{steps}: its data file model.ckpt-{steps}.data-00000-of-00001 is missing; using the " \
+           f"newest intact checkpoint, s1x/model.ckpt-6" in caplog.text
+    for name in Path("s1x").glob("model.ckpt-*"):
+        name.unlink()
+    assert main(["--quiet", "test", "--test_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir", "s1x",
+                 "--batch_size", "2"]) == 2
+    assert capsys.readouterr().err == f"bilm: error: s1x/model.ckpt-{steps}: its index file model.ckpt-{steps}.index " \
+                                      f"is missing; no intact checkpoint is left in s1x\n"
 
 
 def test_non_finite_options_are_refused(capsys):
@@ -204,10 +341,10 @@ def test_a_restart_from_an_earlier_checkpoint_never_names_a_later_one_latest(tmp
             first = _Checkpoints(sess, graph, str(tmp_path), keep=2)
             for value in (10, 20):
                 step.load(value, sess)
-                first.save()
+                first.save(publish=True)
             restarted = _Checkpoints(sess, graph, str(tmp_path), keep=2)  # restarted from model.ckpt-10
             step.load(15, sess)
-            assert restarted.save() == str(tmp_path / "model.ckpt-15")
+            assert restarted.save(publish=True) == str(tmp_path / "model.ckpt-15")
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-15")
     assert sorted(p.name for p in tmp_path.glob("*.index")) == ["model.ckpt-10.index", "model.ckpt-15.index"]
 
