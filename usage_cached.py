@@ -9,7 +9,8 @@ import tempfile
 
 import h5py
 
-from bilm.cli import add_model_arguments, resolve_model_arguments, start_tensorflow
+from bilm.cli import add_model_arguments, resolve_model_arguments
+from bilm.core.startup import start_tensorflow
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)

@@ -8,7 +8,8 @@ question and context.
 """
 import argparse
 
-from bilm.cli import add_model_arguments, resolve_model_arguments, start_tensorflow
+from bilm.cli import add_model_arguments, resolve_model_arguments
+from bilm.core.startup import start_tensorflow
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
@@ -19,7 +20,7 @@ start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from bilm import Batcher, BidirectionalLanguageModel, weight_layers  # noqa: E402
-from bilm.options import load_options  # noqa: E402
+from bilm.core.options import load_options  # noqa: E402
 
 raw_context = [
     "Pretrained biLMs compute representations useful for NLP tasks .",

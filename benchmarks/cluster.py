@@ -58,8 +58,8 @@ def exchanged(options):
     """The collectives of one training step as [(kind, shape, dtype)], and the softmax's size."""
     import tensorflow.compat.v1 as tf
 
-    from bilm.cluster import Cluster, Collectives
-    from bilm.lm_graph import build_training_graph
+    from bilm.training.cluster import Cluster, Collectives
+    from bilm.training.graph import build_training_graph
 
     class Recorder(Collectives):
         """Builds no collective: records what each would exchange."""
@@ -102,9 +102,9 @@ def worker(spec):
     import numpy as np
     import tensorflow.compat.v1 as tf
 
-    from bilm import sessions
-    from bilm.cluster import Cluster, Collectives
-    from bilm.lm_graph import build_training_graph, feed
+    from bilm.core import sessions
+    from bilm.training.cluster import Cluster, Collectives
+    from bilm.training.graph import build_training_graph, feed
     workers, index = spec["workers"], spec["index"]
     config = sessions.config(n_cpu_devices=1, threads=max(1, (os.cpu_count() or 1) // len(workers)))
     cluster = Cluster.of(workers, index) if len(workers) > 1 else None
@@ -141,7 +141,7 @@ def worker(spec):
 
 
 def measure(n_workers, steps, warmup):
-    from bilm.cluster import local_addresses
+    from bilm.training.cluster import local_addresses
     addresses = local_addresses(n_workers)
     processes = [subprocess.Popen(
         [sys.executable, __file__, "--child", json.dumps({"workers": addresses, "index": k, "steps": steps,
@@ -177,7 +177,7 @@ def main():
         return
     import tensorflow as tf
 
-    from bilm.options import ELMO_ORIGINAL
+    from bilm.core.options import ELMO_ORIGINAL
     print(f"Machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; workers are processes on 127.0.0.1, "
           f"each with (cores / workers) threads; {TOKENS_PER_BATCH} tokens per worker per step.\n")
 

@@ -36,10 +36,10 @@ import numpy as np  # noqa: E402
 def job_dump(work, devices, prefetch=True, n=None):
     import tensorflow.compat.v1 as tf
 
-    import bilm.dumps as dumps
-    import bilm.prefetch
+    import bilm.embedding.dumps as dumps
+    import bilm.embedding.job
     if not prefetch:  # the straightforward way: every step in the main thread
-        dumps.Prefetch = lambda iterable: _Inline(iterable)
+        bilm.embedding.job.Prefetch = lambda iterable: _Inline(iterable)
     runs, first_batch = [], []  # (start, end) of every session run; when the first batch was written
     run = tf.Session.run
 
@@ -66,7 +66,7 @@ def job_dump(work, devices, prefetch=True, n=None):
     if first_batch:  # after set-up (graph, weights, warm-up) and the first batch: the job's steady state
         t0 = first_batch[0]
         steady = {"steady_seconds": end - t0, "steady_inside": sum(b - max(a, t0) for a, b in runs if b > t0)}
-    del bilm.prefetch
+    del bilm.core.prefetch
     return {"seconds": end - start, "tokens": tokens, "inside": sum(b - a for a, b in runs), "outfile": out,
             **steady}
 
@@ -86,7 +86,7 @@ class _Inline:
 
 
 def job_precision(work, options, weights, n_sentences):
-    from bilm.embedder import ElmoEmbedder
+    from bilm.embedding.embedder import ElmoEmbedder
     with open(work["corpus"]) as fin:
         sentences = [line.split() for line in fin][:n_sentences]
     with ElmoEmbedder(options, weights, state_mode="zero") as embedder:
@@ -102,7 +102,7 @@ def job_precision(work, options, weights, n_sentences):
 
 
 def job_sizes(work):
-    from bilm.dumps import dump_bilm_embeddings
+    from bilm.embedding.dumps import dump_bilm_embeddings
     with open(work["corpus"]) as fin:
         tokens = sum(len(line.split()) for line in fin)
     rows, files = [], {}

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bilm.options import ELMO_ORIGINAL, N_CHARACTERS_INFERENCE  # noqa: E402
+from bilm.core.options import ELMO_ORIGINAL, N_CHARACTERS_INFERENCE  # noqa: E402
 
 # The original ELMo model, for inference.
 FULL_OPTIONS = {"char_cnn": dict(ELMO_ORIGINAL["char_cnn"], n_characters=N_CHARACTERS_INFERENCE),
@@ -44,7 +44,7 @@ def flops_per_position(options, lstm=True):
 
 
 def write_model(directory, seed=0):
-    from bilm.weights import expected_weight_shapes
+    from bilm.core.weights import expected_weight_shapes
 
     rng = np.random.default_rng(seed)
     options_file, weight_file = os.path.join(directory, "options.json"), os.path.join(directory, "weights.hdf5")
@@ -146,7 +146,7 @@ def measure_dump(work, mode, n_sentences):
 
 def measure_token_dump(work, one_at_a_time, n_tokens):
     """dump_token_embeddings of the first n_tokens of the token vocabulary (set-up excluded)."""
-    import bilm.dumps as precompute
+    import bilm.embedding.dumps as precompute
     if one_at_a_time:  # the straightforward path: one token per session call
         precompute.TOKEN_CHUNK = 1
 
@@ -203,7 +203,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bilm_bench_")
     options_file, weight_file = write_model(tmp)
     corpus = write_corpus(tmp, args.sentences)
-    from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    from bilm.core.vocabulary import build_vocabulary, count_tokens, write_vocabulary
     vocab = os.path.join(tmp, "vocab.txt")
     write_vocabulary(build_vocabulary(count_tokens([corpus])[0]), vocab)
     work = {"dir": tmp, "options": options_file, "weights": weight_file, "corpus": corpus, "vocab": vocab}

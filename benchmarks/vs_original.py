@@ -127,7 +127,7 @@ def job_setup(work, state_mode):
     """bilm's set-up before the first sentence: graph, weights, warm-up (TensorFlow already imported)."""
     _import_library(None)
     import tensorflow  # noqa: F401 (imported before the clock starts, as in any program that runs many jobs)
-    from bilm.embedder import ElmoEmbedder
+    from bilm.embedding.embedder import ElmoEmbedder
     with open(work["corpus"]) as fin:
         sentence = fin.readline().split()
     start = time.perf_counter()
@@ -225,7 +225,7 @@ def write_training_data(directory):
     """The training corpus in shard files and its 8,003-token vocabulary (most frequent first)."""
     from inference import write_corpus
 
-    from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    from bilm.core.vocabulary import build_vocabulary, count_tokens, write_vocabulary
     corpus = write_corpus(tempfile.mkdtemp(dir=directory), TRAIN_SENTENCES, seed=SEED + 1)
     with open(corpus) as fin:
         lines = fin.readlines()
@@ -249,7 +249,7 @@ def write_dump_data(directory, sizes):
     """The full-size model (seeded random weights), a corpus, its vocabulary, and its first-n-lines files."""
     from inference import write_corpus, write_model
 
-    from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    from bilm.core.vocabulary import build_vocabulary, count_tokens, write_vocabulary
     options, weights = write_model(directory, seed=SEED)
     corpus = write_corpus(directory, 2000, seed=SEED)  # as benchmarks/inference.py
     vocab = os.path.join(directory, "vocab.txt")

@@ -7,7 +7,6 @@ a non-zero status (130, 143) after the running job has saved what it completed.
 import argparse
 import contextlib
 import difflib
-import glob
 import json
 import logging
 import math
@@ -16,9 +15,9 @@ import re
 import shlex
 import signal
 import sys
-import tempfile
 
 from . import __version__
+from .core.startup import start_tensorflow
 from .errors import BilmError, speak_in_flags
 
 logger = logging.getLogger("bilm")
@@ -125,7 +124,7 @@ def resolve_model_arguments(parser, args):
         parser.error(f"give --model or --options/--weights, not both: {MODEL_RULE}")
     if given:
         return args
-    from .download import model_files
+    from .core.download import model_files
 
     args.model = args.model or "default"
     try:
@@ -162,8 +161,8 @@ def _add_text_arguments(parser):
 # -- commands ------------------------------------------------------------------------------------------
 
 def _embed(args):
-    from .devices import parse_devices
-    from .dumps import dump_bilm_embeddings
+    from .embedding.devices import parse_devices
+    from .embedding.dumps import dump_bilm_embeddings
     from .errors import InputError
 
     if args.ray is not None:
@@ -181,7 +180,7 @@ def _embed(args):
 
 def _embed_on_ray(args):
     from .errors import InputError
-    from .ray_embed import dump_on_ray
+    from .embedding.ray import dump_on_ray
 
     other = "--devices" if args.devices else "--shard" if args.shard != (0, 1) else None
     if other:
@@ -194,12 +193,12 @@ def _embed_on_ray(args):
 
 
 def _merge(args):
-    from .dumps import merge_shards
+    from .embedding.dumps import merge_shards
     merge_shards(args.shards, args.output, overwrite=args.overwrite)
 
 
 def _dump_token_embeddings(args):
-    from .dumps import dump_token_embeddings
+    from .embedding.dumps import dump_token_embeddings
     from .errors import InputError
 
     if args.vocab is None:
@@ -209,12 +208,12 @@ def _dump_token_embeddings(args):
 
 
 def _export(args):
-    from .export import export_saved_model
+    from .embedding.export import export_saved_model
     export_saved_model(args.options, args.weights, args.output, state_mode=args.state_mode, overwrite=args.overwrite)
 
 
 def _download(args):
-    from .download import catalogue, download
+    from .core.download import catalogue, download
 
     if args.list or not args.name:
         rows = [(name, str(entry.get("parameters", "")), entry.get("description", ""))
@@ -245,7 +244,7 @@ TRAINING_FLAGS = {
 
 def _cluster(args):
     """The cluster of --workers/--worker_index, or of $TF_CONFIG, or None."""
-    from .cluster import Cluster
+    from .training.cluster import Cluster
 
     if args.workers or args.worker_index is not None:
         if not (args.workers and args.worker_index is not None):
@@ -255,7 +254,7 @@ def _cluster(args):
 
 
 def _train(args):
-    from .trainer import train_new_model
+    from .training.loop import train_new_model
 
     changes = {path: getattr(args, name) for name, path in TRAINING_FLAGS.items()}
     with _restart_hint(args):
@@ -269,9 +268,9 @@ def _train(args):
 
 
 def _restart(args):
-    from .download import is_checkpoint
+    from .core.download import is_checkpoint
     from .errors import InputError
-    from .trainer import restart_training
+    from .training.loop import restart_training
 
     if not os.path.isdir(args.save_dir) and is_checkpoint(args.save_dir):
         raise InputError(f"{args.save_dir} is a downloaded checkpoint, never written to: fine-tune it into a new "
@@ -311,7 +310,7 @@ def _restart_hint(args):
 
 
 def _finetune(args):
-    from .finetune import finetune, resolve_save_dir
+    from .training.finetune import finetune, resolve_save_dir
 
     source = None
     if args.source:
@@ -338,7 +337,7 @@ def _finetune(args):
 
 def _save_dir(args):
     """--save_dir as given, or the directory of a downloaded training checkpoint named so."""
-    from .finetune import resolve_save_dir
+    from .training.finetune import resolve_save_dir
     return resolve_save_dir(args.save_dir)
 
 
@@ -352,7 +351,7 @@ def _next_steps(args):
 
 
 def _test(args):
-    from .evaluation import evaluate_checkpoint
+    from .training.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(_save_dir(args), args.test_prefix, args.vocab_file, args.batch_size,
                                  original_figure=args.original_figure)
@@ -370,13 +369,13 @@ def _test(args):
 
 
 def _dump_weights(args):
-    from .checkpoints import dump_weights
+    from .training.checkpoints import dump_weights
 
     dump_weights(_save_dir(args), args.outfile, options_outfile=args.options_outfile, overwrite=args.overwrite)
 
 
 def _vocab(args):
-    from .vocabulary import build_vocabulary, count_tokens, write_vocabulary
+    from .core.vocabulary import build_vocabulary, count_tokens, write_vocabulary
 
     counts, n_sentences = count_tokens(args.inputs)
     tokens = build_vocabulary(counts, args.min_count, args.max_size)
@@ -418,7 +417,7 @@ def _add_training_run_arguments(parser, checkpoint_every=True):
 
 
 def _add_divergence_arguments(parser):
-    from .divergence import DIVERGED_AFTER, MAX_ROLLBACKS, SPIKE_FACTOR, UNIFORM_MARGIN, WARMUP_BATCHES
+    from .training.divergence import DIVERGED_AFTER, MAX_ROLLBACKS, SPIKE_FACTOR, UNIFORM_MARGIN, WARMUP_BATCHES
 
     group = parser.add_argument_group(
         "divergence", f"A run has diverged when its loss is not finite, or is bad for {DIVERGED_AFTER} batches in a "
@@ -435,7 +434,7 @@ def _add_divergence_arguments(parser):
 
 
 def _add_training_commands(commands):
-    from .options import ELMO_ORIGINAL
+    from .core.options import ELMO_ORIGINAL
 
     lstm, cnn = ELMO_ORIGINAL["lstm"], ELMO_ORIGINAL["char_cnn"]
     train = _command(
@@ -732,80 +731,6 @@ def _handle_sigterm(handler):
         return None
 
 
-@contextlib.contextmanager
-def silenced_stderr(on):
-    """Redirect file descriptor 2 to /dev/null (C++ start-up lines, e.g. Ray's, bypass Python)."""
-    if not on:
-        yield
-        return
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-# TensorFlow's start-up lines (TensorFlow 2.21; some are written before its log level applies).
-_START_UP_LINES = re.compile("|".join([
-    r"All log messages before absl::InitializeLog\(\) is called",
-    r"oneDNN custom operations are on",
-    r"cpu_feature_guard\.cc", r"^To enable the following instructions",  # one message on two lines
-    r"Could not find cuda drivers on your machine, GPU will not be used",  # the GPU build without a driver
-]))
-_NO_GPU_LINE = "failed call to cuInit"  # the GPU build on a machine without an NVIDIA GPU
-
-
-def is_start_up_line(line):
-    """True for a line TensorFlow writes whenever it starts: noise, not an error. The GPU build's
-    ``failed call to cuInit`` is one only where the machine has no NVIDIA GPU (no /dev/nvidia0...)."""
-    return bool(_START_UP_LINES.search(line)) or (_NO_GPU_LINE in line and not glob.glob("/dev/nvidia[0-9]*"))
-
-
-@contextlib.contextmanager
-def _start_up_lines_hidden(on):
-    """Hold back what is written to file descriptor 2 in the block; then write it, less the start-up lines."""
-    if not on:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not is_start_up_line(line)))
-            sys.stderr.flush()
-
-
-def start_tensorflow(verbose=False):
-    """Import TensorFlow and let it find its devices, with its start-up lines hidden unless ``verbose``.
-
-    Unless ``verbose``: TensorFlow's C++ INFO and WARNING logs are off (``TF_CPP_MIN_LOG_LEVEL=2``
-    unless set), its Python logger shows errors only, and what it writes to stderr while it
-    starts is held back and shown less its start-up lines (``is_start_up_line``), so a real
-    error still shows. Finding the devices now brings their lines (the GPU build's cuInit
-    line) into that window. The ``bilm`` command and the usage scripts call it first.
-    """
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _start_up_lines_hidden(not verbose):
-        import tensorflow as tf
-        tf.config.list_physical_devices()
-    tf_logger = logging.getLogger("tensorflow")
-    tf_logger.propagate = False  # TensorFlow has its own handler: no line twice
-    if not verbose:
-        tf_logger.setLevel(logging.ERROR)
-
-
 def _configure(args):
     """Logging, progress bars, messages in flags, and oneDNN (before TensorFlow is imported)."""
     level = logging.WARNING if args.quiet else logging.INFO
@@ -870,7 +795,7 @@ def _in_a_cluster(args):
 def _stopped(status):
     """``status``; or, when a TensorFlow call that waited for other workers was given up on (it never
     returns, and TensorFlow's clean-up would wait for it), end the process now with it."""
-    cluster = sys.modules.get("bilm.cluster")  # imported only by training commands
+    cluster = sys.modules.get("bilm.training.cluster")  # imported only by training commands
     if cluster is not None and cluster.calls_left_running():
         sys.stdout.flush()
         sys.stderr.flush()

@@ -4,16 +4,16 @@
 
 SPEC: {"options", "batches": [batch dicts as lists], "save_dir", "restart", "steps",
 "workers", "index"}: trains on exactly the given batches (this worker's rows), from the
-checkpoint ``restart``, through ``bilm.trainer``'s cluster path.
+checkpoint ``restart``, through ``bilm.training.loop``'s cluster path.
 """
 import json
 import sys
 
 import numpy as np
 
-from bilm.cluster import Cluster
-from bilm.options import ModelOptions
-from bilm.trainer import RunSettings, Start, _train
+from bilm.training.cluster import Cluster
+from bilm.core.options import ModelOptions
+from bilm.training.loop import RunSettings, Start, _train
 
 
 class FixedBatches:
@@ -31,8 +31,8 @@ class FixedBatches:
 def main():
     spec = json.loads(sys.argv[1])
     if "dense_limit" in spec:  # to reduce the small tables of a test through the sparse path too
-        import bilm.cluster
-        bilm.cluster.DENSE_LIMIT = spec["dense_limit"]
+        import bilm.training.cluster
+        bilm.training.cluster.DENSE_LIMIT = spec["dense_limit"]
     cluster = Cluster.of(spec["workers"], spec["index"]) if spec.get("workers") else None
     run = RunSettings(checkpoint_every=10 ** 6, log_every=10 ** 6, cluster=cluster, worker_timeout=spec.get("timeout", 120))
     config = ModelOptions(spec["options"], training=True)

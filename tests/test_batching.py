@@ -92,7 +92,7 @@ def test_batcher_equals_independent_encoder_on_arbitrary_unicode(tmp_path_factor
 
 
 def test_prefetch_keeps_order_raises_where_the_error_was_and_stays_ended():
-    from bilm.prefetch import Prefetch
+    from bilm.core.prefetch import Prefetch
 
     def items():
         yield from range(5)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bilm.cli import main
+from bilm.core import startup
 from conftest import TINY_CORPUS, make_options, random_sentences, write_model
 from test_embed_jobs import Command, saved_sentences, the_one_line
 
@@ -379,17 +380,16 @@ to cuInit: UNKNOWN ERROR (303)
 
 
 def test_start_up_lines_are_told_from_errors(monkeypatch):
-    import bilm.cli as cli
-    monkeypatch.setattr(cli.glob, "glob", lambda pattern: [])  # no NVIDIA GPU
-    assert all(cli.is_start_up_line(line) for line in GPU_BUILD_START_UP.splitlines())
+    monkeypatch.setattr(startup.glob, "glob", lambda pattern: [])  # no NVIDIA GPU
+    assert all(startup.is_start_up_line(line) for line in GPU_BUILD_START_UP.splitlines())
     error = "E0000 00:00:1796284905.834489   11305 some_kernel.cc:52] INTERNAL: out of memory"
-    assert not cli.is_start_up_line(error)
-    monkeypatch.setattr(cli.glob, "glob", lambda pattern: ["/dev/nvidia0"])  # a GPU that cuInit failed on: shown
+    assert not startup.is_start_up_line(error)
+    monkeypatch.setattr(startup.glob, "glob", lambda pattern: ["/dev/nvidia0"])  # a GPU that cuInit failed on: shown
     cuinit = GPU_BUILD_START_UP.splitlines()[-1]
-    assert not cli.is_start_up_line(cuinit)
+    assert not startup.is_start_up_line(cuinit)
     # What is written while TensorFlow starts is held back, then shown less the start-up lines.
     written = "".join(GPU_BUILD_START_UP.splitlines(keepends=True)[:-1]) + error + "\n"  # (cuInit's: GPU or not)
-    held = _run_as_a_user("-c", "import os; from bilm.cli import _start_up_lines_hidden\n"
+    held = _run_as_a_user("-c", "import os; from bilm.core.startup import _start_up_lines_hidden\n"
                                 "with _start_up_lines_hidden(True):\n"
                                 f"    os.write(2, {written.encode()!r})")
     assert held.returncode == 0 and held.stderr == error + "\n", held.stderr

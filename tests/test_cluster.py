@@ -14,11 +14,11 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm.data import BidirectionalLMDataset
-from bilm.lm_dataset import load_vocab
+from bilm.training.dataset import load_vocab
 from bilm.training import train
 from bilm.cli import main
-from bilm.cluster import local_addresses
-from bilm.evaluation import evaluate_checkpoint
+from bilm.training.cluster import local_addresses
+from bilm.training.evaluation import evaluate_checkpoint
 from conftest import TINY_CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import pytest
 
 from bilm.models import default_model_files
 from bilm.precompute import ElmoEmbedder
-from bilm.vocabulary import read_vocabulary_file
-from bilm.weights import expected_weight_shapes
+from bilm.core.vocabulary import read_vocabulary_file
+from bilm.core.weights import expected_weight_shapes
 
 FILES = default_model_files()
 pytestmark = pytest.mark.skipif(FILES is None, reason="the default model files are not in bilm/models/default")

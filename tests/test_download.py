@@ -13,7 +13,7 @@ import h5py
 import pytest
 
 from bilm.cli import main
-from bilm.download import CATALOGUE, DownloadError, download, model_files
+from bilm.core.download import CATALOGUE, DownloadError, download, model_files
 from bilm.errors import InputError
 from conftest import make_options, write_model
 
@@ -238,7 +238,7 @@ def test_a_second_download_of_a_model_waits_for_the_first_then_finds_it_done(ser
 def test_the_list_is_in_aligned_columns(server, capsys):
     assert main(["download", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    from bilm.download import catalogue
+    from bilm.core.download import catalogue
     entries = sorted(catalogue().items())
     assert len(lines) == len(entries)
     starts = {line.index(entry.get("description", "")) for line, (_, entry) in zip(lines, entries)}

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from bilm.cli import main
-from bilm.outputs import PartsJob
+from bilm.core.files import PartsJob
 from conftest import make_options, random_sentences, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +28,9 @@ N_LINES = 3000
 # process), "sentences N" once the device processes have added N more sentences to theirs (--devices).
 TELLING = """
 import sys
-import bilm.devices, bilm.outputs
+import bilm.embedding.devices, bilm.core.files
 
-add = bilm.outputs.PartWriter.add
+add = bilm.core.files.PartWriter.add
 
 
 def add_and_tell(self, unit, datasets):
@@ -38,14 +38,14 @@ def add_and_tell(self, unit, datasets):
     print("unit", unit, flush=True)
 
 
-class TellingBar(bilm.devices.tqdm):
+class TellingBar(bilm.embedding.devices.tqdm):
     def update(self, n=1):
         super().update(n)
         print("sentences", n, flush=True)
 
 
-bilm.outputs.PartWriter.add = add_and_tell
-bilm.devices.tqdm = TellingBar
+bilm.core.files.PartWriter.add = add_and_tell
+bilm.embedding.devices.tqdm = TellingBar
 from bilm.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -14,17 +14,17 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm import Batcher, BidirectionalLanguageModel, TokenBatcher
-from bilm.dumps import dump_bilm_embeddings, merge_shards
+from bilm.embedding.dumps import dump_bilm_embeddings, merge_shards
 from bilm.errors import (BilmError, CheckpointError, InputError, InvalidNumberOfCharacters, OptionsError, OutputError,
                          OutputExistsError, OutputLockedError, VocabularyError, WeightFileError)
-from bilm.finetune import finetune
-from bilm.lm_dataset import LMDataset, load_vocab
-from bilm.options import ModelOptions, check_options, load_options
-from bilm.outputs import OutputLock, PartsJob, atomic_output
-from bilm.text import DatasetReader
-from bilm.trainer import restart_training
-from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
-from bilm.weights import check_embedding_file, check_weight_file
+from bilm.training.finetune import finetune
+from bilm.training.dataset import LMDataset, load_vocab
+from bilm.core.options import ModelOptions, check_options, load_options
+from bilm.core.files import OutputLock, PartsJob, atomic_output
+from bilm.core.text import DatasetReader
+from bilm.training.loop import restart_training
+from bilm.core.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
+from bilm.core.weights import check_embedding_file, check_weight_file
 from conftest import make_options, random_weight_file, write_model
 
 CASES = []

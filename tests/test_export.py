@@ -10,8 +10,8 @@ import tensorflow.compat.v1 as tf
 from bilm import Batcher, BidirectionalLanguageModel, weight_layers
 from bilm.cli import main
 from bilm.errors import OutputExistsError
-from bilm.export import export_saved_model, token_char_ids_op
-from bilm.text import Tokenizer
+from bilm.embedding.export import export_saved_model, token_char_ids_op
+from bilm.core.text import Tokenizer
 from conftest import make_options, write_model
 from numpy_bilm import char_ids_for_sentences
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from bilm.checkpoints import dump_weights, load_options_latest_checkpoint
+from bilm.training.checkpoints import dump_weights, load_options_latest_checkpoint
 from bilm.cli import main
 from bilm.errors import CheckpointError, InputError, VocabularyError
-from bilm.evaluation import evaluate_checkpoint
-from bilm.finetune import finetune
+from bilm.training.evaluation import evaluate_checkpoint
+from bilm.training.finetune import finetune
 from conftest import TINY_CORPUS
 
 VOCAB = str(TINY_CORPUS.with_name("tiny_vocab.txt"))

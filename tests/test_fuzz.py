@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from bilm import Batcher, TokenBatcher
 from bilm.errors import BilmError, OptionsError, WeightFileError
-from bilm.options import check_options, load_options
-from bilm.vocabulary import UnicodeCharsVocabulary
-from bilm.weights import check_weight_file, expected_weight_shapes, read_dataset
+from bilm.core.options import check_options, load_options
+from bilm.core.vocabulary import UnicodeCharsVocabulary
+from bilm.core.weights import check_weight_file, expected_weight_shapes, read_dataset
 from conftest import make_options, random_weight_file
 from numpy_bilm import char_ids_for_sentences
 

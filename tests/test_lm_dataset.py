@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bilm.text as text_module
+import bilm.core.text as text_module
 from bilm.errors import BilmError, InputError, VocabularyError
-from bilm.lm_dataset import BidirectionalLMDataset, LMDataset
-from bilm.vocabulary import UnicodeCharsVocabulary, Vocabulary
+from bilm.training.dataset import BidirectionalLMDataset, LMDataset
+from bilm.core.vocabulary import UnicodeCharsVocabulary, Vocabulary
 from conftest import TINY_CORPUS
 from conftest import write_vocab as write_corpus_vocab
 from numpy_bilm import char_ids_for_sentences
@@ -274,7 +274,7 @@ def test_train_mode_cycles_through_shards_forever(tmp_path, caplog):
     pattern = write_shards(tmp_path, [["the cat"], ["a dog", "sat"], ["ran fast"]])
     vocab = Vocabulary(write_vocab(tmp_path))
     random.seed(5)
-    caplog.set_level(logging.DEBUG, logger="bilm.lm_dataset")
+    caplog.set_level(logging.DEBUG, logger="bilm.training.dataset")
     data = LMDataset(pattern, vocab)
     # The corpus has 4 sentences = 13 targets; take 20 times as many.
     batches = list(itertools.islice(data.iter_batches(batch_size=2, num_steps=13), 10))

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from bilm.checkpoints import latest_checkpoint, load_options_latest_checkpoint
+from bilm.training.checkpoints import latest_checkpoint, load_options_latest_checkpoint
 from bilm.cli import main
 from bilm.errors import CheckpointError, TrainingError, VocabularyError
-from bilm.evaluation import evaluate_checkpoint
-from bilm.lm_dataset import load_vocab
+from bilm.training.evaluation import evaluate_checkpoint
+from bilm.training.dataset import load_vocab
 from bilm.training import train
 from bilm.data import BidirectionalLMDataset
 from conftest import TINY_CORPUS
@@ -197,7 +197,7 @@ def test_rollback_skips_the_window_that_diverged_and_ends_as_a_clean_run(tmp_pat
                                             r"good checkpoint, .*/model.ckpt-390, was saved"):
         run("stopped", 400, "stop")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bilm.trainer"):
+    with caplog.at_level(logging.WARNING, logger="bilm.training.loop"):
         rolled_back, data = run("rolled_back", 400, "rollback")
     warnings = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
     assert len(warnings) == 1, warnings
@@ -210,7 +210,7 @@ def test_rollback_skips_the_window_that_diverged_and_ends_as_a_clean_run(tmp_pat
 
 
 def test_the_divergence_watch_judges_streaks_after_the_warm_up():
-    from bilm.divergence import DIVERGED_AFTER, WARMUP_BATCHES, DivergenceWatch
+    from bilm.training.divergence import DIVERGED_AFTER, WARMUP_BATCHES, DivergenceWatch
 
     watch = DivergenceWatch(100)  # bound ln(200) = 5.30
     for step in range(1, WARMUP_BATCHES + 1):  # the warm-up: a streak is noted, never judged
@@ -331,7 +331,7 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path
 
 
 def test_a_restart_from_an_earlier_checkpoint_never_names_a_later_one_latest(tmp_path):
-    from bilm.trainer import _Checkpoints
+    from bilm.training.loop import _Checkpoints
 
     with tf.Graph().as_default():
         step = tf.train.get_or_create_global_step()
@@ -417,8 +417,8 @@ def test_vocabulary_larger_than_the_softmax_is_an_error_not_a_traceback(tmp_path
     assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
     options, _ = load_options_latest_checkpoint(str(save))
     with pytest.raises(VocabularyError, match="more than the 43 rows"):
-        from bilm.checkpoints import check_vocabulary
-        from bilm.options import ModelOptions
+        from bilm.training.checkpoints import check_vocabulary
+        from bilm.core.options import ModelOptions
         vocab = tmp_path / "v.txt"
         vocab.write_text(Path(VOCAB).read_text() + "one\ntwo\n")
         check_vocabulary(str(save), load_vocab(str(vocab)), ModelOptions(options, training=True))

@@ -10,7 +10,7 @@ import tensorflow.compat.v1 as tf
 
 from bilm import Batcher, BidirectionalLanguageModel, TokenBatcher, dump_bilm_embeddings, dump_token_embeddings
 from bilm.errors import InputError
-from bilm.weights import expected_weight_shapes
+from bilm.core.weights import expected_weight_shapes
 from conftest import (REFERENCE_MODEL, make_options, needs_reference, random_sentences, reference_sentences,
                       reference_top_layer, write_model)
 from numpy_bilm import NumpyBiLM, char_ids_for_sentences, load_weight_file
@@ -44,7 +44,7 @@ class Graph:
 @needs_reference
 def test_weight_layout_of_reference_file():
     """expected_weight_shapes describes the original's file exactly."""
-    from bilm.options import load_options
+    from bilm.core.options import load_options
     with h5py.File(WEIGHTS, "r") as fin:
         found = {}
         fin.visititems(lambda name, obj: found.update({name: obj.shape}) if isinstance(obj, h5py.Dataset) else None)
@@ -268,8 +268,8 @@ def test_graph_api_in_eager_mode_says_what_to_do(tmp_path):
 def test_unrolled_training_lstm_has_the_gradients_of_the_loop(clips):
     """Training windows run the unrolled LSTM (one product per weight gradient); inference runs the loop.
     Same outputs, and the same gradients as back-propagation through the loop."""
-    from bilm import network
-    from bilm.options import ModelOptions
+    from bilm.core import network
+    from bilm.core.options import ModelOptions
     options = ModelOptions(make_options(dim=12, projection_dim=6, cell_clip=clips[0], proj_clip=clips[1]))
     rng = np.random.default_rng(3)
     kernel = tf.constant(rng.standard_normal((12, 48)).astype(np.float32) * 0.5)

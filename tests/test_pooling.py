@@ -8,7 +8,7 @@ import tensorflow.compat.v1 as tf
 
 from bilm.cli import main
 from bilm.errors import InputError
-from bilm.pooling import masked_max, masked_mean, select_layers, sentence_vectors
+from bilm.core.pooling import masked_max, masked_mean, select_layers, sentence_vectors
 from conftest import make_options, write_model
 
 

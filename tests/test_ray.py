@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from bilm.cli import main
-from bilm.dumps import dump_bilm_embeddings
+from bilm.embedding.dumps import dump_bilm_embeddings
 from bilm.errors import InputError
-from bilm.ray_embed import dump_on_ray
+from bilm.embedding.ray import dump_on_ray
 from conftest import make_options, random_sentences, same_hdf5, write_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")

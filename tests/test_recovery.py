@@ -16,8 +16,8 @@ import pytest
 from bilm import dump_bilm_embeddings, dump_token_embeddings
 from bilm.cli import main
 from bilm.errors import OutputExistsError
-from bilm.outputs import PartsJob
-from bilm.vocabulary import build_vocabulary, count_tokens, write_vocabulary
+from bilm.core.files import PartsJob
+from bilm.core.vocabulary import build_vocabulary, count_tokens, write_vocabulary
 from conftest import make_options, random_sentences, write_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm.cli import main
-from bilm.dumps import dump_bilm_embeddings, dump_token_embeddings
-from bilm.embedder import ElmoEmbedder
+from bilm.embedding.dumps import dump_bilm_embeddings, dump_token_embeddings
+from bilm.embedding.embedder import ElmoEmbedder
 from conftest import REFERENCE_MODEL, TINY_CORPUS, make_options, needs_reference, random_sentences, same_hdf5, write_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import tensorflow.compat.v1 as tf
 
 from bilm import BidirectionalLanguageModel
 from bilm.errors import InputError
-from bilm.states import WARMUP_TEXT
+from bilm.core.states import WARMUP_TEXT
 from bilm.precompute import ElmoEmbedder, dump_bilm_embeddings, merge_shards
 from conftest import make_options, random_sentences, write_model
 from numpy_bilm import NumpyBiLM, char_ids_for_sentences, load_weight_file

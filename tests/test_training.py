@@ -9,12 +9,12 @@ import tensorflow.compat.v1 as tf
 from bilm import BidirectionalLanguageModel, Batcher
 from bilm.data import BidirectionalLMDataset, LMDataset
 from bilm.errors import InputError, OptionsError
-from bilm.evaluation import evaluate_checkpoint
-from bilm.lm_graph import feed, session_config
+from bilm.training.evaluation import evaluate_checkpoint
+from bilm.training.graph import feed, session_config
 from bilm.training import (LanguageModel, build_training_graph, dump_weights, load_options_latest_checkpoint,
                            load_vocab, train)
 from bilm.training import test as perplexity_of  # not collected as a test
-from bilm.weights import expected_weight_shapes
+from bilm.core.weights import expected_weight_shapes
 from conftest import TINY_CORPUS
 
 DATA = str(TINY_CORPUS)
@@ -233,7 +233,7 @@ def _oracle(save_dir, tmp_path):
 
 
 def test_perplexity_scores_every_target_once_whatever_the_batch_size(tmp_path):
-    from bilm.states import WARMUP_TEXT
+    from bilm.core.states import WARMUP_TEXT
     from numpy_bilm import DIRECTIONS
 
     options = make_options(n_batches=40)

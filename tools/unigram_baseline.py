@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bilm.vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, count_tokens, read_text_lines,  # noqa: E402
+from bilm.core.vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, count_tokens, read_text_lines,  # noqa: E402
                              read_vocabulary_file)
 
 

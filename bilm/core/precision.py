@@ -20,7 +20,7 @@ import contextlib
 
 import tensorflow.compat.v1 as tf
 
-from .errors import InputError, flag
+from ..errors import InputError, flag
 
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 _REDUCED = {"bfloat16": tf.bfloat16, "float16": tf.float16}
@@ -57,7 +57,7 @@ def reduced_parameters(params, parameters, precision):
     """``params`` with the matrices (rank >= 2: kernels, embeddings) cast to ``precision``'s type.
 
     Biases stay float32, and with them every addition; products and convolutions follow
-    their weight's type (``bilm.network``).
+    their weight's type (``bilm.core.network``).
     """
     dtype = _REDUCED.get(check_precision(precision))
     if dtype is None:

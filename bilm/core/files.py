@@ -31,13 +31,13 @@ import time
 import h5py
 import numpy as np
 
-from .errors import OutputError, OutputExistsError, OutputLockedError, flag
+from ..errors import OutputError, OutputExistsError, OutputLockedError, flag
 from .text import counted
 
 logger = logging.getLogger(__name__)
 
 PARTS_SUFFIX = ".parts"
-DEVICES_SUFFIX = ".devices"  # the parts of a job shared among devices (``bilm.devices``)
+DEVICES_SUFFIX = ".devices"  # the parts of a job shared among devices (``bilm.embedding.devices``)
 LOCK_SUFFIX = ".lock"
 JOB_FILE = "job.json"
 STATES_GROUP = ".states"  # in a part file: what resuming after the part needs (not copied to the output)

@@ -1,17 +1,17 @@
 """The training graph: the language-model loss of one tower, towers, averaged gradients, the update.
 
-The network is ``bilm.network``'s, the same one the inference graph uses; this module
+The network is ``bilm.core.network``'s, the same one the inference graph uses; this module
 adds the inputs, dropout, the softmax and the optimisation. Variables live under the
-scope ``lm/`` with the weight file's names (``bilm.layout``).
+scope ``lm/`` with the weight file's names (``bilm.core.layout``).
 
 Shapes: B ``batch_size`` per tower, T ``unroll_steps``, C ``max_characters_per_token``,
 P ``projection_dim``, V ``n_tokens_vocab``.
 """
 import tensorflow.compat.v1 as tf
 
-from . import layout, network, sessions, states
+from ..core import layout, network, sessions, states
 from .checkpoints import TOKENS_TRAINED
-from .options import ADAGRAD_INITIAL_ACCUMULATOR, ModelOptions
+from ..core.options import ADAGRAD_INITIAL_ACCUMULATOR, ModelOptions
 
 SCOPE = layout.TRAINING_SCOPE
 
@@ -166,7 +166,7 @@ def build_training_graph(options, n_gpus, collectives=None):
     Args:
         options: training options (dict or ``ModelOptions``); ``batch_size`` per tower.
         n_gpus: towers: on GPUs when present, else on as many CPU devices.
-        collectives: a ``bilm.cluster.Collectives``: average the gradients (and the loss)
+        collectives: a ``bilm.training.cluster.Collectives``: average the gradients (and the loss)
             across the workers of a cluster too.
     Returns:
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),

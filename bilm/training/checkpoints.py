@@ -4,7 +4,7 @@ A save directory holds ``options.json`` (training form, ``n_characters`` 261),
 ``vocabulary.json`` (what identifies the training vocabulary), ``finetune.json`` for a
 fine-tune (its settings and evaluations) and TensorFlow
 checkpoints ``model.ckpt-STEP``; TensorFlow's ``checkpoint`` file names the latest
-complete one. Checkpoints of two layouts are read (``bilm.layout.CHECKPOINT_NAMINGS``):
+complete one. Checkpoints of two layouts are read (``bilm.core.layout.CHECKPOINT_NAMINGS``):
 ``bilm``'s, whose variables carry the weight file's names under ``lm/``, and the
 original library's (``lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel``, ...);
 the layout is told by the checkpoint's own variable list. ``dump_weights`` turns a
@@ -19,18 +19,18 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from . import layout
-from .errors import CheckpointError, OutputError, OutputExistsError, VocabularyError, flag, tensorflow_reason
-from .options import ModelOptions, load_options, write_options
-from .outputs import atomic_output, check_not_an_input, check_output
-from .weights import write_weight_file
+from ..core import layout
+from ..errors import CheckpointError, OutputError, OutputExistsError, VocabularyError, flag, tensorflow_reason
+from ..core.options import ModelOptions, load_options, write_options
+from ..core.files import atomic_output, check_not_an_input, check_output
+from ..core.weights import write_weight_file
 
 logger = logging.getLogger(__name__)
 
 SCOPE = layout.TRAINING_SCOPE
 OPTIONS_FILE = "options.json"
 VOCABULARY_RECORD = "vocabulary.json"
-FINETUNE_RECORD = "finetune.json"  # a fine-tune's settings and evaluations (bilm.finetune)
+FINETUNE_RECORD = "finetune.json"  # a fine-tune's settings and evaluations (bilm.training.finetune)
 CHECKPOINT_PREFIX = "model.ckpt"
 EVENTS_PATTERN = "events.out.tfevents.*"
 GLOBAL_STEP, TOKENS_TRAINED, SLOT = "global_step", "tokens_trained", "Adagrad"

@@ -6,7 +6,7 @@ tokens per tower, so a restart with another batch size or number of towers train
 exactly the tokens that are left. A run interrupted (Ctrl-C, SIGTERM through the
 ``bilm`` command) or stopped by an error saves a checkpoint of its last completed batch
 first. A checkpoint becomes the latest once the next batch's loss shows its weights are
-good; a run that diverges (``bilm.divergence``) stops, or rolls back to its last good
+good; a run that diverges (``bilm.training.divergence``) stops, or rolls back to its last good
 checkpoint, and no checkpoint of the diverged weights is kept.
 """
 import contextlib
@@ -20,16 +20,18 @@ from dataclasses import dataclass
 
 import tensorflow.compat.v1 as tf
 
-from . import checkpoints, layout, precision, weights
+from . import checkpoints
+
+from ..core import layout, precision, weights
 from .divergence import MAX_ROLLBACKS, MAX_SKIPPED_BATCHES, DivergenceWatch
-from .errors import (BilmError, InputError, OptionsError, OutputError, TrainingError, WorkerLostError, flag,
+from ..errors import (BilmError, InputError, OptionsError, OutputError, TrainingError, WorkerLostError, flag,
                      tensorflow_reason)
-from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
+from .dataset import count_train_tokens, load_vocab, shard_files, training_data
 from .cluster import Collectives, calls_left_running, check_same_setup, lost_worker_error, within
-from .lm_graph import build_training_graph, feed, session_config
-from .options import ELMO_ORIGINAL, ModelOptions, training_options
-from .prefetch import Prefetch
-from .outputs import OutputLock
+from .graph import build_training_graph, feed, session_config
+from ..core.options import ELMO_ORIGINAL, ModelOptions, training_options
+from ..core.prefetch import Prefetch
+from ..core.files import OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +90,11 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
         overwrite: start a new model in a ``tf_save_dir`` that already has checkpoints
             (their files and the earlier TensorBoard events are removed once the new
             graph is built); without it that is an error (use restart).
-        cluster: a ``bilm.cluster.Cluster``: this process is one of its workers; ``data``
+        cluster: a ``bilm.training.cluster.Cluster``: this process is one of its workers; ``data``
             is this worker's share (``worker=(index, size)``), and each batch is averaged
             over every worker (``worker_timeout``: seconds to wait for them, at start too).
         on_divergence: ``"stop"`` or ``"rollback"`` (at most ``max_rollbacks`` times) when the
-            run diverges (``bilm.divergence``).
+            run diverges (``bilm.training.divergence``).
     Returns:
         the final training perplexity.
     Raises:
@@ -238,10 +240,10 @@ class _Events:
 class RunSettings:
     """How a training run goes (not the model): towers, checkpoints, logging, seed, cluster.
 
-    ``cluster``: a ``bilm.cluster.Cluster`` to train across machines (None: this one);
+    ``cluster``: a ``bilm.training.cluster.Cluster`` to train across machines (None: this one);
     ``worker_timeout``: seconds a step (or the start) may wait for the other workers
     before the run stops naming the ones that are gone (or never came).
-    ``on_divergence``: what a diverged run does (``bilm.divergence``): ``"stop"``, or
+    ``on_divergence``: what a diverged run does (``bilm.training.divergence``): ``"stop"``, or
     ``"rollback"``: restore the latest checkpoint, skip the data that diverged and go on,
     at most ``max_rollbacks`` times (one machine only).
     """
@@ -379,7 +381,7 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
 @contextlib.contextmanager
 def _session(target, config):
     """A ``tf.Session``, the default one inside; closed at the end unless a call on it was left running
-    (``bilm.cluster.within``: closing would wait for it)."""
+    (``bilm.training.cluster.within``: closing would wait for it)."""
     sess = tf.Session(target, config=config)
     try:
         with sess.as_default():
@@ -582,12 +584,12 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
     """Train a new model on the files of ``train_prefix``: the original ELMo hyperparameters, then changes.
 
     Args:
-        option_changes: options changed from ``bilm.options.ELMO_ORIGINAL``, as top-level
+        option_changes: options changed from ``bilm.core.options.ELMO_ORIGINAL``, as top-level
             keys (``batch_size=32``) or dotted paths (``**{"lstm.dim": 512}``).
         n_train_tokens: tokens per epoch (counted from the files when None).
         seed: seeds the shard order (``random``) and TensorFlow's initialisation,
             dropout and sampling.
-        cluster: a ``bilm.cluster.Cluster``: this process is one of its workers (every
+        cluster: a ``bilm.training.cluster.Cluster``: this process is one of its workers (every
             worker runs this function with the same arguments).
         on_divergence, max_rollbacks: as ``train``.
     Everything that can be checked (the save directory, the options, the vocabulary)

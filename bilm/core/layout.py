@@ -1,8 +1,8 @@
 """The biLM's parameters: names, shapes, groups and initializers, in one place.
 
 ``model_parameters(options)`` lists every parameter of a model. From this one list the
-network creates its variables (``bilm.network``), weight files are checked, read and
-written (``bilm.weights``), the token dump picks only the char CNN, and checkpoints
+network creates its variables (``bilm.core.network``), weight files are checked, read and
+written (``bilm.core.weights``), the token dump picks only the char CNN, and checkpoints
 are exported; other naming schemes map onto it here too.
 
 A parameter's ``name`` is its dataset name in the original's HDF5 weight files

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from .errors import InputError, TrainingError, WorkerLostError, flag
+from ..errors import InputError, TrainingError, WorkerLostError, flag
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import random
 
 import numpy as np
 
-from .errors import InputError, VocabularyError
-from .text import read_text_lines
-from .vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, UnicodeCharsVocabulary, Vocabulary, count_tokens,
+from ..errors import InputError, VocabularyError
+from ..core.text import read_text_lines
+from ..core.vocabulary import (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, UnicodeCharsVocabulary, Vocabulary, count_tokens,
                          frequency_order_warning)
 
 logger = logging.getLogger(__name__)

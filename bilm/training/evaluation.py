@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from . import precision, sessions, states
+from ..core import precision, sessions, states
 from .checkpoints import check_vocabulary, load_save_dir, restore, training_parameters
-from .errors import InputError, flag
-from .lm_dataset import training_data
-from .lm_graph import SCOPE, LanguageModel, feed
-from .options import ModelOptions
+from ..errors import InputError, flag
+from .dataset import training_data
+from .graph import SCOPE, LanguageModel, feed
+from ..core.options import ModelOptions
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import itertools
 
 import tensorflow.compat.v1 as tf
 
-from . import sessions, states
-from .batching import Batcher, window_batches
-from .errors import InputError
-from .inference import BidirectionalLanguageModel
-from .options import ModelOptions
-from .precision import session_precision
+from ..core import sessions, states
+from ..core.batching import Batcher, window_batches
+from ..errors import InputError
+from ..core.inference import BidirectionalLanguageModel
+from ..core.options import ModelOptions
+from ..core.precision import session_precision
 
 WINDOW = 4096  # sentences sorted by length together
 
@@ -24,14 +24,14 @@ class ElmoEmbedder:
     Args:
         options_file, weight_file: the model (``options_file`` may be a ``ModelOptions``).
         vocab_file: optional vocabulary whose tokens' character ids are cached.
-        state_mode: ``"warm"`` (default), ``"zero"`` or ``"stateful"`` (``bilm.states``).
+        state_mode: ``"warm"`` (default), ``"zero"`` or ``"stateful"`` (``bilm.core.states``).
             ``"stateful"`` runs one sentence at a time in input order with states
             carried, exactly as the original's ``dump_bilm_embeddings``.
         batch_size: sentences per batch (deterministic modes).
         window: sentences read ahead and sorted by length before batching.
         precision: ``"float32"`` (exact, default; TF32 off while it runs), ``"tf32"``,
-            ``"bfloat16"``, ``"float16"`` (``bilm.precision``).
-        session_config: a ``tf.ConfigProto`` (default: ``bilm.sessions.config()``).
+            ``"bfloat16"``, ``"float16"`` (``bilm.core.precision``).
+        session_config: a ``tf.ConfigProto`` (default: ``bilm.core.sessions.config()``).
 
     ``embed_sentences(sentences)`` returns, per sentence, float32
     (n_layers + 1, n_tokens, 2P); ``iter_embeddings(sentences)`` streams

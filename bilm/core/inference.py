@@ -1,7 +1,7 @@
 """Inference with a pretrained biLM: ``BidirectionalLanguageModel``.
 
 Calling the model on an ids placeholder builds the graph (char CNN or token lookup,
-then the forward and backward LSTM stacks, ``bilm.network``) and returns the layer
+then the forward and backward LSTM stacks, ``bilm.core.network``) and returns the layer
 outputs. The weights are non-trainable variables read from the files when their
 initializers run.
 """
@@ -11,7 +11,7 @@ import tensorflow.compat.v1 as tf
 
 from . import layout, network, states, weights
 from .batching import Batcher
-from .errors import InputError
+from ..errors import InputError
 from .options import ModelOptions
 from .precision import check_precision, reduced_parameters
 
@@ -57,7 +57,7 @@ class BidirectionalLanguageModel:
             token ids (``TokenBatcher``) and look them up in ``embedding_weight_file``.
         embedding_weight_file: the output of ``dump_token_embeddings`` (token input).
         max_batch_size: the largest batch of the ``"stateful"`` mode.
-        state_mode: where each batch's LSTM states start (``bilm.states``):
+        state_mode: where each batch's LSTM states start (``bilm.core.states``):
             ``"stateful"`` (the original, default): from the states the previous batch
             left in rows [:b] of per-model variables; ``"zero"``: from zeros;
             ``"warm"``: from fixed states reached by running the model over a warm-up
@@ -67,8 +67,8 @@ class BidirectionalLanguageModel:
         warmup_ids: for ``"warm"``: the warm-up sentences as id arrays from the model's
             batcher, one (1, n + 2[, C]) batch per sentence; required for token input.
         precision: ``"float32"`` (exact, default), ``"tf32"``, ``"bfloat16"`` or
-            ``"float16"`` (``bilm.precision``). The graph's products follow the reduced
-            types; TF32 is TensorFlow's process-wide setting (``bilm.precision.session_precision``).
+            ``"float16"`` (``bilm.core.precision``). The graph's products follow the reduced
+            types; TF32 is TensorFlow's process-wide setting (``bilm.core.precision.session_precision``).
 
     Calling the model on an int32 placeholder of ids, shape (B, T + 2, C) for
     characters or (B, T + 2) for tokens, returns a dict:
@@ -218,7 +218,7 @@ class BidirectionalLanguageModel:
         return ops
 
     def weight_variables(self, groups=None):
-        """The weight variables of the current graph (of the ``bilm.layout`` groups given, or all)."""
+        """The weight variables of the current graph (of the ``bilm.core.layout`` groups given, or all)."""
         params = self._variables()[0]
         return [params[name] for name, p in self._parameters.items() if groups is None or p.group in groups]
 

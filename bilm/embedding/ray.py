@@ -9,7 +9,7 @@ The job is ``dump_bilm_embeddings``'s, with the computing shared among Ray actor
   machine, so the job's units of work (its batches) are the same;
 - actors, one ``ElmoEmbedder`` each (one per GPU of the cluster; without GPUs one per
   machine, or ``workers``, sharing the CPUs), compute every sentence's array;
-- the driver writes the arrays through ``bilm.outputs.PartsJob``: the same output file,
+- the driver writes the arrays through ``bilm.core.files.PartsJob``: the same output file,
   lock, ``resume`` and ``overwrite`` as a one-process job. A job interrupted (Ctrl-C,
   or the driver killed) is finished with ``resume=True`` on Ray (or on one machine when
   its windows are the same: inputs of at least 16 windows of 4,096 lines).
@@ -30,10 +30,10 @@ import socket
 
 import numpy as np
 
-from . import errors
-from .batching import window_batches
-from .errors import BilmError, InputError, OutputError, flag
-from .text import Tokenizer, check_text_file, counted, read_text_lines
+from .. import errors
+from ..core.batching import window_batches
+from ..errors import BilmError, InputError, OutputError, flag
+from ..core.text import Tokenizer, check_text_file, counted, read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def ray_session(address=None):
     if ray.is_initialized():
         yield ray
         return
-    from .cli import silenced_stderr
+    from ..core.startup import silenced_stderr
 
     quiet = _quiet()
     local = address in (None, LOCAL)
@@ -205,8 +205,8 @@ class _Embedder:
         if threads is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        from . import sessions
-        from .dumps import OutputForm
+        from ..core import sessions
+        from .job import OutputForm
         from .embedder import ElmoEmbedder
 
         self._output = OutputForm(**form)
@@ -299,9 +299,9 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
     if state_mode == "stateful":
         raise InputError(f"{flag('state_mode', '--state-mode')} 'stateful' carries states from line to line: it runs "
                          f"in one process only, not on Ray (use warm or zero)")
-    from .dumps import (SENTENCE_PART, SENTENCE_TO_INDEX, SETTING_NAMES, embedding_job, read_sentence_index,
-                        sentence_index_dataset)
-    from .outputs import FLUSH_SECONDS, PartsJob
+    from .job import (SENTENCE_PART, SENTENCE_TO_INDEX, SETTING_NAMES, embedding_job, read_sentence_index,
+                      sentence_index_dataset)
+    from ..core.files import FLUSH_SECONDS, PartsJob
 
     part_size = SENTENCE_PART if part_size is None else part_size
     if batch_size < 1 or (window is not None and window < 1):
@@ -351,7 +351,7 @@ def dump_on_ray(address, vocab_file, dataset_file, options_file, weight_file, ou
 
 def _check_model_files(weight_file, vocab_file, options):
     """The model files, checked here as a one-process job checks them (the workers read them too)."""
-    from .weights import check_weight_file
+    from ..core.weights import check_weight_file
 
     check_weight_file(weight_file, options)
     if vocab_file is not None and not os.path.isfile(vocab_file):

@@ -22,9 +22,10 @@ import time
 
 from tqdm import tqdm
 
-from .errors import BilmError, InputError, OutputError, flag, speak_in_flags, speaks_in_flags
-from .outputs import DEVICES_SUFFIX, PartsJob, count_saved
-from .text import counted
+from ..errors import BilmError, InputError, OutputError, flag, speak_in_flags, speaks_in_flags
+from ..core.files import DEVICES_SUFFIX, PartsJob, count_saved
+from ..core.text import counted
+from .job import SENTENCE_TO_INDEX, SETTING_NAMES, dump_in_process, embedding_job, read_sentence_index, sentence_index_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +105,16 @@ def _worker(device, n_cpu, kwargs, connection, quiet, parent, in_flags):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         threads = max(1, (os.cpu_count() or 1) // n_cpu)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("bilm.text").setLevel(logging.ERROR)  # the parent reads the input too and says it once
+    logging.getLogger("bilm.core.text").setLevel(logging.ERROR)  # the parent reads the input too and says it once
 
     def tell(kind, value=None):
         with contextlib.suppress(OSError):  # the parent has died: nobody listens
             connection.send((kind, value))
 
     try:
-        from .cli import start_tensorflow
+        from ..core.startup import start_tensorflow
         start_tensorflow(verbose=not quiet)  # its start-up lines hidden, as in the bilm command
-        from .dumps import dump_bilm_embeddings
-        dump_bilm_embeddings(**kwargs, threads=threads, progress=lambda n: tell("progress", n))
+        dump_in_process(**kwargs, threads=threads, progress=lambda n: tell("progress", n))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: nothing left to stop
         tell("done")
     except KeyboardInterrupt:
@@ -128,8 +128,6 @@ def dump_on_devices(devices, vocab_file, dataset_file, options_file, weight_file
                     overwrite, resume, encoding_errors, empty_lines, part_size, layers, mix_weights,
                     sentence_to_index, encoding, tokenize, window, flush_seconds, precision, dtype, pool):
     """``dump_bilm_embeddings`` with the lines shared among ``devices`` (see the module doc)."""
-    from .dumps import SENTENCE_TO_INDEX, SETTING_NAMES, embedding_job, read_sentence_index, sentence_index_dataset
-
     if state_mode == "stateful":
         raise InputError("state_mode='stateful' carries states from line to line: it runs on one device only")
     n = len(devices)

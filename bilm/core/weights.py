@@ -1,4 +1,4 @@
-"""Weight files (HDF5): checking, reading and writing them, by the layout of ``bilm.layout``."""
+"""Weight files (HDF5): checking, reading and writing them, by the layout of ``bilm.core.layout``."""
 import json
 import os
 
@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 
 from . import layout
-from .errors import WeightFileError
+from ..errors import WeightFileError
 from .options import N_CHARACTERS_INFERENCE, ModelOptions
-from .outputs import atomic_output
+from .files import atomic_output
 
 
 def open_hdf5(path, what="weight file"):

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 
-from .errors import InputError, flag
+from ..errors import InputError, flag
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import os
 import tensorflow.compat.v1 as tf
 
 from . import checkpoints
-from .errors import CheckpointError, InputError, OutputError, OutputExistsError, VocabularyError, flag
+from ..errors import CheckpointError, InputError, OutputError, OutputExistsError, VocabularyError, flag
 from .evaluation import Evaluator
-from .lm_dataset import count_train_tokens, load_vocab, shard_files, training_data
-from .options import ELMO_ORIGINAL, N_CHARACTERS_TRAINING, ModelOptions
-from .outputs import OutputLock, atomic_output, check_not_an_input
-from .trainer import KEEP_CHECKPOINTS, LOCK_FILE, RunSettings, Start, _setup, _train, save_dir_lock
-from .vocabulary import count_tokens
+from .dataset import count_train_tokens, load_vocab, shard_files, training_data
+from ..core.options import ELMO_ORIGINAL, N_CHARACTERS_TRAINING, ModelOptions
+from ..core.files import OutputLock, atomic_output, check_not_an_input
+from .loop import KEEP_CHECKPOINTS, LOCK_FILE, RunSettings, Start, _setup, _train, save_dir_lock
+from ..core.vocabulary import count_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ EVAL_EVERY, PATIENCE, EVAL_BATCH_SIZE, N_EPOCHS = 200, 3, 64, 1
 
 
 class HeldoutEvaluation:
-    """Held-out perplexity during training (``bilm.evaluation``: every target once, any batch size), the best
+    """Held-out perplexity during training (``bilm.training.evaluation``: every target once, any batch size), the best
     checkpoint kept, early stopping, and the record of it all in ``finetune.json``.
 
     Args:
@@ -288,6 +288,6 @@ def resolve_save_dir(name_or_path):
     """A save directory, or the directory of a downloaded checkpoint of the catalogue (e.g. ``original-checkpoint``)."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    from .download import checkpoint_dir, is_checkpoint
+    from ..core.download import checkpoint_dir, is_checkpoint
 
     return checkpoint_dir(name_or_path) if is_checkpoint(name_or_path) else name_or_path

@@ -5,7 +5,7 @@ Both batchers add the sentence begin and end tokens and shift every id by +1, so
 """
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .vocabulary import (BOS_CHAR, EOS_CHAR, UnicodeCharsVocabulary, Vocabulary, boundary_char_ids,
                          token_char_ids)
 
@@ -15,7 +15,7 @@ def window_batches(window, batch_size, by_length=True):
 
     Sorted by length (stable) unless ``by_length`` is False, then cut every
     ``batch_size`` sentences: the same window always gives the same batches. A job's
-    batches are its units of work (``bilm.outputs.PartsJob``), on one machine or many.
+    batches are its units of work (``bilm.core.files.PartsJob``), on one machine or many.
     """
     order = list(range(len(window)))
     if by_length:

@@ -26,12 +26,12 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from . import network
-from .errors import InputError, flag
+from ..errors import InputError, flag
 
 STATE_MODES = ("stateful", "zero", "warm")
 GRAPH_API_DEFAULT = "stateful"
 JOB_DEFAULT = "warm"
-WARMUP_TEXT = Path(__file__).resolve().parent / "models" / "warmup.txt"
+WARMUP_TEXT = Path(__file__).resolve().parents[1] / "models" / "warmup.txt"
 
 
 def check_state_mode(state_mode, allowed=STATE_MODES):

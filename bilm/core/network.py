@@ -1,7 +1,7 @@
 """The biLM network, defined once: char CNN, highway, projection, LSTM, stacked LSTMs.
 
 The layers are functions of their inputs and of a ``params`` mapping
-``{parameter name: variable or tensor}`` (names from ``bilm.layout``), so the same
+``{parameter name: variable or tensor}`` (names from ``bilm.core.layout``), so the same
 math serves the inference graph, the training graph and the Keras layer.
 ``create_variables`` makes that mapping in a graph with ``tf.get_variable`` under the
 caller's variable scope (custom getters apply: the inference graph's reads the
@@ -21,7 +21,7 @@ STEPS_PER_BLOCK = 8
 
 def _product(x, weight):
     """x (..., in) x weight (in, out), in the weight's type (float32, or a reduced one for mixed
-    precision: ``bilm.precision``); the result is float32."""
+    precision: ``bilm.core.precision``); the result is float32."""
     if weight.dtype.base_dtype == DTYPE:
         return tf.matmul(x, weight)
     return tf.cast(tf.matmul(tf.cast(x, weight.dtype), weight), DTYPE)
@@ -303,7 +303,7 @@ def bidirectional_lstm(embedding, lengths, states, options, params):
     Args:
         embedding: float32 (B, T, P) token vectors, begin/end markers included.
         lengths: int32 (B,) real positions per row.
-        states: a state policy (``bilm.states``): where each row's states start and
+        states: a state policy (``bilm.core.states``): where each row's states start and
             what is done with the final ones.
     Returns:
         per-layer outputs [(B, T, 2P)] (forward and backward, in reading order) and the
@@ -334,7 +334,7 @@ def language_model(embedding, lengths, states, options, params, checks=()):
     Args:
         embedding: float32 (B, T + 2, P) token vectors (begin/end markers included).
         lengths: int32 (B,) real positions per sentence, begin/end included.
-        states: a state policy (``bilm.states``).
+        states: a state policy (``bilm.core.states``).
         checks: ops to run before the LSTMs (e.g. a batch size limit).
     Returns:
         ``lm_embeddings`` (B, n_layers + 1, T, 2P): layer 0 the token embedding twice, layer

@@ -9,8 +9,8 @@ from collections import Counter
 
 import numpy as np
 
-from .errors import VocabularyError
-from .outputs import atomic_output
+from ..errors import VocabularyError
+from .files import atomic_output
 from .text import read_text_lines
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<S>", "</S>", "<UNK>"

@@ -14,7 +14,7 @@ import json
 import math
 import os
 
-from .errors import InvalidNumberOfCharacters, OptionsError, flag
+from ..errors import InvalidNumberOfCharacters, OptionsError, flag
 
 # Character ids: 256 bytes + 5 specials = 261 in training; inference adds id 0 (padding).
 N_CHARACTERS_TRAINING = 261
@@ -64,7 +64,7 @@ def _reject_constant(source):
 
 def write_options(options, path, overwrite=True):
     """Write an options dict (or ``ModelOptions``) as JSON, atomically."""
-    from .outputs import atomic_output
+    from .files import atomic_output
 
     raw = options.to_dict() if isinstance(options, ModelOptions) else options
     with atomic_output(path, overwrite) as temporary, open(temporary, "w", encoding="utf-8") as fout:

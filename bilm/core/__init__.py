@@ -1,0 +1,13 @@
+"""The model core: what both wings use.
+
+- ``options``, ``layout``: a model's options (options.json) and every parameter's name and shape;
+- ``network``: the one definition of the biLM (char CNN, highway, projection, LSTMs);
+- ``states``, ``precision``, ``sessions``: where LSTM states start, numeric precision, session settings;
+- ``inference``, ``elmo``, ``pooling``: ``BidirectionalLanguageModel``, ``weight_layers``, masked pooling;
+- ``vocabulary``, ``batching``, ``text``: vocabularies and character ids, batchers, reading text;
+- ``weights``, ``files``, ``download``: weight files; outputs that are never half-written (atomic
+  files, locks, resumable part files); published models by name;
+- ``prefetch``, ``startup``: work in a background thread; TensorFlow's quiet start-up.
+
+Nothing here imports the training or the embedding wing, or the command line.
+"""
