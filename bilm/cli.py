@@ -228,12 +228,7 @@ def _download(args):
         from . import lm1b
 
         record = lm1b.prepare(from_file=args.from_file, cache=args.cache_dir, progress=not args.quiet)
-        for part, name in (("training", lm1b.NAME), ("heldout", f"{lm1b.NAME}-heldout"),
-                           ("test", f"{lm1b.NAME}-test")):
-            counts = record[part]
-            print(f"{name}: {counts['files']} file(s), {counts['sentences']:,} sentences, {counts['tokens']:,} tokens: "
-                  f"{lm1b.resolve(name, cache=args.cache_dir)}")
-        print(f"vocabulary ({lm1b.NAME}): {lm1b.resolve(lm1b.NAME, vocab=True, cache=args.cache_dir)}")
+        print("\n".join(lm1b.summary(record, args.cache_dir)))
         return
     if args.from_file:
         raise InputError(f"--from-file takes a corpus's archive; {args.name!r} is not a corpus")

@@ -33,7 +33,7 @@ import zlib
 from tqdm import tqdm
 
 from .download import LOCK_WAIT_SECONDS, _sha256, cache_dir, catalogue, download
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, flag
 from .outputs import OutputLock, atomic_output
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ NAMES = {NAME: (TRAINING_DIR, "news.en-*-of-00100"), f"{NAME}-heldout": (HELDOUT
 PARTS = {TRAINING_DIR: "training", HELDOUT_DIR: "heldout"}
 
 
-def _corpus_entry(name=NAME):
-    entry = catalogue().get(name)
+def _corpus_entry():
+    entry = catalogue().get(NAME)
     if not (isinstance(entry, dict) and entry.get("kind") == "corpus"):
-        raise InputError(f"{name!r} is not a corpus of the catalogue (`bilm download --list`)")
+        raise InputError(f"{NAME!r} is not a corpus in the catalogue ($BILM_CATALOGUE has another entry of that name)")
     return entry
 
 
@@ -81,8 +81,8 @@ def prepare(from_file=None, cache=None, progress=True):
             record = unpacked(directory)
             logger.info("%s is unpacked and complete in %s", NAME, directory)
             return record
-        except InputError as err:
-            logger.info("%s", err)
+        except InputError:
+            pass  # not yet, or not completely: unpack
         if from_file:
             check_archive(from_file, entry, archive_role)
             archive = from_file
@@ -100,12 +100,13 @@ def check_archive(path, entry, role):
     expected = entry.get("sizes", {}).get(role)
     if expected is not None and size != expected:
         raise InputError(f"{path}: {size:,} bytes; {role} has {expected:,}: a partial or another file (download it "
-                         f"again, or run `bilm download {NAME}` without --from-file)")
+                         f"again, or run `bilm download {NAME}` without {flag('from_file', '--from-file')})")
     logger.info("checking the SHA-256 of %s", path)
     digest = _sha256(path)
     if digest != entry["sha256"][role]:
         raise InputError(f"{path}: SHA-256 {digest}, not {entry['sha256'][role]} of {role}: a damaged or another "
-                         f"file (download it again, or run `bilm download {NAME}` without --from-file)")
+                         f"file (download it again, or run `bilm download {NAME}` without "
+                         f"{flag('from_file', '--from-file')})")
 
 
 class _Reading:
@@ -169,7 +170,10 @@ def unpack(archive, directory, expected=None, progress=True):
     path = os.path.join(directory, RECORD)
     record = {"complete": False, "files": {}}
     if os.path.exists(path):
-        record["files"] = _read_record(path).get("files", {})
+        try:
+            record["files"] = _read_record(path).get("files", {})
+        except InputError:  # unreadable: every file is written again
+            pass
     _write_record(directory, record)  # no longer complete while it is rewritten
     seen, member = {}, None
     logger.info("unpacking %s into %s", archive, directory)
@@ -204,7 +208,7 @@ def unpack(archive, directory, expected=None, progress=True):
     _check_counts(archive, record, expected or {})
     record["complete"] = True
     _write_record(directory, record)
-    logger.info("%s: %s", directory, summary(record))
+    logger.info("unpacked %s into %s: %d files", os.path.basename(archive), directory, len(seen))
     return record
 
 
@@ -273,14 +277,19 @@ def unpacked(directory=None):
     return record
 
 
-def summary(record):
-    """One line of the counts of an unpacked benchmark."""
-    return "; ".join(f"{part} ({name}): {record[part]['files']} files, {record[part]['sentences']:,} sentences, "
-                     f"{record[part]['tokens']:,} tokens"
-                     for part, name in (("training", NAME), ("heldout", f"{NAME}-heldout"), ("test", f"{NAME}-test")))
+def summary(record, cache=None):
+    """The lines ``bilm download lm1b`` prints: each name's counts and files, and the vocabulary."""
+    lines = [f"{name}: {record[part]['files']} file(s), {record[part]['sentences']:,} sentences, "
+             f"{record[part]['tokens']:,} tokens: {files(name, cache)}"
+             for part, name in (("training", NAME), ("heldout", f"{NAME}-heldout"), ("test", f"{NAME}-test"))]
+    return lines + [f"vocabulary ({NAME}): {files(NAME, cache, vocab=True)}"]
 
 
-def _pattern(name, cache=None):
+def files(name, cache=None, vocab=False):
+    """Where a name's files are laid out: a glob (``lm1b``, ``lm1b-heldout``, ``lm1b-test``), or with ``vocab`` the
+    vocabulary's path (not checked: see ``resolve``)."""
+    if vocab:
+        return os.path.join(_directory(cache), VOCAB)
     folder, pattern = NAMES[name]
     return os.path.join(glob.escape(os.path.join(_directory(cache), folder)), pattern)
 
@@ -292,17 +301,17 @@ def resolve(value, vocab=False, cache=None):
     if value not in ({NAME} if vocab else NAMES) or glob.glob(value):
         return value
     if vocab:
-        path = os.path.join(_directory(cache), VOCAB)
+        path = files(NAME, cache, vocab=True)
         if not os.path.isfile(path):
             raise InputError(f"{path}: the vocabulary of {NAME} is not downloaded; run `bilm download {NAME}`")
         return path
     unpacked(_directory(cache))
-    return _pattern(value, cache)
+    return files(value, cache)
 
 
 def epoch_tokens(train_prefix, cache=None):
     """The catalogue's tokens per epoch if ``train_prefix`` is the unpacked benchmark's training files, else None
     (the original's n_train_tokens for the benchmark: its training schedule, without reading the 4 GB)."""
-    if train_prefix != _pattern(NAME, cache):
+    if train_prefix != files(NAME, cache):
         return None
     return _corpus_entry()["n_train_tokens"]

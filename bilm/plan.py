@@ -21,6 +21,7 @@ from .checkpoints import training_parameters
 from .download import CATALOGUE
 from .errors import TrainingError, tensorflow_reason
 from .layout import SOFTMAX
+from .lm_dataset import shard_files
 from .options import ELMO_ORIGINAL
 from .trainer import new_model, tokens_per_step
 
@@ -203,8 +204,6 @@ def plan_training(train_prefix, vocab_file, n_gpus=1, n_train_tokens=None, token
 
     ``tokens_source`` says where ``n_train_tokens`` comes from (counted from the files when None).
     """
-    from .lm_dataset import shard_files
-
     config, _, data = new_model(train_prefix, vocab_file, n_train_tokens, token_input, **option_changes)
     total, softmax = parameter_counts(config)
     source = tokens_source or ("--n_train_tokens" if n_train_tokens else "counted from the files")

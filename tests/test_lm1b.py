@@ -137,7 +137,8 @@ def _check_layout(cache, miniature):
         assert (cache / relative).read_bytes() == _data(lines)
 
 
-def test_download_lays_the_benchmark_out_where_commands_find_it_by_name(served, miniature, capsys):
+def test_download_lays_the_benchmark_out_where_commands_find_it_by_name(served, miniature, capsys, tmp_path,
+                                                                       monkeypatch):
     assert main(["--quiet", "download", "lm1b"]) == 0
     out = capsys.readouterr().out.splitlines()
     cache, counts = served["cache"], miniature["counts"]
@@ -162,6 +163,9 @@ def test_download_lays_the_benchmark_out_where_commands_find_it_by_name(served, 
     assert lm1b.resolve("lm1b", vocab=True) == str(cache / VOCAB)
     assert lm1b.epoch_tokens(lm1b.resolve("lm1b")) == N_TRAIN_TOKENS
     assert lm1b.epoch_tokens(lm1b.resolve("lm1b-heldout")) is None
+    monkeypatch.chdir(tmp_path)
+    Path("lm1b-test").write_text("a file of one's own\n")
+    assert lm1b.resolve("lm1b-test") == "lm1b-test"  # a file of that name here is taken as given
     with pytest.raises(InputError, match=r"'lm1b' is a corpus, not a model"):
         model_files("lm1b")
     # Done once: a second run, even with the archive deleted, downloads nothing and rewrites nothing.
