@@ -428,3 +428,33 @@ def test_finetune_reports_the_benchmarks_perplexity_beside_the_domains(trained, 
     # The figure recorded is the one `bilm test` gives for the kept checkpoint.
     assert main(["--quiet", "test", "--save_dir", str(tuned), "--vocab_file", "lm1b", "--test_prefix", "lm1b-test"]) == 0
     assert _perplexities(capsys.readouterr().out)[3] == pytest.approx(best["general_heldout_perplexity"], abs=2e-3)
+
+
+def test_the_published_checkpoint_is_evaluated_as_the_readme_says(trained, laid_out, miniature, tmp_path,
+                                                                  monkeypatch, capsys):
+    """The README's commands verbatim, with the tiny model served as `original-checkpoint`."""
+    step = next(trained.glob("model.ckpt-*.index")).name[:-len(".index")]
+    files = ["options.json", f"{step}.index", f"{step}.data-00000-of-00001"]
+    httpd, url = _serve(trained)
+    shutil.copy(miniature["vocab"], trained / "vocab.txt")
+    catalogue = json.loads(Path(laid_out["env"]["BILM_CATALOGUE"]).read_text())
+    catalogue["original-checkpoint"] = {
+        "kind": "checkpoint", "files": {"options": f"{url}/options.json", "vocab": f"{url}/vocab.txt",
+                                        **{name: f"{url}/{name}" for name in files[1:]}},
+        "sha256": {"options": sha256(trained / "options.json"), "vocab": sha256(trained / "vocab.txt"),
+                   **{name: sha256(trained / name) for name in files[1:]}}}
+    (tmp_path / "catalogue.json").write_text(json.dumps(catalogue))
+    monkeypatch.setenv("BILM_CATALOGUE", str(tmp_path / "catalogue.json"))
+    monkeypatch.setenv("BILM_CACHE", laid_out["env"]["BILM_CACHE"])
+    try:
+        assert main(["--quiet", "download", "original-checkpoint"]) == 0
+    finally:
+        httpd.shutdown()
+    capsys.readouterr()
+    results = []
+    for save_dir in ("original-checkpoint", str(trained)):
+        assert main(["--quiet", "test", "--save_dir", save_dir, "--vocab_file", "lm1b", "--test_prefix",
+                     "lm1b-heldout"]) == 0
+        results.append(_perplexities(capsys.readouterr().out))
+    heldout = miniature["counts"]["heldout"]
+    assert results[0] == results[1] and results[0][0] == heldout["tokens"] + heldout["sentences"]
