@@ -74,21 +74,20 @@ def prepare(from_file=None, cache=None, progress=True):
     entry = _corpus_entry()
     archive_role = next(role for role in entry["files"] if role.endswith(".tar.gz"))
     directory = _directory(cache)
-    download(NAME, cache, progress, only=[role for role in entry["files"] if role != archive_role])
     os.makedirs(directory, exist_ok=True)
     with OutputLock(directory, os.path.join(directory, "unpack.lock"), wait=LOCK_WAIT_SECONDS):
         try:
             record = unpacked(directory)
             logger.info("%s is unpacked and complete in %s", NAME, directory)
-            return record
-        except InputError:
-            pass  # not yet, or not completely: unpack
-        if from_file:
-            check_archive(from_file, entry, archive_role)
-            archive = from_file
-        else:
-            archive = download(NAME, cache, progress, only=[archive_role])[archive_role]
-        return unpack(archive, directory, entry["counts"], progress)
+        except InputError:  # not yet, or not completely
+            if from_file:
+                check_archive(from_file, entry, archive_role)
+                archive = from_file
+            else:
+                archive = download(NAME, cache, progress, only=[archive_role])[archive_role]
+            record = unpack(archive, directory, entry["counts"], progress)
+    download(NAME, cache, progress, only=[role for role in entry["files"] if role != archive_role])  # the vocabulary
+    return record
 
 
 def check_archive(path, entry, role):

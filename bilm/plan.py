@@ -162,6 +162,17 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def _gpu_peak(tf, reset=False):
+    """GPU 0's peak bytes from TensorFlow's allocator, or None where it does not say (``reset``: start again)."""
+    try:
+        if reset:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+            return None
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    except (ValueError, RuntimeError):
+        return None
+
+
 def measure(config, data, n_towers, steps):
     """Run ``steps`` + 1 training steps of ``config`` on ``data`` here (nothing saved); the first is not timed."""
     import tensorflow.compat.v1 as tf
@@ -180,16 +191,15 @@ def measure(config, data, n_towers, steps):
             with tf.Session(config=session_config(n_towers)) as sess, precision.exact():
                 sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
                 if gpus:
-                    tf.config.experimental.reset_memory_stats("GPU:0")
+                    _gpu_peak(tf, reset=True)
                 sess.run(graph["train_op"], feeds[0])
                 times = []
                 for step_feed in feeds[1:]:
                     start = time.perf_counter()
                     sess.run(graph["train_op"], step_feed)
                     times.append(time.perf_counter() - start)
-                if gpus:
-                    peak, what = tf.config.experimental.get_memory_info("GPU:0")["peak"], "peak memory of GPU 0"
-                else:
+                peak, what = _gpu_peak(tf) if gpus else None, "peak memory of GPU 0"
+                if peak is None:
                     peak, what = _peak_rss(), "peak resident memory of the process (all towers, weights included)"
     except tf.errors.OpError as err:
         raise TrainingError(f"measuring the training step failed: {tensorflow_reason(err)}") from None
