@@ -214,6 +214,7 @@ def _export(args):
 
 def _download(args):
     from .core.download import catalogue, download
+    from .errors import InputError
 
     if args.list or not args.name:
         rows = [(name, str(entry.get("parameters", "")), entry.get("description", ""))
@@ -222,8 +223,29 @@ def _download(args):
         for name, parameters, description in rows:
             print(f"{name:{widths[0]}}  {parameters:>{widths[1]}}  {description}")
         return
+    if catalogue().get(args.name, {}).get("kind") == "corpus":
+        from .training import lm1b
+
+        record = lm1b.prepare(from_file=args.from_file, cache=args.cache_dir, progress=not args.quiet)
+        print("\n".join(lm1b.summary(record, args.cache_dir)))
+        return
+    if args.from_file:
+        raise InputError(f"--from-file takes a corpus's archive; {args.name!r} is not a corpus")
     for role, path in download(args.name, cache=args.cache_dir, progress=not args.quiet).items():
         print(f"{role}: {path}")
+
+
+DATA_NAME_FLAGS = ("train_prefix", "test_prefix", "heldout_prefix", "general_heldout", "vocab_file")
+
+
+def resolve_data_names(args):
+    """--train_prefix lm1b, --test_prefix lm1b-heldout|lm1b-test, --vocab_file lm1b: the unpacked benchmark's files
+    (``bilm.lm1b.resolve``); a file of that name here is taken as given."""
+    from .training.lm1b import resolve
+
+    for name in DATA_NAME_FLAGS:
+        if getattr(args, name, None):
+            setattr(args, name, resolve(getattr(args, name), vocab=name == "vocab_file"))
 
 
 def _sample_corpus(args):
@@ -254,12 +276,23 @@ def _cluster(args):
 
 
 def _train(args):
+    from .training.lm1b import epoch_tokens
     from .training.loop import train_new_model
 
     changes = {path: getattr(args, name) for name, path in TRAINING_FLAGS.items()}
+    n_train_tokens = args.n_train_tokens or epoch_tokens(args.train_prefix)
+    if args.plan:
+        from .training.plan import plan_training
+
+        cluster = _cluster(args)
+        source = "the original's n_train_tokens for the benchmark" if n_train_tokens != args.n_train_tokens else None
+        plan = plan_training(args.train_prefix, args.vocab_file, args.n_gpus, n_train_tokens, source,
+                             args.token_input, cluster.size if cluster else 1, args.plan_steps, **changes)
+        print("\n".join(plan.lines()))
+        return
     with _restart_hint(args):
         train_new_model(args.train_prefix, args.vocab_file, args.save_dir, args.log_dir, args.n_gpus,
-                        n_train_tokens=args.n_train_tokens, token_input=args.token_input, seed=args.seed,
+                        n_train_tokens=n_train_tokens, token_input=args.token_input, seed=args.seed,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
                         worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
@@ -295,6 +328,7 @@ def _restart_hint(args):
             if args.command == "finetune":  # its settings are in finetune.json
                 command = ["bilm", "finetune", "--resume", "--save_dir", args.save_dir, "--train_prefix",
                            args.train_prefix, "--vocab_file", args.vocab_file, "--heldout_prefix", args.heldout_prefix]
+                command += ["--general_heldout", args.general_heldout] if args.general_heldout else []
             else:
                 command = ["bilm", "restart", "--train_prefix", args.train_prefix, "--vocab_file", args.vocab_file,
                            "--save_dir", args.save_dir]
@@ -329,9 +363,17 @@ def _finetune(args):
             patience=args.patience, eval_batch_size=args.eval_batch_size,
             softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
-            overwrite=args.overwrite, resume=args.resume, cluster=_cluster(args), worker_timeout=args.worker_timeout)
+            overwrite=args.overwrite, resume=args.resume, cluster=_cluster(args), worker_timeout=args.worker_timeout,
+            general_heldout_prefix=args.general_heldout)
     if perplexity is not None:  # the chief's
         print(f"best held-out perplexity: {perplexity:.3f}")
+        if args.general_heldout:  # evaluated beside it: recorded in finetune.json
+            from .training.checkpoints import FINETUNE_RECORD
+
+            with open(os.path.join(args.save_dir, FINETUNE_RECORD), encoding="utf-8") as fin:
+                general = json.load(fin)["best"].get("general_heldout_perplexity")
+            if general is not None:
+                print(f"general held-out perplexity at that checkpoint: {general:.3f} ({args.general_heldout})")
     _next_steps(args)
 
 
@@ -479,6 +521,14 @@ def _add_training_commands(commands):
     train.add_argument("--overwrite", action="store_true",
                        help="start a new model in a save_dir that has checkpoints (they and the earlier TensorBoard "
                             "events are removed)")
+    train.add_argument("--plan", action="store_true",
+                       help="print what the run would do and stop (nothing is trained or written): parameters, tokens "
+                            "per epoch, batches, memory (estimated, and measured on --plan_steps steps here), the step "
+                            "time measured here and the time to the end, and the same at the README's GPU step times "
+                            "(assumptions)")
+    train.add_argument(*_flag("plan_steps"), type=_non_negative_int, default=3,
+                       help="with --plan: training steps measured on this machine's devices, after a first one not "
+                            "counted (default 3; 0: measure nothing)")
     _add_training_run_arguments(train)
     _add_divergence_arguments(train)
 
@@ -522,6 +572,10 @@ def _add_training_commands(commands):
     finetune.add_argument(*_flag("vocab_file"), required=True,
                           help="the checkpoint's vocabulary (with --weights: any vocabulary, for the new softmax)")
     finetune.add_argument(*_flag("heldout_prefix"), required=True, help="glob of held-out files of the new text")
+    finetune.add_argument(*_flag("general_heldout"), metavar="PREFIX",
+                          help="a second held-out set (e.g. lm1b-test, the benchmark's test set) also evaluated at "
+                               "each evaluation, to see how much of the general ability the fine-tune loses (the "
+                               "--heldout_prefix one alone chooses the best checkpoint)")
     finetune.add_argument(*_flag("n_epochs"), type=_positive_int, help="epochs at most (default 1)")
     finetune.add_argument(*_flag("n_train_tokens"), type=_positive_int,
                           help="tokens per epoch (default: counted from the data)")
@@ -684,7 +738,11 @@ def build_parser():
     download = _command(
         commands, "download", "download a published pretrained model into the cache (then use it with --model NAME)",
         "Models: small, medium, original, original-5.5b (AllenNLP's English ELMo models), original-checkpoint (the "
-        "original's training checkpoint, to fine-tune from), plus any listed in the JSON file named by "
+        "original's training checkpoint, to fine-tune from), lm1b (the 1 Billion Word Benchmark, the paper's "
+        "training data: its 1.8 GB archive is streamed into the cache, checked against the published counts of "
+        "files and sentences, and its files are then found by name: --train_prefix lm1b, --test_prefix "
+        "lm1b-heldout (the 50 held-out files) or lm1b-test (news.en.heldout-00000-of-00050, the benchmark's test "
+        "set), --vocab_file lm1b (vocab-2016-09-10.txt)), plus any listed in the JSON file named by "
         "$BILM_CATALOGUE (with a SHA-256 for each file). Cache: $BILM_CACHE or ~/.cache/bilm. A partial download "
         "resumes; a second download of the same model waits for the first. Each file is checked against the "
         "catalogue's SHA-256 and the size the server announces (one neither can check is refused), and against "
@@ -693,6 +751,9 @@ def build_parser():
     download.add_argument("name", nargs="?", help="model name (omit, or --list, to list them)")
     download.add_argument("--list", action="store_true", help="list the catalogue")
     download.add_argument(*_flag("cache_dir"), help="cache directory (default: $BILM_CACHE or ~/.cache/bilm)")
+    download.add_argument(*_flag("from_file"), metavar="ARCHIVE",
+                          help="lm1b: unpack this copy of the benchmark's archive (checked against the catalogue's "
+                               "size and SHA-256) instead of downloading it")
 
     sample = _command(
         commands, "sample-corpus", "write a small public-domain English corpus to try training on",
@@ -764,6 +825,7 @@ def main(argv=None):
         _configure(args)
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
+        resolve_data_names(args)
         if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
             if _in_a_cluster(args) and not args.verbose:
                 # When a worker stops, TensorFlow's C++ logs an error for every collective it aborts on the

@@ -134,7 +134,7 @@ def test_a_partial_download_resumes_with_a_range_request(server):
 
 
 def test_download_errors_are_clear(server, monkeypatch, tmp_path):
-    with pytest.raises(InputError, match=r"unknown model 'large'; expected one of: medium, original, "
+    with pytest.raises(InputError, match=r"unknown model 'large'; expected one of: lm1b, medium, original, "
                                          r"original-5\.5b, original-checkpoint, small, tiny"):
         download("large")
     with pytest.raises(InputError, match=r"unknown model 'nosuch'; expected one of: default, medium, original, "

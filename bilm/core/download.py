@@ -10,7 +10,8 @@ that record. ``model_files(name)`` gives the paths of a downloaded model (``"def
 the model shipped with bilm). More models (your own, or mirrors) can be listed in a
 JSON file named by ``$BILM_CATALOGUE``: ``{"name": {"description": ..., "files":
 {"options": URL, "weights": URL, "vocab": URL (optional)}, "sha256": {"options": HEX,
-"weights": HEX, ...}}}``, a SHA-256 for every file; names are plain file names."""
+"weights": HEX, ...}}}``, a SHA-256 for every file; names are plain file names. A corpus (``"kind": "corpus"``,
+the 1 Billion Word Benchmark ``lm1b``) is downloaded and unpacked by ``bilm.training.lm1b.prepare``."""
 import hashlib
 import json
 import logging
@@ -59,6 +60,23 @@ CATALOGUE["original-checkpoint"] = {
               **{f"model.ckpt-935588.{part}": f"{_CHECKPOINT}/model.ckpt-935588.{part}"
                  for part in ("index", "data-00000-of-00001")}},
 }
+# The paper's training data, the 1 Billion Word Benchmark (Chelba et al., 2013; laid out by ``bilm.training.lm1b``). The
+# archive's size and SHA-256 are those TensorFlow Datasets records for it (tensorflow/datasets,
+# tensorflow_datasets/datasets/lm1b/checksums.tsv, formerly tensorflow_datasets/url_checksums/lm1b.txt); its
+# counts are the benchmark's published ones; n_train_tokens is the original's bin/train_elmo.py constant.
+LM1B_ARCHIVE = "1-billion-word-language-modeling-benchmark-r13output.tar.gz"
+CATALOGUE["lm1b"] = {
+    "description": "the 1 Billion Word Benchmark, the paper's training and held-out text (1.8 GB archive, unpacked "
+                   "into the cache), and the published model's vocabulary vocab-2016-09-10.txt",
+    "kind": "corpus",
+    "files": {LM1B_ARCHIVE: f"http://www.statmt.org/lm-benchmark/{LM1B_ARCHIVE}",
+              "vocab-2016-09-10.txt": f"{_S3}/vocab-2016-09-10.txt"},
+    "sha256": {LM1B_ARCHIVE: "01ba60381110baf7f189dfd2b8374de371e8c9a340835793f190bdae9e90a34e"},
+    "sizes": {LM1B_ARCHIVE: 1792209805},
+    "counts": {"training": {"files": 99, "sentences": 30301028, "tokens": 768646526},
+               "heldout": {"files": 50, "sentences": 306688}},
+    "n_train_tokens": 768648884,
+}
 FILE_NAMES = {"options": "options.json", "weights": "weights.hdf5", "vocab": "vocab.txt"}
 MANIFEST = "manifest.json"
 
@@ -104,7 +122,9 @@ def _check_entry(source, name, entry):
     if not isinstance(entry, dict):
         raise InputError(f"{where}: expected an object with \"files\" and \"sha256\"")
     files = entry.get("files")
-    if entry.get("kind") == "checkpoint":
+    if entry.get("kind") == "corpus":
+        _check_corpus_entry(where, entry)
+    elif entry.get("kind") == "checkpoint":
         if not (isinstance(files, dict) and "options" in files and any(role.endswith(".index") for role in files)):
             raise InputError(f"{where}: a checkpoint needs \"files\" with \"options\", an \"...index\" and its "
                              f"data files")
@@ -118,6 +138,20 @@ def _check_entry(source, name, entry):
         if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
             raise InputError(f"{where}: key \"sha256\" has no SHA-256 for {role!r}; expected "
                              f"\"sha256\": {{\"{role}\": \"<the 64 hex digits sha256sum prints>\"}}")
+
+
+def _check_corpus_entry(where, entry):
+    """Raise unless a corpus entry has one ``.tar.gz`` archive, its counts and tokens per epoch (``bilm.training.lm1b``)."""
+    files, counts = entry.get("files"), entry.get("counts")
+    if not (isinstance(files, dict) and sum(role.endswith(".tar.gz") for role in files) == 1):
+        raise InputError(f"{where}: a corpus needs \"files\" with one \"....tar.gz\" archive")
+    parts = [counts.get(part) if isinstance(counts, dict) else None for part in ("training", "heldout")]
+    if not all(isinstance(part, dict) and all(isinstance(part.get(key), int) for key in ("files", "sentences"))
+               for part in parts):
+        raise InputError(f"{where}: a corpus needs \"counts\": {{\"training\": {{\"files\": N, \"sentences\": N}}, "
+                         f"\"heldout\": {{...}}}}, the counts its archive must give")
+    if not (isinstance(entry.get("n_train_tokens"), int) and entry["n_train_tokens"] > 0):
+        raise InputError(f"{where}: a corpus needs \"n_train_tokens\", a positive integer (its tokens per epoch)")
 
 
 def _entry(name):
@@ -201,12 +235,13 @@ def _read_manifest(path):
     return manifest
 
 
-def download(name, cache=None, progress=True):
+def download(name, cache=None, progress=True, only=None):
     """Download model ``name`` (see ``catalogue()``) into the cache; return {role: path}.
 
     Files already downloaded are verified against the manifest (size and SHA-256, and the
     catalogue's SHA-256) and downloaded again if they do not match. One process at a
     time downloads a model: another waits for it (up to ``LOCK_WAIT_SECONDS``).
+    ``only``: the roles to download (default: every file of the entry).
     """
     entry = _entry(name)
     directory = os.path.join(cache or cache_dir(), name)
@@ -216,6 +251,8 @@ def download(name, cache=None, progress=True):
         manifest = _read_manifest(manifest_path) if os.path.exists(manifest_path) else {}
         paths = {}
         for role, url in entry["files"].items():
+            if only is not None and role not in only:
+                continue
             path = os.path.join(directory, FILE_NAMES.get(role, role))
             expected = entry.get("sha256", {}).get(role)
             record = manifest.get(role)
@@ -272,6 +309,9 @@ def model_files(name, cache=None):
     if is_checkpoint(name):
         raise InputError(f"{name!r} is a training checkpoint, not a weight file: fine-tune from it "
                          f"(bilm finetune --from {name}), or export it (bilm dump-weights --save_dir {name})")
+    if catalogue().get(name, {}).get("kind") == "corpus":
+        raise InputError(f"{name!r} is a corpus, not a model: its names go to --train_prefix and --test_prefix "
+                         f"(see `bilm download --help`)")
     if name == "default":
         files = default_model_files()
         if files is None:
@@ -279,7 +319,7 @@ def model_files(name, cache=None):
         return files
     entries = catalogue()
     if name not in entries:
-        models = ["default"] + sorted(n for n, entry in entries.items() if entry.get("kind") != "checkpoint")
+        models = ["default"] + sorted(n for n, entry in entries.items() if not entry.get("kind"))
         raise InputError(f"unknown model {name!r}; expected one of: {', '.join(models)}")
     directory = os.path.join(cache or cache_dir(), name)
     manifest_path = os.path.join(directory, MANIFEST)

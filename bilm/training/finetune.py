@@ -46,11 +46,14 @@ class HeldoutEvaluation:
         batch_size: parallel token streams of the evaluation (the speed only).
         settings: JSON-able settings written in the record (what a resumed run must share).
         record: the record of the interrupted run being resumed (its evaluations and best).
+        general: a second test-mode dataset (general text, e.g. the 1B Word Benchmark's test set) evaluated beside
+            ``heldout`` at each evaluation: recorded as ``general_heldout_perplexity``, never deciding.
     """
 
     def __init__(self, heldout, every=EVAL_EVERY, patience=PATIENCE, batch_size=EVAL_BATCH_SIZE, settings=None,
-                 record=None):
+                 record=None, general=None):
         self.heldout, self.every, self.patience, self.batch_size = heldout, every, patience, batch_size
+        self.general = general
         self.settings = settings or {}
         self.history = list(record["evaluations"]) if record else []
         self.best = record["best"] if record else None
@@ -67,6 +70,7 @@ class HeldoutEvaluation:
             self.evaluator = Evaluator(config, self.batch_size, reuse=True)
         self.value = tf.placeholder(tf.float32, [])
         self.summary = tf.summary.scalar("heldout_perplexity", self.value)
+        self.general_summary = tf.summary.scalar("general_heldout_perplexity", self.value)
         self.stop = tf.placeholder_with_default(False, [])
         self.agreed = self.stop if collectives is None else collectives.broadcast(self.stop)
 
@@ -97,13 +101,19 @@ class HeldoutEvaluation:
         improved = self.best is None or perplexity < self.best["heldout_perplexity"]
         self.history.append({"step": step, "train_perplexity": train_perplexity,
                              "heldout_perplexity": float(perplexity), "checkpoint": saver.newest})
+        general = ""
+        if self.general is not None:
+            value = self.evaluator.perplexity(sess, self.general)
+            writer.add(sess.run(self.general_summary, {self.value: value}), step)
+            self.history[-1]["general_heldout_perplexity"] = float(value)
+            general = f", general held-out perplexity {value:.2f}"
         if improved:
             self.best = self.history[-1]
             saver.protected = saver.newest
         self._write(saver, finished=False)
         since = len(self.history) - 1 - self.history.index(self.best)
-        logger.info("batch %d: held-out perplexity %.2f (best %.2f at batch %d)", step, perplexity,
-                    self.best["heldout_perplexity"], self.best["step"])
+        logger.info("batch %d: held-out perplexity %.2f (best %.2f at batch %d)%s", step, perplexity,
+                    self.best["heldout_perplexity"], self.best["step"], general)
         if since >= self.patience:
             logger.info("stopping early: no lower held-out perplexity in %d evaluations", since)
             return True
@@ -129,7 +139,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
              weight_file=None, n_epochs=None, n_train_tokens=None, batch_size=None, learning_rate=None, dropout=None,
              n_negative_samples=None, eval_every=None, patience=None, eval_batch_size=EVAL_BATCH_SIZE,
              softmax_only_batches=None, n_gpus=1, log_dir=None, keep_checkpoints=KEEP_CHECKPOINTS, log_every=100,
-             seed=None, overwrite=False, resume=False, cluster=None, worker_timeout=600.0):
+             seed=None, overwrite=False, resume=False, cluster=None, worker_timeout=600.0, general_heldout_prefix=None):
     """Fine-tune a pretrained biLM into a new save directory; return the best held-out perplexity.
 
     Start from ``source_dir`` (a training save directory: its latest checkpoint, either
@@ -144,7 +154,9 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
     (default 200) and at the end, the best checkpoint is kept (the latest of
     ``save_dir`` at the end, so ``dump_weights`` exports it) and the run stops after
     ``patience`` (default 3) evaluations without improvement; ``finetune.json`` in
-    ``save_dir`` holds the settings and the evaluations.
+    ``save_dir`` holds the settings and the evaluations. ``general_heldout_prefix``: a second
+    held-out set evaluated beside it each time (e.g. the 1B Word Benchmark's test set, to
+    see how much general ability the fine-tune costs), recorded, never deciding.
 
     ``resume``: continue the interrupted fine-tune of ``save_dir`` from its latest
     checkpoint, with its evaluations, best checkpoint and patience (the source need not
@@ -190,6 +202,9 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
         config = ModelOptions(raw, save_dir if resume else source_dir or options_file, training=True)
         data = training_data(config, vocab, train_prefix, worker=run.worker())
         heldout, targets = _heldout(config, vocab, heldout_prefix)
+        general = None
+        if general_heldout_prefix:
+            general, _ = _heldout(config, vocab, general_heldout_prefix, "general_heldout")
         settings = _settings(save_dir, record, source=given_source and os.path.abspath(given_source),
                              eval_every=eval_every, patience=patience, softmax_only_batches=softmax_only_batches,
                              heldout_targets=targets)
@@ -197,7 +212,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
         if n_train_tokens is None and not resume:
             config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
         evaluation = HeldoutEvaluation(heldout, settings["eval_every"], settings["patience"], eval_batch_size,
-                                       settings, record)
+                                       settings, record, general)
         if record is not None and record["finished"]:
             logger.info("%s: the fine-tune had finished; best held-out perplexity %.2f at batch %d", save_dir,
                         evaluation.best["heldout_perplexity"], evaluation.best["step"])
@@ -259,10 +274,10 @@ def _check_new_finetune(save_dir, overwrite):
     checkpoints.check_new_run(save_dir, overwrite)
 
 
-def _heldout(config, vocab, heldout_prefix):
+def _heldout(config, vocab, heldout_prefix, name="heldout_prefix"):
     """The held-out dataset and its targets per direction, every line read and checked now (not at the first
-    evaluation, after training)."""
-    what = f"held-out text of {flag('heldout_prefix', '--heldout_prefix')}"
+    evaluation, after training); ``name``: the argument it came from."""
+    what = f"held-out text of {flag(name, '--' + name)}"
     files = shard_files(heldout_prefix, what=what.replace("text", "file"))
     counts, n_sentences = count_tokens(files)
     if not n_sentences:

@@ -602,15 +602,23 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
     with _guard(save_dir, run):
         if run.chief:
             checkpoints.check_new_run(save_dir, overwrite)
-        max_chars = ELMO_ORIGINAL["char_cnn"]["max_characters_per_token"]
-        vocab = load_vocab(vocab_file, None if token_input else max_chars)
-        options = training_options(vocab.size, n_train_tokens or 1, token_input, **option_changes)
-        config = ModelOptions(options, "the training options", training=True)  # checked before counting
-        data = training_data(config, vocab, train_prefix, worker=run.worker())
-        if n_train_tokens is None:
-            config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
+        config, vocab, data = new_model(train_prefix, vocab_file, n_train_tokens, token_input, run.worker(),
+                                        **option_changes)
         return _train(config, data, save_dir, log_dir or save_dir, run, Start(), vocab, overwrite,
                       setup=_setup(vocab, train_prefix))
+
+
+def new_model(train_prefix, vocab_file, n_train_tokens=None, token_input=False, worker=(0, 1), **option_changes):
+    """(config, vocab, data) of a new model on ``train_prefix`` (see ``train_new_model``), checked in that order:
+    the options before the corpus is counted (``n_train_tokens`` None)."""
+    max_chars = ELMO_ORIGINAL["char_cnn"]["max_characters_per_token"]
+    vocab = load_vocab(vocab_file, None if token_input else max_chars)
+    options = training_options(vocab.size, n_train_tokens or 1, token_input, **option_changes)
+    config = ModelOptions(options, "the training options", training=True)  # checked before counting
+    data = training_data(config, vocab, train_prefix, worker=worker)
+    if n_train_tokens is None:
+        config = config.replace(n_train_tokens=count_train_tokens(train_prefix, vocab))
+    return config, vocab, data
 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
