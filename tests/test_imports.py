@@ -1,4 +1,5 @@
-"""Import paths and TensorFlow behaviour: bilm changes no global setting."""
+"""Import paths, the package's layout, and TensorFlow behaviour: bilm changes no global setting."""
+import ast
 import re
 import subprocess
 import sys
@@ -26,6 +27,88 @@ def test_original_import_paths():
     from bilm.elmo import weight_layers as wl
     from bilm.model import BidirectionalLanguageModel as M, dump_bilm_embeddings as d
     assert wl is bilm.weight_layers and M is bilm.BidirectionalLanguageModel and d is bilm.dump_bilm_embeddings
+
+
+def test_bilms_own_documented_import_paths():
+    import bilm
+    from bilm.data import BidirectionalLMDataset, LMDataset  # noqa: F401
+    from bilm.download import download, model_files  # noqa: F401
+    from bilm.errors import BilmError  # noqa: F401
+    from bilm.export import export_saved_model  # noqa: F401
+    from bilm.keras import ELMo  # noqa: F401
+    from bilm.models import default_model_files  # noqa: F401
+    from bilm.pooling import masked_max, masked_mean, sentence_vectors  # noqa: F401
+    from bilm.precompute import ElmoEmbedder, merge_shards
+    from bilm.training import dump_weights, load_options_latest_checkpoint, load_vocab, test, train  # noqa: F401
+    assert ElmoEmbedder is bilm.ElmoEmbedder and merge_shards is bilm.merge_shards
+
+
+def _modules():
+    """{dotted name: path} of every module of the package."""
+    modules = {}
+    for path in sorted((ROOT / "bilm").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imports(name, path, modules):
+    """The modules of bilm that module ``name`` imports, anywhere in it (functions included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names)
+    return {module for module in found if module in modules and module != name}
+
+
+def test_the_layout_has_no_circle_and_nothing_imports_the_command_line():
+    modules = _modules()
+    assert {"bilm.core", "bilm.training", "bilm.embedding", "bilm.cli"} <= set(modules)
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert not [name for name, imported in graph.items() if "bilm.cli" in imported]
+    wing = {name: name.split(".")[1] if name.count(".") else "" for name in modules}
+    for name, imported in graph.items():  # the core takes nothing from the wings; the wings nothing from each other
+        if wing[name] in ("core", "training", "embedding"):
+            assert all(wing[m] in ("core", wing[name]) or m in ("bilm.errors", "bilm.models") for m in imported), \
+                (name, sorted(imported))
+    # A package's __init__ that re-exports its modules is not a circle with them: leave those edges out.
+    edges = {name: {m for m in imported if not (modules[m].name == "__init__.py" and name.startswith(m + "."))}
+             for name, imported in graph.items()}
+    state = {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for other in edges[name]:
+            assert state.get(other) != "open", " -> ".join(trail + [name, other])
+            if other not in state:
+                visit(other, trail + [name])
+        state[name] = "done"
+
+    for name in modules:
+        if name not in state:
+            visit(name, [])
+
+
+def test_every_module_imports_alone():
+    names = sorted(_modules())
+    result = _python(f"""
+        import importlib, sys
+        import tensorflow  # once, for speed; every bilm module is forgotten before the next is imported
+        for name in {names!r}:
+            for loaded in [m for m in sys.modules if m == "bilm" or m.startswith("bilm.")]:
+                del sys.modules[loaded]
+            importlib.import_module(name)
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
 def test_import_changes_no_global_tensorflow_setting():
