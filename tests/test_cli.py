@@ -288,7 +288,7 @@ def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
     # Ctrl-C once 25 batches are done (stderr not a terminal): they are kept, the one line counts them, and
     # --resume finishes the same file.
     process = Command(job)
-    process.wait_until_saved(100)
+    process.wait_until_saved()
     stderr = process.stop(signal.SIGINT)
     assert process.process.returncode == 130
     assert 100 <= the_one_line(stderr) == saved_sentences(out)

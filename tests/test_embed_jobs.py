@@ -24,24 +24,36 @@ from conftest import make_options, random_sentences, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LINES = 3000
+PAUSE_AT = 100  # sentences: the command stops itself (SIGSTOP) once it has told this many
 # The bilm command, telling on stdout what it has done: "unit K" once unit K is in the open part (one
-# process), "sentences N" once the device processes have added N more sentences to theirs (--devices).
-TELLING = """
-import sys
+# process), "sentences N" once the device processes have added N more sentences to theirs (--devices);
+# once it has told PAUSE_AT sentences it stops itself, so that a loaded machine cannot let it finish
+# before the test has sent its signal.
+TELLING = f"""
+import os, signal, sys
 import bilm.embedding.devices, bilm.core.files
 
 add = bilm.core.files.PartWriter.add
+told = 0
+
+
+def tell(line, sentences):
+    global told
+    print(line, flush=True)
+    told += sentences
+    if told >= {PAUSE_AT} > told - sentences:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def add_and_tell(self, unit, datasets):
     add(self, unit, datasets)
-    print("unit", unit, flush=True)
+    tell(f"unit {{unit}}", 4)  # --batch-size 4
 
 
 class TellingBar(bilm.embedding.devices.tqdm):
     def update(self, n=1):
         super().update(n)
-        print("sentences", n, flush=True)
+        tell(f"sentences {{n}}", n)
 
 
 bilm.core.files.PartWriter.add = add_and_tell
@@ -72,6 +84,14 @@ def assert_same_bytes(path, expected_path):
         assert sorted(got) == sorted(want)
         for key in want:
             np.testing.assert_array_equal(got[key][...], want[key][...], err_msg=key)
+
+
+def ended_within(pids, seconds):
+    """Wait until none of ``pids`` runs, at most ``seconds``."""
+    deadline = time.time() + seconds
+    while any(running(pid) for pid in pids):
+        assert time.time() < deadline, "device processes outlived the command"
+        time.sleep(0.05)
 
 
 def saved_sentences(output):
@@ -121,17 +141,24 @@ class Command:
             os.close(stderr)
         self.told = 0
 
-    def wait_until_saved(self, sentences, timeout=180):
-        """Read what it tells until ``sentences`` are in its open parts (4 a unit: --batch-size 4)."""
+    def wait_until_saved(self, timeout=180):
+        """Read what it tells until ``PAUSE_AT`` sentences are in its open parts, and wait until it has stopped
+        itself there."""
         deadline = time.time() + timeout
-        while self.told < sentences:
+        while self.told < PAUSE_AT:
             assert time.time() < deadline and self.process.poll() is None, "the job ended or hung"
             line = self.process.stdout.readline().decode()
             self.told += int(line.split()[1]) if line.startswith("sentences") else 4 * line.startswith("unit")
+        while (Path("/proc") / str(self.process.pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.time() < deadline, "the job did not stop itself"
+            time.sleep(0.01)
 
     def stop(self, how, whole_group=False, timeout=180):
-        """Send signal ``how`` (to its whole process group, as a terminal's Ctrl-C does); return its stderr."""
-        (os.killpg if whole_group else os.kill)(self.process.pid, how)
+        """Send signal ``how`` (to its whole process group, as a terminal's Ctrl-C does), let the command
+        continue to receive it; return its stderr."""
+        send = os.killpg if whole_group else os.kill
+        send(self.process.pid, how)
+        send(self.process.pid, signal.SIGCONT)
         if self.stderr_fd is None:
             _, stderr = self.process.communicate(timeout=timeout)
             return stderr.decode()
@@ -236,23 +263,23 @@ def test_a_gpu_that_is_not_there_is_an_error_naming_the_devices_there(job, tmp_p
 def test_ctrl_c_says_in_one_line_how_many_sentences_the_parts_hold(job, tmp_path, devices, terminal):
     out = tmp_path / "e.hdf5"
     command = Command(["embed", job["data"], str(out), *job["model"], *devices], terminal)
-    command.wait_until_saved(100)
+    command.wait_until_saved()
     stderr = command.stop(signal.SIGINT, whole_group=True)
     assert command.process.returncode == 130, stderr
-    assert 100 <= the_one_line(stderr) == saved_sentences(out)
+    assert PAUSE_AT <= the_one_line(stderr) == saved_sentences(out)
     assert not out.exists()
 
 
 def test_sigterm_is_passed_on_to_the_device_processes_which_save_their_parts(job, tmp_path):
     out = tmp_path / "e.hdf5"
     command = Command(["embed", job["data"], str(out), *job["model"], "--devices", "cpu:2"])
-    command.wait_until_saved(100)
+    command.wait_until_saved()
     devices = children(command.process.pid)
     assert len(devices) >= 2
     stderr = command.stop(signal.SIGTERM)  # the command only, as a scheduler stops a job
     assert command.process.returncode == 143, stderr
-    assert 100 <= the_one_line(stderr, "terminated (SIGTERM)") == saved_sentences(out)
-    assert not any(running(pid) for pid in devices)
+    assert PAUSE_AT <= the_one_line(stderr, "terminated (SIGTERM)") == saved_sentences(out)
+    ended_within(devices, 60)  # (multiprocessing's resource tracker ends once the command has)
     assert main(["--quiet", "embed", job["data"], str(out), *job["model"], "--devices", "cpu:2", "--resume"]) == 0
     assert_same_bytes(out, job["one"])
 
@@ -260,15 +287,12 @@ def test_sigterm_is_passed_on_to_the_device_processes_which_save_their_parts(job
 def test_a_killed_command_takes_its_device_processes_with_it(job, tmp_path):
     out = tmp_path / "e.hdf5"
     command = Command(["embed", job["data"], str(out), *job["model"], "--devices", "cpu:2"])
-    command.wait_until_saved(100)
+    command.wait_until_saved()
     devices = children(command.process.pid)
     assert len(devices) >= 2
     command.process.send_signal(signal.SIGKILL)  # no chance to tell them
     command.process.communicate(timeout=60)
-    deadline = time.time() + 60
-    while any(running(pid) for pid in devices):
-        assert time.time() < deadline, "device processes outlived the command"
-        time.sleep(0.05)
+    ended_within(devices, 60)
     assert saved_sentences(out) >= 100  # they saved what they had done
     assert main(["--quiet", "embed", job["data"], str(out), *job["model"], "--devices", "cpu:2", "--resume"]) == 0
     assert_same_bytes(out, job["one"])
