@@ -65,6 +65,7 @@ def _imports(name, path, modules):
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                assert base in modules, f"{path}: line {node.lineno} imports from {base}, which is not a module"
             found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names)
     return {module for module in found if module in modules and module != name}
 

@@ -22,7 +22,7 @@ def default_model_files():
 
 def write_sample_corpus(directory, overwrite=False):
     """Copy the sample corpus (corpus.txt, heldout.txt) into ``directory``; return the paths written."""
-    from ..outputs import atomic_output
+    from ..core.files import atomic_output
 
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)

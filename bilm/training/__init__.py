@@ -11,11 +11,31 @@
 
 It builds on ``bilm.core`` only.
 """
-from .checkpoints import dump_weights, load_options_latest_checkpoint
-from .evaluation import test
-from .dataset import load_vocab
-from .graph import LanguageModel, average_gradients, build_training_graph
-from .loop import train
+import importlib
 
-__all__ = ["train", "test", "load_vocab", "load_options_latest_checkpoint", "dump_weights", "LanguageModel",
-           "build_training_graph", "average_gradients"]
+# The original's names -> the module that defines them, loaded when first used (so that importing one
+# module of the wing, e.g. ``lm1b`` for the command line, does not import TensorFlow).
+_EXPORTS = {
+    "train": "loop",
+    "test": "evaluation",
+    "load_vocab": "dataset",
+    "load_options_latest_checkpoint": "checkpoints",
+    "dump_weights": "checkpoints",
+    "LanguageModel": "graph",
+    "build_training_graph": "graph",
+    "average_gradients": "graph",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bilm.training' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
