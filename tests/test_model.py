@@ -264,27 +264,31 @@ def test_graph_api_in_eager_mode_says_what_to_do(tmp_path):
         model(tf.constant(char_ids_for_sentences([["hello"]])))
 
 
-@pytest.mark.parametrize("clips", [(3.0, 3.0), (0.05, 0.02)], ids=["loose clips", "clips that bite"])
-def test_unrolled_training_lstm_has_the_gradients_of_the_loop(clips):
+@pytest.mark.parametrize("clips, projected", [((3.0, 3.0), True), ((0.05, 0.02), True), ((None, None), False)],
+                         ids=["loose clips", "clips that bite", "no clips, no projection"])
+def test_unrolled_training_lstm_has_the_gradients_of_the_loop(clips, projected):
     """Training windows run the unrolled LSTM (one product per weight gradient); inference runs the loop.
     Same outputs, and the same gradients as back-propagation through the loop."""
     from bilm.core import network
     from bilm.core.options import ModelOptions
-    options = ModelOptions(make_options(dim=12, projection_dim=6, cell_clip=clips[0], proj_clip=clips[1]))
+    out_dim = 6 if projected else 12
+    options = ModelOptions(make_options(dim=12, projection_dim=out_dim, cell_clip=clips[0], proj_clip=clips[1]))
     rng = np.random.default_rng(3)
-    kernel = tf.constant(rng.standard_normal((12, 48)).astype(np.float32) * 0.5)
+    kernel = tf.constant(rng.standard_normal((out_dim * 2, 48)).astype(np.float32) * 0.5)
     bias = tf.constant(rng.standard_normal(48).astype(np.float32) * 0.1)
     projection = tf.constant(rng.standard_normal((12, 6)).astype(np.float32) * 0.5)
     with tf.Graph().as_default():
         kernel, bias, projection = (tf.Variable(v.numpy()) for v in (kernel, bias, projection))
-        inputs = tf.constant(rng.standard_normal((3, 7, 6)).astype(np.float32))
-        state = tuple(tf.constant(rng.standard_normal((3, n)).astype(np.float32) * 0.3) for n in (12, 6))
-        weights = tf.constant(rng.standard_normal((3, 7, 6)).astype(np.float32))
+        inputs = tf.constant(rng.standard_normal((3, 7, out_dim)).astype(np.float32))
+        state = tuple(tf.constant(rng.standard_normal((3, n)).astype(np.float32) * 0.3) for n in (12, out_dim))
+        weights = tf.constant(rng.standard_normal((3, 7, out_dim)).astype(np.float32))
         results = []
         for lengths in (None, tf.constant([7, 7, 7])):  # unrolled, then the loop
-            outputs, (c, h) = network.lstm_layer(inputs, state, options, kernel, bias, projection, lengths)
+            outputs, (c, h) = network.lstm_layer(inputs, state, options, kernel, bias, projection if projected else None,
+                                                 lengths)
             loss = tf.reduce_sum(outputs * weights) + tf.reduce_sum(c) + 2 * tf.reduce_sum(h)
-            results.append([outputs, c, h] + tf.gradients(loss, [kernel, bias, projection, inputs] + list(state)))
+            wrt = [kernel, bias] + ([projection] if projected else []) + [inputs, *state]
+            results.append([outputs, c, h] + tf.gradients(loss, wrt))
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             unrolled, looped = sess.run(results)

@@ -114,32 +114,50 @@ def token_embedding(token_ids, params):
     return tf.cast(tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids), DTYPE)
 
 
-def lstm_cell(input_gates, state, options, kernel_h, projection=None, projection_tap=None):
+def _cell(gates, c_prev, options):
+    """The cell's update from its gate pre-activations (B, 4D) split as i, j, f, o: TensorFlow LSTMCell
+    conventions (forget bias 1.0), the cell clipped to +-cell_clip.
+
+    Returns the new cell, the output before its projection ``o * tanh(c)`` (B, D), and what the
+    hand-written backward pass of a training window needs: the gates' activations and the unclipped cell."""
+    i, j, f, o = tf.split(gates, 4, axis=-1)
+    si, tj, sf, so = tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + LSTM_FORGET_BIAS), tf.sigmoid(o)
+    c_unclipped = sf * c_prev + si * tj
+    c = c_unclipped
+    if options.cell_clip is not None:
+        c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
+    tanh_c = tf.tanh(c)
+    output = so * tanh_c
+    return c, output, (si, tj, sf, so, c_unclipped, tanh_c)
+
+
+def _project(output, projection, options):
+    """The projected, clipped output (B, P) and the product before its clip; the output itself without
+    a projection."""
+    if projection is None:
+        return output, output
+    h_unclipped = _product(output, projection)
+    h = h_unclipped
+    if options.proj_clip is not None:
+        h = tf.clip_by_value(h, -options.proj_clip, options.proj_clip)
+    return h, h_unclipped
+
+
+def lstm_cell(input_gates, state, options, kernel_h, projection=None):
     """One step of the LSTM cell: TensorFlow LSTMCell conventions.
 
     Args:
         input_gates: (B, 4D), the input part ``x W_x + B`` of the gates.
         state: (c (B, D), h (B, P)).
         kernel_h: (P, 4D), the recurrent part of ``W_0``; projection: (D, P) or None.
-        projection_tap: (B, P) zeros added to the projected output (see ``_weight_tap``).
     Returns:
         the new (c, h) and the output before its projection ``o * tanh(c)`` (B, D). Gates
         are split as i, j, f, o with forget bias 1.0; the cell is clipped to
         +-cell_clip, the output projected (when P < D) and clipped to +-proj_clip.
     """
     c_prev, h_prev = state
-    gates = input_gates + _product(h_prev, kernel_h)  # (B, 4D)
-    i, j, f, o = tf.split(gates, 4, axis=1)
-    c = tf.sigmoid(f + LSTM_FORGET_BIAS) * c_prev + tf.sigmoid(i) * tf.tanh(j)
-    if options.cell_clip is not None:
-        c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
-    output = h = tf.sigmoid(o) * tf.tanh(c)
-    if projection is not None:
-        h = _product(output, projection)
-        if projection_tap is not None:
-            h = h + projection_tap
-        if options.proj_clip is not None:
-            h = tf.clip_by_value(h, -options.proj_clip, options.proj_clip)
+    c, output, _ = _cell(input_gates + _product(h_prev, kernel_h), c_prev, options)
+    h, _ = _project(output, projection, options)
     return (c, h), output
 
 
@@ -170,54 +188,80 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
     return _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths)
 
 
-def _weight_tap(weight, shape, inputs_of):
-    """Zeros of ``shape`` (B, T, out) whose gradient is the gradient of ``weight`` (in, out) for every step.
+def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection, n_steps):
+    """Every step real, a static number of them (training windows): the input part of the gates in one
+    product, the steps unrolled, and their back-propagation written out (``_window``)."""
+    dim = options.state_sizes[0]
+    in_dim = int(inputs.shape[-1])
+    input_gates = _product(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
+    input_gates = tf.reshape(input_gates, tf.concat([tf.shape(inputs)[:2], [4 * dim]], axis=0))  # (B, T, 4D)
+    if n_steps == 0:
+        return tf.zeros(tf.concat([tf.shape(inputs)[:2], [options.state_sizes[1]]], 0)), state
+    weights = [kernel_h] if projection is None else [kernel_h, projection]
+    outputs, c, h = _window(options, n_steps)(input_gates, state[0], state[1], *weights)
+    return outputs, (c, h)
 
-    An unrolled layer multiplies ``weight`` by its inputs at each of T steps; left to
-    itself, back-propagation makes T small matrix products for the weight's gradient
-    and adds them up. Used with a stop-gradient copy of ``weight`` inside the steps
-    and added to the steps' results, these zeros receive the gradient of every step's
-    result, and their own gradient is the weight's in one product:
-    ``inputs^T (BT, in) x d_results (BT, out)``. ``inputs_of()``: the (B, T, in) inputs of
-    the steps, known once they have run.
+
+def _window(options, n_steps):
+    """The recurrence over a training window of ``n_steps`` steps, as one function with its gradient.
+
+    Forward: ``lstm_cell``'s math, unrolled. Backward: back-propagation through time written
+    out (a few element-wise operations and one product per step, where TensorFlow's
+    automatic differentiation of the unrolled steps makes several times more operations),
+    and each weight's gradient in one product over the whole window (``h_prev^T dgates``,
+    ``output^T dh``) instead of one per step. Its gradients equal automatic
+    differentiation's (tests/test_model.py).
+
+    Takes input gates (B, T, 4D), c0 (B, D), h0 (B, P), kernel_h (P, 4D)[, projection (D, P)];
+    returns outputs (B, T, P), the final c and h.
     """
     @tf.custom_gradient
-    def tap(w):
-        def gradient(d_results):
-            inputs = inputs_of()
-            return tf.matmul(tf.reshape(inputs, [-1, int(inputs.shape[-1])]),
-                             tf.reshape(d_results, [-1, int(w.shape[-1])]), transpose_a=True)
-        return tf.zeros(shape), gradient
+    def window(input_gates, c0, h0, kernel_h, *projection):
+        projection = projection[0] if projection else None
+        c, h, saved, outputs = c0, h0, [], []
+        for step_gates in tf.unstack(input_gates, num=n_steps, axis=1):  # (unstack: a cheap gradient)
+            c_prev, h_prev = c, h
+            c, output, activations = _cell(step_gates + _product(h_prev, kernel_h), c_prev, options)
+            h, h_unclipped = _project(output, projection, options)
+            saved.append((c_prev, h_prev, output, h_unclipped, activations))
+            outputs.append(h)
 
-    return tap(weight)
+        def gradient(d_outputs, d_c, d_h):
+            kernel_h_t = tf.transpose(kernel_h)
+            projection_t = None if projection is None else tf.transpose(projection)
+            d_gates, d_projected = [None] * n_steps, [None] * n_steps
+            for t, d_step in reversed(list(enumerate(tf.unstack(d_outputs, num=n_steps, axis=1)))):
+                c_prev, _, _, h_unclipped, (si, tj, sf, so, c_unclipped, tanh_c) = saved[t]
+                d_h = d_h + d_step
+                d_output = d_h
+                if projection is not None:
+                    if options.proj_clip is not None:
+                        d_h = tf.where_v2(tf.abs(h_unclipped) <= options.proj_clip, d_h, 0.0)
+                    d_projected[t] = d_h
+                    d_output = _product(d_h, projection_t)
+                d_c = d_c + d_output * so * (1.0 - tanh_c * tanh_c)
+                if options.cell_clip is not None:
+                    d_c = tf.where_v2(tf.abs(c_unclipped) <= options.cell_clip, d_c, 0.0)
+                d_gates[t] = tf.concat([d_c * tj * si * (1.0 - si), d_c * si * (1.0 - tj * tj),
+                                        d_c * c_prev * sf * (1.0 - sf), d_output * tanh_c * so * (1.0 - so)], axis=1)
+                d_c = d_c * sf
+                d_h = _product(d_gates[t], kernel_h_t)
 
+            def over_window(values):  # [(B, n)] * T -> (B T, n)
+                return tf.reshape(tf.stack(values, axis=1), [-1, int(values[0].shape[-1])])
 
-def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection, n_steps):
-    """Every step real, a static number of them (training windows): one input product, the steps
-    unrolled, and the recurrent weights' gradients in one product each (``_weight_tap``)."""
-    dim, out_dim = options.state_sizes
-    in_dim = int(inputs.shape[-1])
-    steps_shape = tf.shape(inputs)[:2]
-    taps = {}
-    input_gates = _product(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
-    input_gates = tf.reshape(input_gates, tf.concat([steps_shape, [4 * dim]], axis=0))  # (B, T, 4D)
-    input_gates += _weight_tap(kernel_h, tf.concat([steps_shape, [4 * dim]], axis=0), lambda: taps["h"])
-    projection_taps = [None] * n_steps
-    if projection is not None:
-        projection_taps = tf.unstack(_weight_tap(projection, tf.concat([steps_shape, [out_dim]], axis=0),
-                                                 lambda: taps["output"]), num=n_steps, axis=1)
-        projection = tf.stop_gradient(projection)
-    kernel_h = tf.stop_gradient(kernel_h)
-    h_before, outputs, cell_outputs = [], [], []
-    for step_gates, tap in zip(tf.unstack(input_gates, num=n_steps, axis=1), projection_taps):
-        h_before.append(state[1])  # (unstack: a cheap gradient, unlike slices)
-        state, cell_output = lstm_cell(step_gates, state, options, kernel_h, projection, tap)
-        outputs.append(state[1])
-        cell_outputs.append(cell_output)
-    if not outputs:
-        return tf.zeros(tf.concat([steps_shape, [out_dim]], 0)), state
-    taps["h"], taps["output"] = tf.stack(h_before, axis=1), tf.stack(cell_outputs, axis=1)
-    return tf.stack(outputs, axis=1), state
+            d_input_gates = tf.stack(d_gates, axis=1)  # (B, T, 4D)
+            d_kernel_h = tf.matmul(over_window([step[1] for step in saved]), over_window(d_gates), transpose_a=True)
+            grads = [d_input_gates, d_c, d_h, tf.cast(d_kernel_h, kernel_h.dtype)]
+            if projection is not None:
+                d_projection = tf.matmul(over_window([step[2] for step in saved]), over_window(d_projected),
+                                         transpose_a=True)
+                grads.append(tf.cast(d_projection, projection.dtype))
+            return grads
+
+        return (tf.stack(outputs, axis=1), c, h), gradient
+
+    return window
 
 
 def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths):
