@@ -206,10 +206,11 @@ def _window(options, n_steps):
     """The recurrence over a training window of ``n_steps`` steps, as one function with its gradient.
 
     Forward: ``lstm_cell``'s math, unrolled. Backward: back-propagation through time written
-    out (a few element-wise operations and one product per step, where TensorFlow's
-    automatic differentiation of the unrolled steps makes several times more operations),
-    and each weight's gradient in one product over the whole window (``h_prev^T dgates``,
-    ``output^T dh``) instead of one per step. Its gradients equal automatic
+    out. What does not depend on the gradient flowing back (the activations' derivatives, the
+    clips' masks) is computed for the whole window at once, which leaves about ten operations
+    per step (automatic differentiation of the unrolled steps makes several times more), and
+    each weight's gradient is one product over the window (``h_prev^T d_gates``,
+    ``output^T d_h``) instead of one per step. Its gradients equal automatic
     differentiation's (tests/test_model.py).
 
     Takes input gates (B, T, 4D), c0 (B, D), h0 (B, P), kernel_h (P, 4D)[, projection (D, P)];
@@ -223,45 +224,62 @@ def _window(options, n_steps):
             c_prev, h_prev = c, h
             c, output, activations = _cell(step_gates + _product(h_prev, kernel_h), c_prev, options)
             h, h_unclipped = _project(output, projection, options)
-            saved.append((c_prev, h_prev, output, h_unclipped, activations))
+            saved.append((c_prev, h_prev, output, h_unclipped) + activations)
             outputs.append(h)
 
         def gradient(d_outputs, d_c, d_h):
+            c_prev, h_prev, output, h_unclipped, si, tj, sf, so, c_unclipped, tanh_c = (
+                tf.stack(values, axis=1) for values in zip(*saved))  # (B, T, n) each
+
+            def per_step(values):
+                return tf.unstack(values, num=n_steps, axis=1)
+
+            # d_c += d_output * d_c_d_output; d_gates = [d_c, d_c, d_c, d_output] * d_gates_d
+            d_c_d_output = per_step(so * (1.0 - tanh_c * tanh_c))
+            d_gates_d = per_step(tf.concat([tj * si * (1.0 - si), si * (1.0 - tj * tj), c_prev * sf * (1.0 - sf),
+                                            tanh_c * so * (1.0 - so)], axis=-1))
+            keep_c = keep_h = [None] * n_steps
+            if options.cell_clip is not None:
+                keep_c = per_step(tf.cast(tf.abs(c_unclipped) <= options.cell_clip, DTYPE))
+            if projection is not None and options.proj_clip is not None:
+                keep_h = per_step(tf.cast(tf.abs(h_unclipped) <= options.proj_clip, DTYPE))
+            forget, d_steps = per_step(sf), per_step(d_outputs)
             kernel_h_t = tf.transpose(kernel_h)
             projection_t = None if projection is None else tf.transpose(projection)
             d_gates, d_projected = [None] * n_steps, [None] * n_steps
-            for t, d_step in reversed(list(enumerate(tf.unstack(d_outputs, num=n_steps, axis=1)))):
-                c_prev, _, _, h_unclipped, (si, tj, sf, so, c_unclipped, tanh_c) = saved[t]
-                d_h = d_h + d_step
+            for t in reversed(range(n_steps)):
+                d_h = d_h + d_steps[t]
                 d_output = d_h
                 if projection is not None:
-                    if options.proj_clip is not None:
-                        d_h = tf.where_v2(tf.abs(h_unclipped) <= options.proj_clip, d_h, 0.0)
+                    if keep_h[t] is not None:
+                        d_h = d_h * keep_h[t]
                     d_projected[t] = d_h
                     d_output = _product(d_h, projection_t)
-                d_c = d_c + d_output * so * (1.0 - tanh_c * tanh_c)
-                if options.cell_clip is not None:
-                    d_c = tf.where_v2(tf.abs(c_unclipped) <= options.cell_clip, d_c, 0.0)
-                d_gates[t] = tf.concat([d_c * tj * si * (1.0 - si), d_c * si * (1.0 - tj * tj),
-                                        d_c * c_prev * sf * (1.0 - sf), d_output * tanh_c * so * (1.0 - so)], axis=1)
-                d_c = d_c * sf
+                d_c = d_c + d_output * d_c_d_output[t]
+                if keep_c[t] is not None:
+                    d_c = d_c * keep_c[t]
+                d_gates[t] = tf.concat([d_c, d_c, d_c, d_output], axis=1) * d_gates_d[t]
+                d_c = d_c * forget[t]
                 d_h = _product(d_gates[t], kernel_h_t)
 
-            def over_window(values):  # [(B, n)] * T -> (B T, n)
-                return tf.reshape(tf.stack(values, axis=1), [-1, int(values[0].shape[-1])])
-
             d_input_gates = tf.stack(d_gates, axis=1)  # (B, T, 4D)
-            d_kernel_h = tf.matmul(over_window([step[1] for step in saved]), over_window(d_gates), transpose_a=True)
-            grads = [d_input_gates, d_c, d_h, tf.cast(d_kernel_h, kernel_h.dtype)]
+            grads = [d_input_gates, d_c, d_h, _weight_gradient(h_prev, d_input_gates, kernel_h)]
             if projection is not None:
-                d_projection = tf.matmul(over_window([step[2] for step in saved]), over_window(d_projected),
-                                         transpose_a=True)
-                grads.append(tf.cast(d_projection, projection.dtype))
+                grads.append(_weight_gradient(output, tf.stack(d_projected, axis=1), projection))
             return grads
 
         return (tf.stack(outputs, axis=1), c, h), gradient
 
     return window
+
+
+def _weight_gradient(inputs, d_results, weight):
+    """The gradient (in, out) of a weight multiplied at every step: ``inputs^T d_results`` over all
+    B T steps at once, in the weight's type. inputs (B, T, in), d_results (B, T, out)."""
+    def rows(values):
+        return tf.cast(tf.reshape(values, [-1, int(values.shape[-1])]), weight.dtype)
+
+    return tf.matmul(rows(inputs), rows(d_results), transpose_a=True)
 
 
 def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths):

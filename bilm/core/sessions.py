@@ -2,16 +2,21 @@
 import tensorflow.compat.v1 as tf
 
 
-def config(n_cpu_devices=None, threads=None):
+def config(n_cpu_devices=None, threads=None, graph_rewrites=True):
     """Soft placement (ops without a GPU kernel run on the CPU); TensorFlow's default thread pools.
 
     ``n_cpu_devices``: split the CPU into that many devices (training towers without GPUs);
     ``threads``: threads per operation and between operations (a process sharing the
-    machine with others; default: one per core).
+    machine with others; default: one per core); ``graph_rewrites=False``: no Grappler
+    optimisation of the graph before its first run (the training graph: its passes took 4-6 s on
+    the reference configuration's ~8,000 nodes and made no step faster, measured in
+    ``benchmarks/vs_original.py``).
     """
     proto = tf.ConfigProto(allow_soft_placement=True)
     if n_cpu_devices:
         proto.device_count["CPU"] = n_cpu_devices
     if threads:
         proto.intra_op_parallelism_threads = proto.inter_op_parallelism_threads = threads
+    if not graph_rewrites:
+        proto.graph_options.rewrite_options.disable_meta_optimizer = True
     return proto

@@ -128,8 +128,8 @@ def _tower_device(worker):
 
 
 def session_config(n_towers):
-    """Soft placement; without GPUs, one CPU device per tower."""
-    return sessions.config(n_cpu_devices=None if available_gpus() else max(n_towers, 1))
+    """Soft placement; without GPUs, one CPU device per tower; no Grappler rewrites (``sessions.config``)."""
+    return sessions.config(n_cpu_devices=None if available_gpus() else max(n_towers, 1), graph_rewrites=False)
 
 
 def average_gradients(tower_grads):
