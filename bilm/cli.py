@@ -296,7 +296,7 @@ def _train(args):
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
                         worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
-                        max_rollbacks=args.max_rollbacks, **changes)
+                        max_rollbacks=args.max_rollbacks, precision=args.precision, **changes)
     _next_steps(args)
 
 
@@ -313,7 +313,8 @@ def _restart(args):
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          keep_checkpoints=args.keep_checkpoints, cluster=_cluster(args),
                          worker_timeout=args.worker_timeout, on_divergence=args.on_divergence,
-                         max_rollbacks=args.max_rollbacks, n_train_tokens=args.n_train_tokens,
+                         max_rollbacks=args.max_rollbacks, precision=args.precision,
+                         n_train_tokens=args.n_train_tokens,
                          n_epochs=args.n_epochs, batch_size=args.batch_size)
     _next_steps(args)
 
@@ -364,7 +365,7 @@ def _finetune(args):
             softmax_only_batches=args.softmax_only_batches, n_gpus=args.n_gpus, log_dir=args.log_dir,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
             overwrite=args.overwrite, resume=args.resume, cluster=_cluster(args), worker_timeout=args.worker_timeout,
-            general_heldout_prefix=args.general_heldout)
+            general_heldout_prefix=args.general_heldout, precision=args.precision)
     if perplexity is not None:  # the chief's
         print(f"best held-out perplexity: {perplexity:.3f}")
         if args.general_heldout:  # evaluated beside it: recorded in finetune.json
@@ -438,6 +439,11 @@ def _command(commands, name, help_text, description, example, run):
 def _add_training_run_arguments(parser, checkpoint_every=True):
     parser.add_argument(*_flag("n_gpus"), type=_positive_int, default=1,
                         help="towers (data-parallel replicas): GPUs, or CPU devices without GPUs (default 1)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="the training steps' products and convolutions: float32 (default, exact), or mixed "
+                             "precision in bfloat16 (CPUs with AMX or AVX-512 BF16, GPUs from Ampere) or float16 "
+                             "(GPUs, with dynamic loss scaling); weights, optimizer, loss, evaluations and checkpoints "
+                             "stay float32 (a run may continue in another precision)")
     parser.add_argument(*_flag("log_dir"), help="TensorBoard directory (default: --save_dir)")
     if checkpoint_every:
         parser.add_argument(*_flag("checkpoint_every"), type=_positive_int, default=1250,

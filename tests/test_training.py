@@ -1,5 +1,7 @@
-"""Training: the original's training cases, towers, restart, and the checkpoint -> weight file round trip."""
+"""Training: the original's training cases, towers, restart, mixed precision, and the checkpoint -> weight file
+round trip."""
 import json
+import re
 
 import h5py
 import numpy as np
@@ -283,3 +285,80 @@ def test_perplexity_scores_every_target_once_whatever_the_batch_size(tmp_path):
     assert seven.tokens < targets and seven.tokens % 7 == 0 and seven.tokens_in_text == targets
     with pytest.raises(InputError, match=r"the original's figure scores no target: .*batch_size \(--batch_size\) = 64"):
         evaluate_checkpoint(save_dir, str(heldout), VOCAB, 64, original_figure=True)
+
+
+def _reduced_products(graph):
+    return [op for op in graph.get_operations()
+            if op.type in ("MatMul", "BatchMatMulV2", "Conv2D") and op.get_attr("T") != tf.float32]
+
+
+@pytest.mark.parametrize("reduced", ["bfloat16", "float16"])
+def test_mixed_precision_step_is_close_to_float32_with_float32_weights(reduced):
+    options = make_options(dropout=0.0, sample_softmax=False, batch_size=4)  # deterministic loss
+    batch = next(dataset(options).iter_batches(4, options["unroll_steps"]))
+    updates = {}
+    for precision in ("float32", reduced):
+        with tf.Graph().as_default() as graph:
+            ops = build_training_graph(options, 1, precision=precision)
+            variables = {v.op.name: v for v in tf.global_variables()}
+            assert all(v.dtype.base_dtype == tf.float32 for v in variables.values() if v.dtype.is_floating)
+            assert not any(v.op.name.startswith("loss_scale") for v in variables.values())  # not in checkpoints
+            # the products of the char CNN and the LSTMs run in the reduced type; the softmax does not
+            reduced_ops = _reduced_products(graph)
+            assert bool(reduced_ops) == (precision != "float32")
+            assert not any("softmax" in op.name for op in reduced_ops)
+            with tf.Session(config=session_config(1)) as sess:
+                tf.set_random_seed(0)
+                sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
+                if precision == "float32":
+                    initial = {name: v.eval() for name, v in variables.items()}
+                else:
+                    for name, v in variables.items():
+                        v.load(initial[name], sess)
+                loss, _ = sess.run([ops["train_loss"], ops["train_op"]], feed(ops["models"], batch))
+                updates[precision] = loss, {name: v.eval() - initial[name] for name, v in variables.items()
+                                            if name.startswith("lm/")}
+    (loss32, delta32), (loss_reduced, delta_reduced) = updates["float32"], updates[reduced]
+    assert sorted(delta32) == sorted(delta_reduced)
+    assert abs(loss_reduced - loss32) < 0.01 * loss32
+    for name in delta32:  # every weight moves as in float32 (Adagrad's first step: about +-learning rate)
+        a, b = delta32[name].ravel(), delta_reduced[name].ravel()
+        assert np.abs(a - b).mean() < 0.1 * np.abs(a).mean() + 1e-7, name
+
+
+def test_float16_overflow_skips_batches_and_lowers_the_loss_scale(tmp_path, monkeypatch, caplog):
+    from bilm.training import graph as training_graph
+    monkeypatch.setattr(training_graph.LossScale, "START", 2.0 ** 40)  # float16 gradients overflow at first
+    monkeypatch.setattr(training_graph.LossScale, "GROWTH_STEPS", 10 ** 6)
+    monkeypatch.setattr("bilm.core.precision._cpu_flags", lambda: {"avx512_fp16"})
+    options = make_options(n_batches=40)
+    save_dir = str(tmp_path / "run")
+    with caplog.at_level("INFO", logger="bilm"):
+        train(options, dataset(options), 1, save_dir, save_dir, seed=0, precision="float16")
+    _, ckpt = load_options_latest_checkpoint(save_dir)
+    assert ckpt.endswith("model.ckpt-40")  # 40 batches applied, the overflowing ones not counted
+    reader = tf.train.load_checkpoint(ckpt)
+    assert reader.get_tensor("tokens_trained") == 40 * options["batch_size"] * options["unroll_steps"]
+    assert "loss_scale" not in reader.get_variable_to_shape_map()
+    skipped = [r.getMessage() for r in caplog.records if "float16 gradients overflowed" in r.getMessage()]
+    assert len(skipped) == 1, caplog.text
+    n_skipped = int(re.search(r"(\d+) more batch(es)? skipped", skipped[0]).group(1))
+    # Scaled by 2^40, gradients above 6e-8 overflow float16 (65504): many halvings before the first good batch.
+    assert 10 <= n_skipped < 40
+
+
+def test_a_reduced_type_the_machine_has_no_fast_path_for_trains_in_float32(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("bilm.core.precision._cpu_flags", lambda: {"avx2", "fma"})
+    built = []
+    from bilm.training import loop
+    real_build = loop.build_training_graph
+    monkeypatch.setattr(loop, "build_training_graph",
+                        lambda *args: built.append(args[-1]) or real_build(*args))
+    options = make_options(n_batches=2)
+    with caplog.at_level("WARNING", logger="bilm"):
+        train(options, dataset(options), 1, str(tmp_path / "run"), str(tmp_path / "run"), precision="bfloat16")
+    assert built == ["float32"]
+    assert "--precision bfloat16: this CPU computes bfloat16 no faster than float32" in caplog.text
+    assert "training in float32" in caplog.text
+    with pytest.raises(InputError, match="precision.*'tf32'"):
+        train(options, dataset(options), 1, str(tmp_path / "other"), str(tmp_path / "other"), precision="tf32")

@@ -64,3 +64,40 @@ def reduced_parameters(params, parameters, precision):
         return params
     return {name: tf.cast(value, dtype) if len(parameters[name].shape) > 1 else value
             for name, value in params.items()}
+
+
+def _cpu_flags():
+    """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fin:
+            for line in fin:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# What computes each reduced type faster than float32: CPU flags, GPU compute capability.
+_FAST_CPU_FLAGS = {"bfloat16": {"avx512_bf16", "amx_bf16"}, "float16": {"avx512_fp16", "amx_fp16"}}
+_FAST_GPU_CAPABILITY = {"bfloat16": (8, 0), "float16": (7, 0)}
+
+
+def slow_reduced_type(precision, on_gpus):
+    """None when this machine computes ``precision``'s reduced type natively (float32: always),
+    else a phrase saying what it lacks. ``on_gpus``: the work runs on every GPU (their compute
+    capability decides), else on the CPU (its flags: AMX or AVX-512 BF16/FP16)."""
+    if precision not in _FAST_CPU_FLAGS:
+        return None
+    dtype = precision
+    if on_gpus:
+        want = _FAST_GPU_CAPABILITY[dtype]
+        for gpu in tf.config.list_physical_devices("GPU"):
+            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+            if tuple(capability) < want:
+                return (f"{gpu.name} (compute capability {capability[0]}.{capability[1]}) has no fast {dtype}; "
+                        f"it needs {want[0]}.{want[1]} or later")
+        return None
+    if _cpu_flags() & _FAST_CPU_FLAGS[dtype]:
+        return None
+    return f"this CPU computes {dtype} no faster than float32 (it has none of {', '.join(sorted(_FAST_CPU_FLAGS[dtype]))})"

@@ -139,7 +139,8 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
              weight_file=None, n_epochs=None, n_train_tokens=None, batch_size=None, learning_rate=None, dropout=None,
              n_negative_samples=None, eval_every=None, patience=None, eval_batch_size=EVAL_BATCH_SIZE,
              softmax_only_batches=None, n_gpus=1, log_dir=None, keep_checkpoints=KEEP_CHECKPOINTS, log_every=100,
-             seed=None, overwrite=False, resume=False, cluster=None, worker_timeout=600.0, general_heldout_prefix=None):
+             seed=None, overwrite=False, resume=False, cluster=None, worker_timeout=600.0, general_heldout_prefix=None,
+             precision="float32"):
     """Fine-tune a pretrained biLM into a new save directory; return the best held-out perplexity.
 
     Start from ``source_dir`` (a training save directory: its latest checkpoint, either
@@ -156,7 +157,8 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
     ``patience`` (default 3) evaluations without improvement; ``finetune.json`` in
     ``save_dir`` holds the settings and the evaluations. ``general_heldout_prefix``: a second
     held-out set evaluated beside it each time (e.g. the 1B Word Benchmark's test set, to
-    see how much general ability the fine-tune costs), recorded, never deciding.
+    see how much general ability the fine-tune costs), recorded, never deciding. ``precision``: of
+    the training steps (``bilm.training.train``); the evaluations are float32 whatever it is.
 
     ``resume``: continue the interrupted fine-tune of ``save_dir`` from its latest
     checkpoint, with its evaluations, best checkpoint and patience (the source need not
@@ -176,7 +178,7 @@ def finetune(save_dir, train_prefix, vocab_file, heldout_prefix, source_dir=None
     if source_dir is not None:  # not in the middle of being trained
         OutputLock(source_dir, os.path.join(source_dir, LOCK_FILE)).check_free()
     run = RunSettings(n_gpus, log_every=log_every, keep_checkpoints=keep_checkpoints, seed=seed, cluster=cluster,
-                      worker_timeout=worker_timeout)
+                      worker_timeout=worker_timeout, precision=precision)
     with save_dir_lock(save_dir) if run.chief else contextlib.nullcontext():
         record = _interrupted_record(save_dir) if resume else None
         if not resume and run.chief:

@@ -9,7 +9,7 @@ P ``projection_dim``, V ``n_tokens_vocab``.
 """
 import tensorflow.compat.v1 as tf
 
-from ..core import layout, network, sessions, states
+from ..core import layout, network, precision, sessions, states
 from .checkpoints import TOKENS_TRAINED
 from ..core.options import ADAGRAD_INITIAL_ACCUMULATOR, ModelOptions
 
@@ -30,6 +30,10 @@ class LanguageModel:
         sentence_starts: (evaluation, ``unroll_steps`` 1) the placeholders ``sentence_start``
             (and ``sentence_start_reverse``), bool (B, 1): a row whose input starts a sentence
             starts from fixed states (``states.SentenceStarts``) instead of the carried ones.
+        precision: ``"float32"``, or ``"bfloat16"``/``"float16"`` (mixed precision): the products
+            and convolutions of the char CNN and the LSTMs take their inputs in the reduced type
+            (the float32 variables cast once per batch: ``bilm.core.precision``); additions,
+            activations, states, the softmax and the loss stay float32.
 
     Attributes: ``total_loss`` (mean over tokens, mean of the directions),
     ``individual_losses`` (per direction, mean over tokens), ``token_losses`` (per
@@ -38,8 +42,9 @@ class LanguageModel:
     ``placeholders`` {batch key: placeholder}, ``options`` (the dict).
     """
 
-    def __init__(self, options, is_training, sentence_starts=False):
+    def __init__(self, options, is_training, sentence_starts=False, precision="float32"):
         self.config = ModelOptions.of(options, training=True)
+        self.precision = precision
         self.sentence_starts = sentence_starts
         self.options = self.config.to_dict()
         self.is_training = is_training
@@ -72,6 +77,8 @@ class LanguageModel:
         self.params = network.create_variables(parameters)
         if self.share_embedding_softmax:
             self.params["softmax/W"] = self.params[layout.TOKEN_EMBEDDING_NAME]
+        body = {name: value for name, value in self.params.items() if not name.startswith("softmax/")}
+        compute = precision.reduced_parameters(body, parameters, self.precision)  # the softmax stays float32
         policy = states.SentenceStarts if self.sentence_starts else states.Stateful
         self.states = policy(config, config.batch_size, [tf.GraphKeys.LOCAL_VARIABLES])
         if self.sentence_starts:
@@ -81,14 +88,14 @@ class LanguageModel:
         # Both directions' tokens through the char CNN at once: each distinct token once.
         all_ids = tf.concat([ids for ids, _ in inputs], axis=0)  # (directions B, T[, C])
         if self.char_inputs:
-            all_embeddings = network.char_cnn_embedding(all_ids, config, self.params, distinct=True)
+            all_embeddings = network.char_cnn_embedding(all_ids, config, compute, distinct=True)
         else:
-            all_embeddings = network.token_embedding(all_ids, self.params)
+            all_embeddings = network.token_embedding(all_ids, compute)
         embeddings = tf.split(all_embeddings, config.n_directions, axis=0)  # (B, T, P) each
         self.lstm_outputs, updates, self.token_losses = [], [], []
         for direction, ((_, next_ids), embedding) in enumerate(zip(inputs, embeddings)):
             outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),
-                                                 config, self.params, direction, dropout=dropout)
+                                                 config, compute, direction, dropout=dropout)
             self.lstm_outputs.append(outputs)
             updates += self.states.store(direction, finals, config.batch_size)
             top = tf.nn.dropout(outputs[-1], rate=dropout) if dropout else outputs[-1]
@@ -156,7 +163,35 @@ def _where_finite(finite, grad):
     return tf.where_v2(finite, grad, 0.0)
 
 
-def build_training_graph(options, n_gpus, collectives=None):
+class LossScale:
+    """Dynamic loss scaling (float16 training): the loss is multiplied by ``value`` before
+    back-propagation, so that small gradients survive float16, and the gradients divided by it
+    after. A batch whose scaled gradients overflow is skipped and the scale halved (down to 1);
+    after ``GROWTH_STEPS`` batches without overflow it doubles. Local variables: not saved in
+    checkpoints, which stay those of a float32 run; a restarted run starts from ``START`` again.
+    """
+    START, GROWTH_STEPS = 2.0 ** 15, 2000
+
+    def __init__(self):
+        local = [tf.GraphKeys.LOCAL_VARIABLES]
+        self.value = tf.Variable(self.START, trainable=False, collections=local, name="loss_scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, collections=local, name="loss_scale_good")
+
+    def unscale(self, grad):
+        if isinstance(grad, tf.IndexedSlices):
+            return tf.IndexedSlices(grad.values / self.value, grad.indices, grad.dense_shape)
+        return None if grad is None else grad / self.value
+
+    def update(self, overflow):
+        """Halve on overflow, double after ``GROWTH_STEPS`` good batches."""
+        grow = tf.logical_and(tf.logical_not(overflow), self.good_steps + 1 >= self.GROWTH_STEPS)
+        new_value = tf.where_v2(overflow, tf.maximum(self.value / 2.0, 1.0),
+                                tf.where_v2(grow, self.value * 2.0, self.value))
+        new_good = tf.where_v2(tf.logical_or(overflow, grow), tf.constant(0, tf.int64), self.good_steps + 1)
+        return tf.group(self.value.assign(new_value), self.good_steps.assign(new_good))
+
+
+def build_training_graph(options, n_gpus, collectives=None, precision="float32"):
     """Towers, averaged and clipped gradients, the Adagrad update and the summaries.
 
     A batch whose loss or gradient norm is not finite changes no weight (its gradients
@@ -168,12 +203,17 @@ def build_training_graph(options, n_gpus, collectives=None):
         n_gpus: towers: on GPUs when present, else on as many CPU devices.
         collectives: a ``bilm.training.cluster.Collectives``: average the gradients (and the loss)
             across the workers of a cluster too.
+        precision: of the towers' products (``LanguageModel``); the variables, the optimizer's
+            state and the update are float32 whatever it is. ``"float16"`` scales the loss
+            (``LossScale``): a batch whose gradients overflow is ``skipped`` (no weight, step or
+            token count changes).
     Returns:
         a dict of the ops ``train`` runs: ``models`` (one ``LanguageModel`` per tower),
         ``train_op`` and ``softmax_train_op`` (the update of all weights, of the softmax alone; their
         value is the global step after the update),
         ``train_loss`` (the batch's loss, mean over towers and workers), ``train_perplexity`` (its exp),
-        ``finite`` (bool: the batch was applied), ``reset_states`` (zero the LSTM states),
+        ``finite`` (bool: the batch was applied), ``skipped`` (bool: float16 gradients overflowed, the
+        batch was not applied and the loss scale lowered), ``reset_states`` (zero the LSTM states),
         ``global_step``, ``tokens_trained`` (int64 variable: tokens trained on, all
         towers), ``grad_norm``, ``weights_finite``,
         ``summaries``, ``histograms``.
@@ -183,14 +223,19 @@ def build_training_graph(options, n_gpus, collectives=None):
     global_step = tf.train.get_or_create_global_step()
     tokens_trained = tf.Variable(0, dtype=tf.int64, trainable=False, name=TOKENS_TRAINED)
     optimizer = tf.train.AdagradOptimizer(config.learning_rate, initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR)
+    loss_scale = LossScale() if precision == "float16" else None
     models, tower_grads, losses = [], [], []
     for k in range(n_gpus):
         worker = f"/gpu:{k}" if gpus else f"/cpu:{k}"
         with tf.device(_tower_device(worker)), tf.name_scope(f"tower_{k}"):
             with tf.variable_scope(SCOPE, reuse=True if k else None):
-                model = LanguageModel(config, is_training=True)
-            grads = optimizer.compute_gradients(model.total_loss * config.unroll_steps,
-                                                aggregation_method=tf.AggregationMethod.EXPERIMENTAL_TREE)
+                model = LanguageModel(config, is_training=True, precision=precision)
+            scaled_loss = model.total_loss * config.unroll_steps
+            if loss_scale is not None:
+                scaled_loss *= loss_scale.value
+            grads = optimizer.compute_gradients(scaled_loss, aggregation_method=tf.AggregationMethod.EXPERIMENTAL_TREE)
+            if loss_scale is not None:
+                grads = [(loss_scale.unscale(g), v) for g, v in grads]
         models.append(model)
         tower_grads.append(grads)
         losses.append(model.total_loss)
@@ -205,16 +250,24 @@ def build_training_graph(options, n_gpus, collectives=None):
             n_workers = collectives.cluster.size
         grads, variables = zip(*grads_and_vars)
         grad_norm = tf.global_norm(grads)
-        finite = tf.logical_and(tf.math.is_finite(grad_norm), tf.math.is_finite(loss))
+        loss_finite, grads_finite = tf.math.is_finite(loss), tf.math.is_finite(grad_norm)
+        finite = tf.logical_and(grads_finite, loss_finite)
+        skipped, scale_update = tf.constant(False), tf.no_op()
+        if loss_scale is not None:  # an overflow, not a divergence, while the scale can still go down
+            skipped = tf.logical_and(tf.logical_and(loss_finite, tf.logical_not(grads_finite)), loss_scale.value > 1.0)
+            scale_update = loss_scale.update(tf.logical_and(loss_finite, tf.logical_not(grads_finite)))
+            grad_norm = tf.where_v2(skipped, 0.0, grad_norm)
         if config.clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, config.clip_norm, use_norm=grad_norm)
         grads = [_where_finite(finite, g) for g in grads]
         tokens_per_step = config.batch_size * config.unroll_steps * n_gpus * n_workers
+        counted = 1 - tf.cast(skipped, tf.int64)
 
         def update(pairs):
             """Apply the gradients; the value is the global step after the update."""
-            with tf.control_dependencies([optimizer.apply_gradients(pairs, global_step=global_step)]):
-                with tf.control_dependencies([tokens_trained.assign_add(tokens_per_step)]):
+            with tf.control_dependencies([optimizer.apply_gradients(pairs), scale_update]):
+                with tf.control_dependencies([global_step.assign_add(counted),
+                                              tokens_trained.assign_add(tokens_per_step * counted)]):
                     return tf.identity(global_step)
 
         train_op = update(list(zip(grads, variables)))
@@ -227,14 +280,14 @@ def build_training_graph(options, n_gpus, collectives=None):
             tf.summary.scalar("train_perplexity", train_perplexity),
             tf.summary.scalar("gradient_norm", grad_norm),
             tf.summary.scalar("gradient_norm_clipped", tf.global_norm(grads)),
-        ])
+        ] + ([tf.summary.scalar("loss_scale", loss_scale.value)] if loss_scale is not None else []))
         histograms = tf.summary.merge(
             [tf.summary.histogram(v.op.name, v) for v in variables]
             + [tf.summary.histogram(v.op.name + "/gradient", g.values if isinstance(g, tf.IndexedSlices) else g)
                for g, v in zip(grads, variables)]  # the rows a sparse gradient has (not densified)
         )
     return {"models": models, "train_op": train_op, "softmax_train_op": softmax_train_op,
-            "train_perplexity": train_perplexity, "train_loss": loss, "finite": finite,
+            "train_perplexity": train_perplexity, "train_loss": loss, "finite": finite, "skipped": skipped,
             "reset_states": tf.variables_initializer([v for m in models for v in m.states.flat_variables()]),
             "global_step": global_step, "tokens_trained": tokens_trained,
             "grad_norm": grad_norm, "weights_finite": weights_finite, "summaries": summaries,

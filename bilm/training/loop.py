@@ -10,13 +10,13 @@ good; a run that diverges (``bilm.training.divergence``) stops, or rolls back to
 checkpoint, and no checkpoint of the diverged weights is kept.
 """
 import contextlib
+import dataclasses
 import glob
 import logging
 import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 
 import tensorflow.compat.v1 as tf
 
@@ -28,7 +28,7 @@ from ..errors import (BilmError, InputError, OptionsError, OutputError, Training
                      tensorflow_reason)
 from .dataset import count_train_tokens, load_vocab, shard_files, training_data
 from .cluster import Collectives, calls_left_running, check_same_setup, lost_worker_error, within
-from .graph import build_training_graph, feed, session_config
+from .graph import available_gpus, build_training_graph, feed, session_config
 from ..core.options import ELMO_ORIGINAL, ModelOptions, training_options
 from ..core.prefetch import Prefetch
 from ..core.files import OutputLock
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "train.lock"
 KEEP_CHECKPOINTS = 2
 ON_DIVERGENCE = ("stop", "rollback")
+TRAINING_PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def tokens_per_step(config, n_gpus):
@@ -70,7 +71,7 @@ def save_dir_lock(tf_save_dir):
 def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None,
           checkpoint_every=1250, log_every=100, histogram_every=1250, seed=None, overwrite=False,
           keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, on_divergence="stop",
-          max_rollbacks=MAX_ROLLBACKS):
+          max_rollbacks=MAX_ROLLBACKS, precision="float32"):
     """Train a biLM on ``data`` (an ``LMDataset``/``BidirectionalLMDataset``).
 
     Args:
@@ -95,13 +96,16 @@ def train(options, data, n_gpus, tf_save_dir, tf_log_dir, restart_ckpt_file=None
             over every worker (``worker_timeout``: seconds to wait for them, at start too).
         on_divergence: ``"stop"`` or ``"rollback"`` (at most ``max_rollbacks`` times) when the
             run diverges (``bilm.training.divergence``).
+        precision: ``"float32"`` (default), or mixed precision ``"bfloat16"`` or ``"float16"`` (with
+            dynamic loss scaling): the products in the reduced type; weights, optimizer state, loss,
+            softmax and checkpoints float32, interchangeable with a float32 run's.
     Returns:
         the final training perplexity.
     Raises:
         TrainingError: the run diverged (no checkpoint of the diverged weights is kept).
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, histogram_every, keep_checkpoints, seed, cluster,
-                      worker_timeout, on_divergence, max_rollbacks)
+                      worker_timeout, on_divergence, max_rollbacks, precision)
     with _guard(tf_save_dir, run):
         config = ModelOptions.of(options, training=True)
         vocab = getattr(data, "vocab", None)
@@ -236,7 +240,7 @@ class _Events:
         self.writer.close()
 
 
-@dataclass
+@dataclasses.dataclass
 class RunSettings:
     """How a training run goes (not the model): towers, checkpoints, logging, seed, cluster.
 
@@ -246,6 +250,9 @@ class RunSettings:
     ``on_divergence``: what a diverged run does (``bilm.training.divergence``): ``"stop"``, or
     ``"rollback"``: restore the latest checkpoint, skip the data that diverged and go on,
     at most ``max_rollbacks`` times (one machine only).
+    ``precision``: of the training step's products (``bilm.training.graph.build_training_graph``):
+    ``"float32"`` (exact: TensorFloat-32 off on GPUs), ``"bfloat16"`` or ``"float16"`` (mixed
+    precision); the weights, the optimizer, the loss, evaluations and the checkpoints stay float32.
     """
 
     n_gpus: int = 1
@@ -258,8 +265,12 @@ class RunSettings:
     worker_timeout: float = 600.0
     on_divergence: str = "stop"
     max_rollbacks: int = MAX_ROLLBACKS
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in TRAINING_PRECISIONS:
+            raise InputError(f"{flag('precision', '--precision')} is {self.precision!r}; expected one of "
+                             f"{', '.join(TRAINING_PRECISIONS)}")
         if self.on_divergence not in ON_DIVERGENCE:
             raise InputError(f"{flag('on_divergence', '--on_divergence')} is {self.on_divergence!r}; expected one "
                              f"of {', '.join(ON_DIVERGENCE)}")
@@ -277,7 +288,7 @@ class RunSettings:
         return (0, 1) if self.cluster is None else (self.cluster.index, self.cluster.size)
 
 
-@dataclass
+@dataclasses.dataclass
 class Start:
     """Where a run's variables start: from scratch, or (one of) a checkpoint to continue (``restart``),
     a checkpoint to fine-tune from (weights and optimizer state, a new count of steps and tokens), or
@@ -325,6 +336,10 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
     if vocab is not None and vocab.size > config.n_tokens_vocab:
         raise OptionsError(f"options: key 'n_tokens_vocab' is {config.n_tokens_vocab}; the training "
                            f"vocabulary has {vocab.size} tokens, so expected at least {vocab.size}")
+    slow = precision.slow_reduced_type(run.precision, on_gpus=available_gpus() > 0)
+    if slow:
+        logger.warning("%s %s: %s; training in float32", flag("precision", "--precision"), run.precision, slow)
+        run = dataclasses.replace(run, precision="float32")
     session = session_config(run.n_gpus)
     server = run.cluster.start_server(session) if run.cluster else None
     if server is not None:
@@ -335,7 +350,7 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
             tf.set_random_seed(run.seed + (run.cluster.index if run.cluster else 0))
             random.seed(run.seed + run.worker()[0])
         collectives = Collectives(run.cluster) if run.cluster else None
-        graph = build_training_graph(config, run.n_gpus, collectives)
+        graph = build_training_graph(config, run.n_gpus, collectives, run.precision)
         graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus) * (run.cluster.size if run.cluster else 1)
         if evaluation is not None:
             evaluation.build(config, collectives)
@@ -409,7 +424,9 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     perplexity, start_step, began = float("nan"), step, time.time()
     start = began
     batches = Prefetch(data.iter_batches(config.batch_size * run.n_gpus, config.unroll_steps))
-    fetches = {"loss": graph["train_loss"], "perplexity": graph["train_perplexity"], "grad_norm": graph["grad_norm"]}
+    fetches = {"loss": graph["train_loss"], "perplexity": graph["train_perplexity"], "grad_norm": graph["grad_norm"],
+               "skipped": graph["skipped"]}
+    overflows = 0
     limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000)) if run.cluster else None
     watch, rollbacks = DivergenceWatch(config.n_tokens_vocab), []
     try:
@@ -428,6 +445,9 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
                 if run.cluster is None:
                     raise
                 raise lost_worker_error(err, run.cluster, step) from None
+            if result["skipped"]:  # float16 gradients overflowed: nothing changed but the loss scale
+                overflows += 1
+                continue
             diverged = watch.judge(int(result["step"]), float(result["loss"]), float(result["grad_norm"]),
                                    last=int(result["step"]) >= total)
             if not watch.bad:
@@ -478,6 +498,9 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
         evaluation.finish(saver)
     tokens = int(sess.run(graph["tokens_trained"]))
     undone = f", after {len(rollbacks)} rollback(s) (at batches {', '.join(map(str, rollbacks))})" if rollbacks else ""
+    if overflows:
+        undone += (f"; {overflows} more batch{'es' if overflows > 1 else ''} skipped: their float16 gradients "
+                   f"overflowed (the loss scale was lowered)")
     logger.info("trained %d batches (%d tokens, %d of %d in all) in %s%s; train perplexity %.2f; latest checkpoint %s",
                 step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
                 time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), undone, perplexity,
@@ -570,7 +593,8 @@ def _setup(vocab, train_prefix, heldout_prefix=None):
 def _step_settings(config, run, setup, evaluation, softmax_only_batches):
     """Every setting that changes a training step, which the workers of a cluster compare at start: the
     options, ``setup`` (vocabulary, data), the towers, and when each step evaluates (fine-tuning)."""
-    settings = dict(setup, options=config.to_dict(), n_gpus=run.n_gpus, softmax_only_batches=softmax_only_batches)
+    settings = dict(setup, options=config.to_dict(), n_gpus=run.n_gpus, precision=run.precision,
+                    softmax_only_batches=softmax_only_batches)
     if evaluation is not None:
         settings.update(eval_every=evaluation.every, patience=evaluation.patience,
                         eval_batch_size=evaluation.batch_size)
@@ -580,7 +604,7 @@ def _step_settings(config, run, setup, evaluation, softmax_only_batches):
 def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, n_train_tokens=None,
                     token_input=False, seed=None, overwrite=False, checkpoint_every=1250, log_every=100,
                     keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0, on_divergence="stop",
-                    max_rollbacks=MAX_ROLLBACKS, **option_changes):
+                    max_rollbacks=MAX_ROLLBACKS, precision="float32", **option_changes):
     """Train a new model on the files of ``train_prefix``: the original ELMo hyperparameters, then changes.
 
     Args:
@@ -591,14 +615,14 @@ def train_new_model(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, 
             dropout and sampling.
         cluster: a ``bilm.training.cluster.Cluster``: this process is one of its workers (every
             worker runs this function with the same arguments).
-        on_divergence, max_rollbacks: as ``train``.
+        on_divergence, max_rollbacks, precision: as ``train``.
     Everything that can be checked (the save directory, the options, the vocabulary)
     is checked before the corpus is counted or anything is written.
     Returns the final training perplexity.
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, seed=seed,
                       cluster=cluster, worker_timeout=worker_timeout, on_divergence=on_divergence,
-                      max_rollbacks=max_rollbacks)
+                      max_rollbacks=max_rollbacks, precision=precision)
     with _guard(save_dir, run):
         if run.chief:
             checkpoints.check_new_run(save_dir, overwrite)
@@ -623,7 +647,7 @@ def new_model(train_prefix, vocab_file, n_train_tokens=None, token_input=False, 
 
 def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1, checkpoint_every=1250,
                      log_every=100, keep_checkpoints=KEEP_CHECKPOINTS, cluster=None, worker_timeout=600.0,
-                     on_divergence="stop", max_rollbacks=MAX_ROLLBACKS, **option_changes):
+                     on_divergence="stop", max_rollbacks=MAX_ROLLBACKS, precision="float32", **option_changes):
     """Continue training from the latest intact checkpoint of ``save_dir``.
 
     ``option_changes``: ``n_train_tokens``, ``n_epochs``, ``batch_size`` (None values are
@@ -631,11 +655,13 @@ def restart_training(train_prefix, vocab_file, save_dir, log_dir=None, n_gpus=1,
     ``n_epochs * n_train_tokens``, in batches of the new size. The vocabulary must be
     the run's (checked against ``vocabulary.json``). On a cluster every worker reads
     the options of ``save_dir``; the chief restores the checkpoint and gives the weights
-    to the others. ``on_divergence``, ``max_rollbacks``: as ``train``. Returns the final
+    to the others. ``on_divergence``, ``max_rollbacks``, ``precision``: as ``train`` (a run may
+    continue in another precision). Returns the final
     training perplexity.
     """
     run = RunSettings(n_gpus, checkpoint_every, log_every, keep_checkpoints=keep_checkpoints, cluster=cluster,
-                      worker_timeout=worker_timeout, on_divergence=on_divergence, max_rollbacks=max_rollbacks)
+                      worker_timeout=worker_timeout, on_divergence=on_divergence, max_rollbacks=max_rollbacks,
+                      precision=precision)
     with _guard(save_dir, run):
         checkpoints.check_not_a_finetune(save_dir)
         saved, ckpt_file = checkpoints.load_save_dir(save_dir)
