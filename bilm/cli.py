@@ -175,7 +175,7 @@ def _embed(args):
                          encoding_errors=args.encoding_errors, empty_lines=args.empty_lines, tokenize=args.tokenize,
                          layers=args.layers, mix_weights=args.mix_weights, sentence_to_index=True,
                          precision=args.precision, dtype=args.dtype, pool=args.pool,
-                         devices=parse_devices(args.devices) if args.devices else None)
+                         devices=parse_devices(args.devices) if args.devices else None, precision_hint=True)
 
 
 def _embed_on_ray(args):
@@ -694,7 +694,10 @@ def build_parser():
                        help="the datasets' type: float32 (default) or float16 (half the size)")
     embed.add_argument("--precision", choices=["float32", "tf32", "bfloat16", "float16"], default="float32",
                        help="the computation: float32 (exact: the original's numbers on any GPU; default), tf32, "
-                            "or bfloat16/float16 mixed precision (faster on GPUs with tensor cores)")
+                            "or bfloat16/float16 mixed precision (faster on GPUs with tensor cores). In float32 on "
+                            "hardware with bfloat16 arithmetic, one line says how much faster bfloat16 measured on "
+                            "this model (once per model and machine; silence it with --quiet or "
+                            "BILM_NO_PRECISION_HINT=1)")
     embed.add_argument("--devices", metavar="gpu:0,gpu:1|cpu:N",
                        help="share the lines among several devices, one process each: GPUs by index (they must be "
                             "there), or N processes sharing the CPU cores; one output file, as one process's; "

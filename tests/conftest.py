@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("BILM_NO_PRECISION_HINT", "1")  # no bfloat16 timing in every `bilm embed` (test_precision_hint)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for numpy_bilm
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm-tf"

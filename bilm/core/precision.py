@@ -15,6 +15,9 @@ setting: in your own sessions, call
 - ``"bfloat16"``, ``"float16"``: mixed precision: matrix products and convolutions
   take their inputs in the reduced type (the weights are cast once per batch), while
   additions, activations, the LSTM states and their clips stay in float32.
+
+Whether the machine computes a reduced type natively (where it can be faster than
+float32): ``slow_reduced_type`` (training's check) and ``native_bfloat16`` (which hardware).
 """
 import contextlib
 
@@ -66,16 +69,32 @@ def reduced_parameters(params, parameters, precision):
             for name, value in params.items()}
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpuinfo_fields(text):
+    """The first processor's fields of a /proc/cpuinfo text: {name: value} (``"flags"``, ``"model name"``...)."""
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if not name.strip() and fields:  # the blank line after the first processor
+            break
+        fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+def _cpuinfo():
+    """``cpuinfo_fields`` of this machine's /proc/cpuinfo (empty where there is none: not Linux)."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as fin:
+            return cpuinfo_fields(fin.read())
+    except OSError:
+        return {}
+
+
 def _cpu_flags():
     """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fin:
-            for line in fin:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
 
 
 # What computes each reduced type faster than float32: CPU flags, GPU compute capability.
@@ -101,3 +120,21 @@ def slow_reduced_type(precision, on_gpus):
     if _cpu_flags() & _FAST_CPU_FLAGS[dtype]:
         return None
     return f"this CPU computes {dtype} no faster than float32 (it has none of {', '.join(sorted(_FAST_CPU_FLAGS[dtype]))})"
+
+
+def native_bfloat16():
+    """Whether this process computes bfloat16 natively: a short description of the hardware, or None.
+
+    The GPUs decide when TensorFlow sees one (their compute capability, ``slow_reduced_type``),
+    else the CPU's flags. The description names the model, so it also identifies the hardware:
+    ``"CPU AMD EPYC (avx512_bf16)"``, ``"GPU NVIDIA A100-SXM4-40GB (compute capability 8.0)"``.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if slow_reduced_type("bfloat16", on_gpus=bool(gpus)):
+        return None
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        capability = ".".join(map(str, details.get("compute_capability") or ()))
+        return f"GPU {details.get('device_name', gpus[0].name)} (compute capability {capability})"
+    found = ", ".join(sorted(_cpu_flags() & _FAST_CPU_FLAGS["bfloat16"]))
+    return f"CPU {_cpuinfo().get('model name', 'of unknown model')} ({found})"

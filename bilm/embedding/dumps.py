@@ -90,7 +90,7 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
                          encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART, layers="all",
                          mix_weights=None, sentence_to_index=False, encoding="utf-8", tokenize=None,
                          window=WINDOW, flush_seconds=FLUSH_SECONDS, precision="float32", dtype="float32", pool=None,
-                         devices=None, progress=None, threads=None):
+                         devices=None, progress=None, threads=None, precision_hint=False):
     """Write every biLM layer of every sentence of a dataset.
 
     ``dataset_file`` has one sentence per line (whitespace-tokenized, or see
@@ -131,6 +131,9 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
             is the same file.
         progress: a function called with the number of sentences each batch adds (instead
             of a progress bar); threads: TensorFlow's threads per operation (default: all cores).
+        precision_hint: in float32 on hardware with bfloat16 arithmetic, first log how much
+            faster ``precision="bfloat16"`` measured on this model, once per model and machine
+            (``bilm.embedding.precision_hint``; the ``bilm embed`` command's line; not with ``devices``).
     """
     if devices:
         if tuple(shard) != (0, 1):
@@ -143,7 +146,7 @@ def dump_bilm_embeddings(vocab_file, dataset_file, options_file, weight_file, ou
     return dump_in_process(vocab_file, dataset_file, options_file, weight_file, outfile, state_mode, batch_size,
                            shard, overwrite, resume, encoding_errors, empty_lines, part_size, layers, mix_weights,
                            sentence_to_index, encoding, tokenize, window, flush_seconds, precision, dtype, pool,
-                           progress, threads)
+                           progress, threads, precision_hint)
 
 
 def merge_shards(shard_files, outfile, overwrite=False):

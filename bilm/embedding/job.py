@@ -60,10 +60,11 @@ def dump_in_process(vocab_file, dataset_file, options_file, weight_file, outfile
                     encoding_errors="strict", empty_lines="error", part_size=SENTENCE_PART, layers="all",
                     mix_weights=None, sentence_to_index=False, encoding="utf-8", tokenize=None,
                     window=WINDOW, flush_seconds=FLUSH_SECONDS, precision="float32", dtype="float32", pool=None,
-                    progress=None, threads=None):
+                    progress=None, threads=None, precision_hint=False):
     """``dump_bilm_embeddings`` in this process (the arguments are its own; ``progress``: a function called
     with the number of sentences each batch adds, instead of a progress bar; ``threads``: TensorFlow's threads
-    per operation, default all cores)."""
+    per operation, default all cores; ``precision_hint``: first say whether bfloat16 would be faster here,
+    ``bilm.embedding.precision_hint``)."""
 
     options, reader, output, settings, inputs = embedding_job(
         vocab_file, dataset_file, options_file, weight_file, state_mode, batch_size, shard, encoding_errors,
@@ -74,6 +75,9 @@ def dump_in_process(vocab_file, dataset_file, options_file, weight_file, outfile
         n_sentences = reader.scan()
         index_of = {}
         config = sessions.config(threads=threads)
+        if precision_hint:
+            from .precision_hint import log_hint
+            log_hint(options_file, weight_file, vocab_file, precision, state_mode, batch_size, config)
         with job.noting_interruption(n_sentences, "sentence"), \
                 ElmoEmbedder(options, weight_file, vocab_file, state_mode, batch_size, window, precision,
                              config) as embedder:
