@@ -150,13 +150,13 @@ def test_a_float32_embed_says_how_much_faster_bfloat16_measured(job, caplog, mon
 
 def test_the_measurement_is_cached_per_model_file(job, caplog, monkeypatch):
     calls = counted_measure(monkeypatch)
+    monkeypatch.setattr(precision_hint, "MIN_SPEEDUP", 0.0)  # whatever this loaded machine measures: a line
     first, second, third = (job["dir"] / name for name in ("a.hdf5", "b.hdf5", "c.hdf5"))
     assert main(["embed", job["input"], str(first)] + job["model"]) == 0
-    monkeypatch.setattr(precision_hint, "MIN_SPEEDUP", 0.0)  # whatever this loaded machine measured: a line
     assert main(["embed", job["input"], str(second)] + job["model"]) == 0
     assert len(calls) == 1  # measured once, for the first run
-    cached, = hint_lines(caplog)
-    assert HINT.fullmatch(cached)
+    measured, cached = hint_lines(caplog)
+    assert HINT.fullmatch(measured) and cached == measured
     stat = os.stat(job["weights"])
     os.utime(job["weights"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # another weight file
     assert main(["embed", job["input"], str(third)] + job["model"]) == 0
