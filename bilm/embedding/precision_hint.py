@@ -19,7 +19,8 @@ when it comes from the cache.
 No line (and no measurement) when the job's precision is not float32, when the hardware has
 no bfloat16 arithmetic, when INFO lines are not shown (``bilm --quiet``), or with
 ``$BILM_NO_PRECISION_HINT=1``; no line either when bfloat16 was not at least
-``MIN_SPEEDUP`` times as fast. A measurement that fails is logged at DEBUG and the job
+``MIN_SPEEDUP`` times as fast. Only jobs computed in this process ask (``devices`` and Ray
+compute in others). A measurement that fails is logged at DEBUG and the job
 goes on as if nothing happened.
 """
 import contextlib
