@@ -293,7 +293,7 @@ def ratios_line(label, ratios, sizes, unit):
     parts = [(f"{small}{unit}", ratios["small"]), (f"{large}{unit}", ratios["large"]), ("steady", ratios["steady"]),
              ("memory", ratios["peak"])]
     return f"Per-repetition ratios, {label}: " + "; ".join(
-        f"{name} " + ", ".join(cell(r, ".2f") for r in values) for name, values in parts)
+        f"{name} " + ", ".join(ratio_cell([r]) for r in values) for name, values in parts)
 
 
 # --- data, written once by the parent ----------------------------------------------------
@@ -569,9 +569,10 @@ def main():
               f"    {ALLENNLP_INSTALL}\n"
               "    git clone https://github.com/allenai/allennlp /tmp/allennlp\n"
               "    python benchmarks/vs_original.py --allennlp /tmp/allennlp")
-    print(f"Each training or dump figure: one whole call in a fresh process; the median of {repeat} repetitions "
-          f"(rounds over all jobs, the libraries alternating within each round). Each ratio: the median of the "
-          f"{repeat} per-repetition ratios (a repetition's runs are neighbours in time); all runs are listed.")
+    print(f"Each training or dump figure: one whole call in a fresh process, the median of {repeat} "
+          f"repetition{'s' if repeat > 1 else ''} (rounds over all jobs, the libraries alternating within each "
+          f"round). Each ratio: the median of the per-repetition ratios (a repetition's runs are neighbours in "
+          f"time). Every run is listed.")
     sys.stdout.flush()
     steady = ceiling = None
     if "train" in sections:
