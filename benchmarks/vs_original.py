@@ -484,8 +484,8 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     print("\n### bilm's set-up before the first sentence (full-size model; graph, weight loading, warm-up "
           "states; TensorFlow already imported)\n")
     print(table(["state_mode", "seconds", "all runs (s)"],
-                [[mode, f"{median([r['seconds'] for r in results]):.2f}",
-                  ", ".join(f"{r['seconds']:.2f}" for r in results)] for mode, results in setup.items()]))
+                [[mode, f"{median([r['seconds'] for r in mode_runs]):.2f}",
+                  ", ".join(f"{r['seconds']:.2f}" for r in mode_runs)] for mode, mode_runs in setup.items()]))
     sys.stdout.flush()
     return {label: median(result["steady"]) for label, result in results.items()}
 
