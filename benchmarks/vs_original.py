@@ -534,7 +534,7 @@ def main():
     if args.allennlp and importlib.util.find_spec("torch") is None:
         parser.error(f"--allennlp needs PyTorch in this environment: {ALLENNLP_INSTALL}")
     allennlp = os.path.abspath(args.allennlp) if args.allennlp else None
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = (1 if args.quick else 3) if args.repeat is None else args.repeat
     if repeat < 1:
         parser.error(f"--repeat {repeat}: expected at least 1")
 
