@@ -1,11 +1,14 @@
-"""bilm against AllenAI's original bilm-tf, the original's own code, in the same run on the same data.
+"""bilm against AllenAI's original bilm-tf (and AllenNLP's PyTorch ELMo), in the same run on the same data.
 
-    python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--quick] [--repeat 3]
+    python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--allennlp /path/to/allennlp]
+                                     [--repeat 3] [--quick]
 
 The original (https://github.com/allenai/bilm-tf, TensorFlow 1.x code) is imported from
 the checkout given with ``--original`` and run on this machine's TensorFlow 2 through
-``benchmarks/original_shim.py``; nothing of it is copied here. Without ``--original``
-only the bilm rows and the matrix-product ceiling are measured.
+``benchmarks/original_shim.py``; AllenNLP's ELMo (https://github.com/allenai/allennlp,
+PyTorch) from the checkout given with ``--allennlp``, through
+``benchmarks/allennlp_elmo.py``. Nothing of either is copied here. Without them only the
+bilm rows and the matrix-product ceiling are measured.
 
 Prints Markdown tables:
 
@@ -14,21 +17,28 @@ Prints Markdown tables:
    process, and the steady rate 75 batches' tokens / (t100 - t25), which leaves out
    graph building and set-up;
 2. ``dump_bilm_embeddings`` of the full-size ELMo model (seeded random weights in the
-   original's HDF5 layout) on the first 300 sentences of a seeded synthetic corpus:
-   whole-call time, tokens/s, peak RSS, and the steady rate from the 300- and
-   100-sentence calls;
+   original's HDF5 layout) on the first 300 sentences of a seeded synthetic corpus, and
+   AllenNLP's file embedding of the same model and sentences (batches of 64 in file
+   order, PyTorch with one thread per core): whole-call time, tokens/s, peak RSS, the
+   steady rate from the 300- and 100-sentence calls, and the mean cosine per layer of
+   each peer's output with bilm's;
 3. the machine's float32 matrix-product rate (4096 x 4096) in TensorFlow (defaults, and
    with ``TF_ENABLE_ONEDNN_OPTS=1``) and in NumPy.
 
 Every measurement runs in its own child process (fresh memory, fresh TensorFlow) and
-sends its figures back as one JSON line; peak RSS is the child's ``ru_maxrss``.
-``--quick`` makes everything small (a smoke test, not a measurement); ``--repeat N`` runs
-the whole list of jobs N times over (the libraries alternating) and keeps each job's
-fastest run, for a machine shared with other work. Needs ``tf_keras`` for the original
-(``pip install "tf_keras~=2.21"``; a benchmark-only dependency).
+sends its figures back as one JSON line; peak RSS is the child's ``ru_maxrss``. The
+whole list of training and dump jobs runs ``--repeat`` times (default 3), round after
+round, the libraries alternating within each round; each figure is the median of its
+runs, each ratio the median of the per-round ratios, and every run is listed.
+``--quick`` makes everything small and runs one round unless ``--repeat`` is given (a
+smoke test, not a measurement). Needs ``tf_keras`` for the original (``pip install
+"tf_keras~=2.21"``), and for AllenNLP PyTorch and a few of AllenNLP's own dependencies
+(``pip install torch --index-url https://download.pytorch.org/whl/cpu`` and ``pip install
+spacy transformers cached-path lmdb dill base58``); all benchmark-only dependencies.
 """
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -36,6 +46,7 @@ import platform
 import random
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +74,8 @@ TRAIN_OPTIONS = {
 }
 TOKENS_PER_BATCH = TRAIN_OPTIONS["batch_size"] * TRAIN_OPTIONS["unroll_steps"]
 TRAIN_SENTENCES, TRAIN_SHARDS = 20000, 4
+ALLENNLP_INSTALL = ("pip install torch --index-url https://download.pytorch.org/whl/cpu && "
+                    "pip install spacy transformers cached-path lmdb dill base58")
 
 
 # --- jobs, each run in a child process ----------------------------------------------------
@@ -102,7 +115,8 @@ def job_train(work, original, n_batches):
     bilm.training.train(options, data, 1, save_dir, save_dir, **kwargs)
     seconds = time.perf_counter() - start
     checkpoints = sorted(f for f in os.listdir(save_dir) if f.endswith(".index"))
-    return {"seconds": seconds, "batches": n_batches, "checkpoints": checkpoints, "library": lib.__file__}
+    return {"seconds": seconds, "tokens": n_batches * TOKENS_PER_BATCH, "checkpoints": checkpoints,
+            "library": lib.__file__}
 
 
 def job_dump(work, original, n_sentences, state_mode=None):
@@ -121,6 +135,22 @@ def job_dump(work, original, n_sentences, state_mode=None):
     with open(dataset) as fin:
         tokens = sum(len(line.split()) for line in fin)
     return {"seconds": seconds, "tokens": tokens, "outfile": outfile, "library": lib.__file__}
+
+
+def job_allennlp_dump(work, allennlp, n_sentences):
+    """One whole call of AllenNLP's file embedding (``allennlp_elmo.embed_file``) on the first ``n_sentences``."""
+    sys.path.insert(0, HERE)
+    import allennlp_elmo
+    elmo, nn_util = allennlp_elmo.import_elmo(allennlp)
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    dataset = os.path.join(work["dir"], f"first_{n_sentences}.txt")
+    outfile = os.path.join(work["dir"], f"dump_allennlp_{n_sentences}.hdf5")
+    start = time.perf_counter()
+    tokens = allennlp_elmo.embed_file(elmo, nn_util, work["options"], work["weights"], dataset, outfile)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": tokens, "outfile": outfile, "library": elmo.__file__,
+            "torch": f"{torch.__version__}, {torch.get_num_threads()} threads"}
 
 
 def job_setup(work, state_mode):
@@ -196,27 +226,74 @@ def run(name, log_dir, env=None, tag="", **kwargs):
     raise RuntimeError(f"{name} {label} failed (exit {process.returncode}); log {log_path}:\n{tail}")
 
 
-def fastest_in_rounds(jobs, repeat, log_dir):
-    """Run every job of ``jobs`` ({key: (name, kwargs)}), in order, ``repeat`` times over
-    (round after round, so that load from elsewhere on a shared machine falls on every
-    job alike), each run in a fresh process; keep each job's fastest run (load from
-    elsewhere only ever slows a run down)."""
-    best, seconds = {}, {}
+def in_rounds(jobs, repeat, log_dir):
+    """Run every job of ``jobs`` ({key: (name, kwargs)}) ``repeat`` times, each run in a fresh process.
+
+    Round after round, each round running every job once in the order of ``jobs`` (the
+    libraries alternate: original, bilm, original, bilm, ...), so that load from elsewhere
+    on a shared machine falls on every job alike and the runs one ratio compares are
+    neighbours in time. Returns {key: [result of round 1, round 2, ...]}.
+    """
+    runs = {key: [] for key in jobs}
     for k in range(repeat):
         for key, (name, kwargs) in jobs.items():
-            result = run(name, log_dir, tag=f"run{k}" if repeat > 1 else "", **kwargs)
-            seconds.setdefault(key, []).append(result["seconds"])
-            if key not in best or result["seconds"] < best[key]["seconds"]:
-                best[key] = result
-    for key, result in best.items():
-        result["all_seconds"] = seconds[key]
-    return best
+            runs[key].append(run(name, log_dir, tag=f"run{k + 1}" if repeat > 1 else "", **kwargs))
+    return runs
 
 
-def all_runs_line(best):
-    """Every run's time of each job, in the order run: the spread shows the machine's noise."""
-    return "All runs (s): " + "; ".join(
-        f"{label} {n}: " + ", ".join(f"{t:.1f}" for t in result["all_seconds"]) for (label, n), result in best.items())
+def median(values):
+    """The median of the values that are not None; None when none is."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def per_round_ratios(numerators, denominators):
+    """a / b of each round's pair, None where either is missing."""
+    return [a / b if a and b else None for a, b in zip(numerators, denominators)]
+
+
+def figures(small_runs, large_runs):
+    """One library's figures, each a list in round order: whole-call seconds of the small and the
+    large job, the steady rate (the tokens between them / the seconds between them; None where
+    noise made the difference <= 0) and the large job's peak RSS in GB."""
+    return {"small": [r["seconds"] for r in small_runs], "large": [r["seconds"] for r in large_runs],
+            "steady": [(b["tokens"] - a["tokens"]) / (b["seconds"] - a["seconds"]) if b["seconds"] > a["seconds"]
+                       else None for a, b in zip(small_runs, large_runs)],
+            "peak": [r["peak_gb"] for r in large_runs]}
+
+
+def comparison(ours, theirs):
+    """Per-round ratios of two libraries' ``figures``: speed (their seconds / ours, our rate / theirs) and memory
+    (our peak / theirs)."""
+    return {"small": per_round_ratios(theirs["small"], ours["small"]),
+            "large": per_round_ratios(theirs["large"], ours["large"]),
+            "steady": per_round_ratios(ours["steady"], theirs["steady"]),
+            "peak": per_round_ratios(ours["peak"], theirs["peak"])}
+
+
+def cell(value, spec):
+    """A table cell: ``value`` formatted by ``spec``, n/a for None (no figure, or noise)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def ratio_cell(ratios):
+    """The median of per-round ratios as a table cell."""
+    return cell(median(ratios), ".2f") + ("x" if median(ratios) is not None else "")
+
+
+def all_runs_line(runs, unit=""):
+    """Every run's time of each job ({(label, size): [result, ...]}), in the order run: the machine's noise."""
+    return "All runs, in the order run (s): " + "; ".join(
+        f"{label} {n}{unit}: " + ", ".join(f"{r['seconds']:.1f}" for r in results) for (label, n), results in runs.items())
+
+
+def ratios_line(label, ratios, sizes, unit):
+    """Every round's ratios of one comparison (``comparison``'s dict)."""
+    small, large = sizes
+    parts = [(f"{small}{unit}", ratios["small"]), (f"{large}{unit}", ratios["large"]), ("steady", ratios["steady"]),
+             ("memory", ratios["peak"])]
+    return f"Per-repetition ratios, {label}: " + "; ".join(
+        f"{name} " + ", ".join(ratio_cell([r]) for r in values) for name, values in parts)
 
 
 # --- data, written once by the parent ----------------------------------------------------
@@ -291,19 +368,9 @@ def machine_line():
             f"TensorFlow {tf_version}; load average at start {os.getloadavg()[0]:.2f}")
 
 
-def rate(tokens, seconds):
-    """tokens/s as a table cell; a difference of times at or below zero (noise) gives n/a."""
-    return f"{tokens / seconds:,.0f}" if seconds > 0 else "n/a (noise)"
-
-
-def ratio(a, b):
-    """a / b as a table cell, n/a when either is missing."""
-    return f"{a / b:.2f}x" if a and b else "n/a"
-
-
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -323,8 +390,8 @@ def mean_cosines(file_a, file_b):
     return [float(s / count) for s in sums]
 
 
-def own_report(log_path):
-    """The training rate a library logs itself at batch 100 of a run, as a table cell.
+def own_rate(log_path):
+    """The training rate a library logs itself at batch 100 of a run: (tokens/s, what it counts), or None.
 
     The original prints ``Total time: S`` (seconds since its loop started, first batch
     included) every 100 batches; bilm logs ``N tokens/s`` (first batch excluded).
@@ -333,9 +400,9 @@ def own_report(log_path):
         text = fin.read()
     original = re.findall(r"Total time: ([0-9.]+)", text)
     if original:
-        return f"{100 * TOKENS_PER_BATCH / float(original[-1]):,.0f} (100 batches / loop time)"
+        return 100 * TOKENS_PER_BATCH / float(original[-1]), "100 batches / loop time"
     own = re.findall(r"batch 100/\d+: .*?([0-9,]+) tokens/s", text)
-    return f"{int(own[-1].replace(',', '')):,} (batches 2-100)" if own else ""
+    return (int(own[-1].replace(",", "")), "batches 2-100") if own else None
 
 
 def training_section(work, original, sizes, log_dir, repeat):
@@ -343,72 +410,84 @@ def training_section(work, original, sizes, log_dir, repeat):
     libraries = ([("original bilm-tf", original)] if original else []) + [("bilm", None)]
     jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n})
             for n in sizes for label, path in libraries}  # the libraries alternate
-    best = fastest_in_rounds(jobs, repeat, log_dir)
-    results = {label: [best[label, n] for n in sizes] for label, _ in libraries}
-    rows, rates = [], {}
-    for label, (r_small, r_large) in results.items():
-        difference = r_large["seconds"] - r_small["seconds"]
-        rates[label] = (large - small) * TOKENS_PER_BATCH / difference if difference > 0 else None
-        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
-                     rate((large - small) * TOKENS_PER_BATCH, r_large["seconds"] - r_small["seconds"]),
-                     own_report(r_large["log"]), f"{r_large['peak_gb']:.2f}", ", ".join(r_large["checkpoints"])])
+    runs = in_rounds(jobs, repeat, log_dir)
+    rows, results = [], {}
+    for label, _ in libraries:
+        result = results[label] = figures(runs[label, small], runs[label, large])
+        own = [own_rate(r["log"]) for r in runs[label, large]]
+        own_median = median([r[0] for r in own if r])
+        rows.append([label, cell(median(result["small"]), ".1f"), cell(median(result["large"]), ".1f"),
+                     cell(median(result["steady"]), ",.0f"),
+                     f"{own_median:,.0f} ({next(r[1] for r in own if r)})" if own_median else "",
+                     cell(median(result["peak"]), ".2f"), ", ".join(runs[label, large][-1]["checkpoints"])])
     if original:
-        o, b = results["original bilm-tf"], results["bilm"]
-        rows.append(["bilm / original (speed; memory)", f"{o[0]['seconds'] / b[0]['seconds']:.2f}x",
-                     f"{o[1]['seconds'] / b[1]['seconds']:.2f}x",
-                     ratio(rates["bilm"], rates["original bilm-tf"]), "",
-                     f"{b[1]['peak_gb'] / o[1]['peak_gb']:.2f}x", ""])
+        ratios = comparison(results["bilm"], results["original bilm-tf"])
+        rows.append(["bilm / original (speed; memory)", ratio_cell(ratios["small"]), ratio_cell(ratios["large"]),
+                     ratio_cell(ratios["steady"]), "", ratio_cell(ratios["peak"]), ""])
     print(f"\n### Training end to end ({work['train_tokens']:,}-token corpus in {TRAIN_SHARDS} shards, "
           f"{N_WORDS + 3:,}-token vocabulary, batch 32 x 20, 1 tower)\n")
     print(table(["library", f"whole call, {small} batches (s)", f"whole call, {large} batches (s)",
                  f"steady tokens/s ({large - small} batches)", f"the library's own tokens/s log ({large} batches)",
                  f"peak RSS GB ({large} batches)", "checkpoints saved"], rows))
-    print("\n" + all_runs_line(best), flush=True)
-
-
-def dump_section(work, original, sizes, log_dir, repeat):
-    small, large = sizes
-    variants = ([("original bilm-tf (sentence at a time, stateful)", original, None)] if original else [])
-    variants += [("bilm, state_mode='warm' (default, batched)", None, "warm"),
-                 ("bilm, state_mode='zero' (batched)", None, "zero")]
-    jobs = {(label, n): ("job_dump", {"work": work, "original": path, "n_sentences": n, "state_mode": mode})
-            for n in sizes for label, path, mode in variants}  # the libraries alternate
-    best = fastest_in_rounds(jobs, repeat, log_dir)
-    rows, whole, small_s, steady, peak, outputs = [], {}, {}, {}, {}, {}
-    for label, path, mode in variants:
-        r_small, r_large = best[label, small], best[label, large]
-        whole[label], small_s[label], peak[label] = r_large["seconds"], r_small["seconds"], r_large["peak_gb"]
-        steady_tokens, steady_seconds = r_large["tokens"] - r_small["tokens"], r_large["seconds"] - r_small["seconds"]
-        steady[label] = steady_tokens / steady_seconds if steady_seconds > 0 else None
-        outputs[label] = r_small["outfile"]
-        rows.append([label, f"{r_small['seconds']:.1f}", f"{r_large['seconds']:.1f}",
-                     rate(r_large["tokens"], r_large["seconds"]), rate(steady_tokens, steady_seconds),
-                     f"{r_large['peak_gb']:.2f}"])
-        tokens = r_large["tokens"]
+    print("\n" + all_runs_line(runs, " batches"))
     if original:
-        base = variants[0][0]
-        for label, _, _ in variants[1:]:
-            rows.append([f"{label.split(' (')[0]} / original (speed; memory)", f"{small_s[base] / small_s[label]:.2f}x",
-                         f"{whole[base] / whole[label]:.2f}x", "", ratio(steady[label], steady[base]),
-                         f"{peak[label] / peak[base]:.2f}x"])
+        print("\n" + ratios_line("bilm / original", ratios, sizes, " batches"))
+    sys.stdout.flush()
+
+
+def dump_section(work, original, allennlp, sizes, log_dir, repeat):
+    small, large = sizes
+    ours = [("bilm, state_mode='warm' (default, batched)", "job_dump", {"original": None, "state_mode": "warm"}),
+            ("bilm, state_mode='zero' (batched)", "job_dump", {"original": None, "state_mode": "zero"})]
+    peers = []
+    if original:
+        peers.append(("original bilm-tf (sentence at a time, stateful)", "job_dump",
+                      {"original": original, "state_mode": None}))
+    if allennlp:
+        peers.append(("AllenNLP (PyTorch, batches of 64 in file order, stateful)", "job_allennlp_dump",
+                      {"allennlp": allennlp}))
+    variants = peers[:1] + ours + peers[1:]  # each round: original, bilm warm, bilm zero, AllenNLP
+    jobs = {(label, n): (name, dict(kwargs, work=work, n_sentences=n)) for n in sizes for label, name, kwargs in variants}
+    runs = in_rounds(jobs, repeat, log_dir)
+    tokens = runs[variants[0][0], large][0]["tokens"]
+    rows, results = [], {}
+    for label, _, _ in variants:
+        result = results[label] = figures(runs[label, small], runs[label, large])
+        rows.append([label, cell(median(result["small"]), ".1f"), cell(median(result["large"]), ".1f"),
+                     f"{tokens / median(result['large']):,.0f}", cell(median(result["steady"]), ",.0f"),
+                     cell(median(result["peak"]), ".2f")])
+    comparisons = []
+    for peer, _, _ in peers:
+        for label, _, _ in ours:
+            name = f"{label.split(' (')[0]} / {peer.split(' (')[0]}"
+            ratios = comparison(results[label], results[peer])
+            comparisons.append((name, ratios))
+            rows.append([f"{name} (speed; memory)", ratio_cell(ratios["small"]), ratio_cell(ratios["large"]), "",
+                         ratio_cell(ratios["steady"]), ratio_cell(ratios["peak"])])
     print(f"\n### dump_bilm_embeddings, full-size model (first {large} sentences, {tokens:,} tokens; "
           f"seeded random weights)\n")
     print(table(["library", f"whole call, {small} sentences (s)", f"whole call, {large} sentences (s)",
                  "tokens/s (whole call)", f"steady tokens/s ({large} - {small} sentences)", "peak RSS GB"], rows))
-    print("\n" + all_runs_line(best))
-    if original:
-        base = variants[0][0]
-        for label, _, _ in variants[1:]:
-            cosines = ", ".join(f"{c:.4f}" for c in mean_cosines(outputs[base], outputs[label]))
-            print(f"\nSame output check ({small} sentences): mean cosine per layer, {label.split(' (')[0]} "
-                  f"vs the original: {cosines}")
-    setup = fastest_in_rounds({mode: ("job_setup", {"work": work, "state_mode": mode})
-                               for mode in ("stateful", "zero", "warm")}, repeat, log_dir)
+    print("\n" + all_runs_line(runs, " sentences"))
+    for name, ratios in comparisons:
+        print("\n" + ratios_line(name, ratios, sizes, " sentences"))
+    if allennlp:
+        print(f"\nAllenNLP: torch {runs[peers[-1][0], large][0]['torch']}")
+    for peer, _, _ in peers:
+        for label, _, _ in ours:
+            cosines = ", ".join(f"{c:.4f}" for c in mean_cosines(runs[peer, small][-1]["outfile"],
+                                                                  runs[label, small][-1]["outfile"]))
+            print(f"\nSame output check ({small} sentences): mean cosine per layer (0, 1, 2 = top), "
+                  f"{label.split(' (')[0]} vs {peer.split(' (')[0]}: {cosines}")
+    setup = in_rounds({mode: ("job_setup", {"work": work, "state_mode": mode})
+                       for mode in ("stateful", "zero", "warm")}, repeat, log_dir)
     print("\n### bilm's set-up before the first sentence (full-size model; graph, weight loading, warm-up "
           "states; TensorFlow already imported)\n")
-    print(table(["state_mode", "seconds"], [[mode, f"{result['seconds']:.2f}"] for mode, result in setup.items()]))
+    print(table(["state_mode", "seconds", "all runs (s)"],
+                [[mode, f"{median([r['seconds'] for r in mode_runs]):.2f}",
+                  ", ".join(f"{r['seconds']:.2f}" for r in mode_runs)] for mode, mode_runs in setup.items()]))
     sys.stdout.flush()
-    return steady
+    return {label: median(result["steady"]) for label, result in results.items()}
 
 
 def ceiling_section(work, n, repeats, log_dir):
@@ -435,8 +514,11 @@ def main():
                         help="comma-separated subset of train,dump,ceiling (default: all)")
     parser.add_argument("--train-batches", help="two batch counts, e.g. 25,100 (default; --quick: 5,10)")
     parser.add_argument("--dump-sentences", help="two sentence counts, e.g. 100,300 (default; --quick: 30,60)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each timed training/dump job this many times, keep the fastest (default 1)")
+    parser.add_argument("--allennlp", help="checkout of https://github.com/allenai/allennlp: adds its PyTorch ELMo "
+                                           "to the dump comparison (needs PyTorch; see benchmarks/README.md)")
+    parser.add_argument("--repeat", type=int,
+                        help="repetitions of every training/dump job, the libraries alternating; each figure is the "
+                             "median (default 3; --quick: 1)")
     parser.add_argument("--workdir", help="where to write data and logs (default: a new temporary directory)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -447,6 +529,14 @@ def main():
     if args.original and not os.path.isfile(os.path.join(args.original, "bilm", "training.py")):
         parser.error(f"--original {args.original}: no bilm/training.py there; expected a checkout of bilm-tf")
     original = os.path.abspath(args.original) if args.original else None
+    if args.allennlp and not os.path.isfile(os.path.join(args.allennlp, "allennlp", "modules", "elmo.py")):
+        parser.error(f"--allennlp {args.allennlp}: no allennlp/modules/elmo.py there; expected a checkout of allennlp")
+    if args.allennlp and importlib.util.find_spec("torch") is None:
+        parser.error(f"--allennlp needs PyTorch in this environment: {ALLENNLP_INSTALL}")
+    allennlp = os.path.abspath(args.allennlp) if args.allennlp else None
+    repeat = (1 if args.quick else 3) if args.repeat is None else args.repeat
+    if repeat < 1:
+        parser.error(f"--repeat {repeat}: expected at least 1")
 
     train_sizes, dump_sizes = ((5, 10), (30, 60)) if args.quick else ((25, 100), (100, 300))
     if args.train_batches:
@@ -474,14 +564,21 @@ def main():
         print("Comparison with the original skipped: no --original given. To include it:\n"
               "    git clone https://github.com/allenai/bilm-tf /tmp/bilm-tf\n"
               "    python benchmarks/vs_original.py --original /tmp/bilm-tf")
-    print(f"Each training or dump figure: one whole call in a fresh process"
-          f"{f', the fastest of {args.repeat} (in {args.repeat} rounds over all jobs)' if args.repeat > 1 else ''}.")
+    if "dump" in sections and not allennlp:
+        print("AllenNLP's PyTorch ELMo skipped: no --allennlp given. To include it:\n"
+              f"    {ALLENNLP_INSTALL}\n"
+              "    git clone https://github.com/allenai/allennlp /tmp/allennlp\n"
+              "    python benchmarks/vs_original.py --allennlp /tmp/allennlp")
+    print(f"Each training or dump figure: one whole call in a fresh process, the median of {repeat} "
+          f"repetition{'s' if repeat > 1 else ''} (rounds over all jobs, the libraries alternating within each "
+          f"round). Each ratio: the median of the per-repetition ratios (a repetition's runs are neighbours in "
+          f"time). Every run is listed.")
     sys.stdout.flush()
     steady = ceiling = None
     if "train" in sections:
-        training_section(work, original, train_sizes, log_dir, args.repeat)
+        training_section(work, original, train_sizes, log_dir, repeat)
     if "dump" in sections:
-        steady = dump_section(work, original, dump_sizes, log_dir, args.repeat)
+        steady = dump_section(work, original, allennlp, dump_sizes, log_dir, repeat)
     if "ceiling" in sections:
         ceiling = ceiling_section(work, 4096, matmul_repeats, log_dir)
     if steady and ceiling:
