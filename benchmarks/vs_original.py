@@ -15,7 +15,9 @@ Prints Markdown tables:
 1. training end to end (``bilm.training.train`` of each library, the reference
    configuration, one tower): whole calls of 25 and of 100 batches, each in a fresh
    process, and the steady rate 75 batches' tokens / (t100 - t25), which leaves out
-   graph building and set-up;
+   graph building and set-up; where the CPU computes bfloat16 natively (AVX-512 BF16 or
+   AMX), bilm with ``precision="bfloat16"`` too, and the held-out perplexity (float32
+   evaluation, 1,000 other sentences) of both bilm runs' checkpoints after the same batches;
 2. ``dump_bilm_embeddings`` of the full-size ELMo model (seeded random weights in the
    original's HDF5 layout) on the first 300 sentences of a seeded synthetic corpus, and
    AllenNLP's file embedding of the same model and sentences (batches of 64 in file
@@ -97,15 +99,17 @@ def _import_library(original):
     return bilm
 
 
-def job_train(work, original, n_batches):
-    """One whole call of the library's ``bilm.training.train`` for ``n_batches`` batches."""
+def job_train(work, original, n_batches, precision="float32"):
+    """One whole call of the library's ``bilm.training.train`` for ``n_batches`` batches (bilm: in
+    ``precision``), then (bilm, outside the timed call) the held-out perplexity of its checkpoint,
+    evaluated in float32."""
     lib = _import_library(original)
     import bilm.data
     import bilm.training
     _seed_everything()
     options = dict(TRAIN_OPTIONS, n_train_tokens=n_batches * TOKENS_PER_BATCH)
     save_dir = tempfile.mkdtemp(prefix="train_", dir=work["dir"])
-    kwargs = {} if original else {"seed": SEED}  # bilm's defaults: checkpoint_every=1250, log_every=100
+    kwargs = {} if original else {"seed": SEED, "precision": precision}  # checkpoint_every=1250, log_every=100
     if original:  # the original sets no seed: give its default graph the seed bilm's train(seed=) sets
         import tensorflow as tf  # the shim: TF 1.x names
         tf.set_random_seed(SEED)
@@ -115,8 +119,12 @@ def job_train(work, original, n_batches):
     bilm.training.train(options, data, 1, save_dir, save_dir, **kwargs)
     seconds = time.perf_counter() - start
     checkpoints = sorted(f for f in os.listdir(save_dir) if f.endswith(".index"))
+    heldout, peak_gb = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # the call's alone
+    if not original:
+        from bilm.training.evaluation import evaluate_checkpoint
+        heldout = float(evaluate_checkpoint(save_dir, work["heldout"], work["train_vocab"], batch_size=64))
     return {"seconds": seconds, "tokens": n_batches * TOKENS_PER_BATCH, "checkpoints": checkpoints,
-            "library": lib.__file__}
+            "library": lib.__file__, "heldout_perplexity": heldout, "peak_gb": peak_gb}
 
 
 def job_dump(work, original, n_sentences, state_mode=None):
@@ -202,7 +210,7 @@ def child(spec):
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # the libraries' own progress, into the job's log
     name, kwargs = json.loads(spec)
     result = globals()[name](**kwargs)
-    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    result.setdefault("peak_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
     sys.stdout.flush()
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -312,6 +320,9 @@ def write_training_data(directory):
         shards.append(os.path.join(directory, f"train_shard_{k}.txt"))
         with open(shards[-1], "w") as fout:
             fout.writelines(lines[k * per_shard:(k + 1) * per_shard])
+    heldout = os.path.join(directory, "heldout.txt")
+    with open(write_corpus(tempfile.mkdtemp(dir=directory), 1000, seed=SEED + 2)) as fin, open(heldout, "w") as fout:
+        fout.writelines(fin)
     counts, _ = count_tokens(shards)
     if len(counts) < N_WORDS:
         raise RuntimeError(f"the synthetic corpus has only {len(counts)} distinct words")
@@ -319,7 +330,7 @@ def write_training_data(directory):
     write_vocabulary(build_vocabulary(counts, max_size=N_WORDS + 3), vocab)
     n_tokens = sum(counts.values())
     return {"train_pattern": os.path.join(directory, "train_shard_*.txt"), "train_vocab": vocab,
-            "train_tokens": n_tokens}
+            "train_tokens": n_tokens, "heldout": heldout}
 
 
 def write_dump_data(directory, sizes):
@@ -341,8 +352,7 @@ def write_dump_data(directory, sizes):
 
 # --- report ------------------------------------------------------------------------------
 
-def machine_line():
-    """CPU model, cores, memory, AVX-512, TensorFlow version, load."""
+def cpu_model_and_flags():
     model, flags = platform.processor() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as fin:
@@ -354,7 +364,13 @@ def machine_line():
                     flags = set(value.split())
     except OSError:
         pass
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    return model, flags
+
+
+def machine_line():
+    """CPU model, cores, memory, AVX-512 (bfloat16 and AMX), TensorFlow version, load."""
+    model, flags = cpu_model_and_flags()
+    avx512 = sorted(f for f in flags if f.startswith(("avx512", "amx")))
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     tf_version = "not installed"
     for dist in ("tensorflow-cpu", "tensorflow"):
@@ -407,12 +423,14 @@ def own_rate(log_path):
 
 def training_section(work, original, sizes, log_dir, repeat):
     small, large = sizes
-    libraries = ([("original bilm-tf", original)] if original else []) + [("bilm", None)]
-    jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n})
-            for n in sizes for label, path in libraries}  # the libraries alternate
+    libraries = ([("original bilm-tf", original, "float32")] if original else []) + [("bilm", None, "float32")]
+    if cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"}:  # bilm's test for a fast bfloat16
+        libraries.append(("bilm, --precision bfloat16", None, "bfloat16"))
+    jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n, "precision": precision})
+            for n in sizes for label, path, precision in libraries}  # the libraries alternate
     runs = in_rounds(jobs, repeat, log_dir)
     rows, results = [], {}
-    for label, _ in libraries:
+    for label, _, _ in libraries:
         result = results[label] = figures(runs[label, small], runs[label, large])
         own = [own_rate(r["log"]) for r in runs[label, large]]
         own_median = median([r[0] for r in own if r])
@@ -420,9 +438,15 @@ def training_section(work, original, sizes, log_dir, repeat):
                      cell(median(result["steady"]), ",.0f"),
                      f"{own_median:,.0f} ({next(r[1] for r in own if r)})" if own_median else "",
                      cell(median(result["peak"]), ".2f"), ", ".join(runs[label, large][-1]["checkpoints"])])
-    if original:
-        ratios = comparison(results["bilm"], results["original bilm-tf"])
-        rows.append(["bilm / original (speed; memory)", ratio_cell(ratios["small"]), ratio_cell(ratios["large"]),
+    comparisons = []
+    for label, _, _ in libraries[1 if original else 2:]:
+        peer = "original bilm-tf" if original else "bilm"
+        if label == peer:
+            continue
+        name = f"{label} / {peer if peer == 'bilm' else 'original'}"
+        ratios = comparison(results[label], results[peer])
+        comparisons.append((name, ratios))
+        rows.append([f"{name} (speed; memory)", ratio_cell(ratios["small"]), ratio_cell(ratios["large"]),
                      ratio_cell(ratios["steady"]), "", ratio_cell(ratios["peak"]), ""])
     print(f"\n### Training end to end ({work['train_tokens']:,}-token corpus in {TRAIN_SHARDS} shards, "
           f"{N_WORDS + 3:,}-token vocabulary, batch 32 x 20, 1 tower)\n")
@@ -430,8 +454,17 @@ def training_section(work, original, sizes, log_dir, repeat):
                  f"steady tokens/s ({large - small} batches)", f"the library's own tokens/s log ({large} batches)",
                  f"peak RSS GB ({large} batches)", "checkpoints saved"], rows))
     print("\n" + all_runs_line(runs, " batches"))
-    if original:
-        print("\n" + ratios_line("bilm / original", ratios, sizes, " batches"))
+    for name, ratios in comparisons:
+        print("\n" + ratios_line(name, ratios, sizes, " batches"))
+    heldout = {label: [r["heldout_perplexity"] for r in runs[label, large]] for label, _, _ in libraries
+               if label != "original bilm-tf"}
+    if len(heldout) > 1:
+        line = "; ".join(f"{label}: {', '.join(f'{p:.2f}' for p in values)}" for label, values in heldout.items())
+        reduced = heldout["bilm, --precision bfloat16"]
+        differences = [100 * (b / a - 1) for a, b in zip(heldout["bilm"], reduced)]
+        print(f"\nHeld-out perplexity after {large} batches (1,000 other sentences of the same generator, evaluated "
+              f"in float32, seeded alike), each repetition: {line}; bfloat16 against float32: "
+              f"{', '.join(f'{d:+.2f}%' for d in differences)}")
     sys.stdout.flush()
 
 
