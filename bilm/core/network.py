@@ -114,6 +114,12 @@ def token_embedding(token_ids, params):
     return tf.cast(tf.nn.embedding_lookup(params[layout.TOKEN_EMBEDDING_NAME], token_ids), DTYPE)
 
 
+def _clip(x, bound):
+    """x clipped to +-bound in one operation (``tf.clip_by_value`` makes two)."""
+    return tf.raw_ops.ClipByValue(t=x, clip_value_min=tf.constant(-bound, x.dtype),
+                                  clip_value_max=tf.constant(bound, x.dtype))
+
+
 def _cell(gates, c_prev, options):
     """The cell's update from its gate pre-activations (B, 4D) split as i, j, f, o: TensorFlow LSTMCell
     conventions (forget bias 1.0), the cell clipped to +-cell_clip.
@@ -125,7 +131,7 @@ def _cell(gates, c_prev, options):
     c_unclipped = sf * c_prev + si * tj
     c = c_unclipped
     if options.cell_clip is not None:
-        c = tf.clip_by_value(c, -options.cell_clip, options.cell_clip)
+        c = _clip(c, options.cell_clip)
     tanh_c = tf.tanh(c)
     output = so * tanh_c
     return c, output, (si, tj, sf, so, c_unclipped, tanh_c)
@@ -139,7 +145,7 @@ def _project(output, projection, options):
     h_unclipped = _product(output, projection)
     h = h_unclipped
     if options.proj_clip is not None:
-        h = tf.clip_by_value(h, -options.proj_clip, options.proj_clip)
+        h = _clip(h, options.proj_clip)
     return h, h_unclipped
 
 
