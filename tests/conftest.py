@@ -28,6 +28,18 @@ needs_reference = pytest.mark.skipif(
 )
 
 
+# The test files that take longest (about a minute or more each on 2 cores), longest first; the others follow
+# in their usual order. With one process per core, each taking a whole file (pytest.ini_options' addopts), the
+# suite ends when the last file started ends: started first, the long ones do not end it alone.
+LONGEST_FIRST = ["test_recovery.py", "test_readme.py", "test_embed_jobs.py", "test_cluster.py", "test_ray.py",
+                 "test_finetune.py", "test_cli.py", "test_long_runs.py", "test_scale.py", "test_training.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
+
+
 def reference_sentences():
     """The 10 batches of 3 tokenized sentences the reference outputs were made from."""
     with open(REFERENCE_MODEL / "lm_embeddings_sentences.json") as fin:
