@@ -1,4 +1,5 @@
-"""One worker of a test cluster (run by test_cluster.py in its own process):
+"""One worker of a test cluster (run by test_cluster.py in its own process; a run without a cluster
+in the test's process, through ``run``):
 
     python cluster_worker.py SPEC_JSON
 
@@ -28,8 +29,8 @@ class FixedBatches:
             yield batch
 
 
-def main():
-    spec = json.loads(sys.argv[1])
+def run(spec):
+    """Train as ``spec`` says (in this process)."""
     if "dense_limit" in spec:  # to reduce the small tables of a test through the sparse path too
         import bilm.training.cluster
         bilm.training.cluster.DENSE_LIMIT = spec["dense_limit"]
@@ -41,4 +42,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(json.loads(sys.argv[1]))

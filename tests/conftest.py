@@ -1,6 +1,8 @@
 """Shared test fixtures: the original's reference files, seeded random models, sessions."""
+import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,10 +18,27 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm
 REFERENCE_MODEL = REFERENCE / "model"
 REFERENCE_TRAIN = REFERENCE / "train"
 TINY_CORPUS = Path(__file__).resolve().parent / "data" / "tiny_corpus.txt"  # written for these tests
+TINY_VOCAB = TINY_CORPUS.with_name("tiny_vocab.txt")
+# The tiny character model the training tests train with `bilm train`: 2 x 5 tokens a batch, 8 batches an epoch.
+SMALL = ["--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1",
+         "--char_embedding_dim", "4", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4",
+         "--seed", "0"]
 
 needs_reference = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason=f"the original's reference files are not at {REFERENCE} (../shared is absent)"
 )
+
+
+# The test files that take longest (about a minute or more each on 2 cores), longest first; the others follow
+# in their usual order. With one process per core, each taking a whole file (pytest.ini_options' addopts), the
+# suite ends when the last file started ends: started first, the long ones do not end it alone.
+LONGEST_FIRST = ["test_recovery.py", "test_readme.py", "test_embed_jobs.py", "test_cluster.py", "test_ray.py",
+                 "test_finetune.py", "test_cli.py", "test_long_runs.py", "test_scale.py", "test_training.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
 
 
 def reference_sentences():
@@ -124,3 +143,37 @@ def same_hdf5(got_file, want_file):
                 assert json.loads(got[key][0]) == json.loads(want[key][0])
             else:
                 np.testing.assert_allclose(got[key][...], want[key][...], atol=1e-6, err_msg=key)
+
+
+def tree_digest(directory):
+    """A digest of every file's name and bytes under ``directory``."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The save directory of one `bilm train` of the SMALL model on the tiny corpus: 1 epoch (8 batches),
+    a checkpoint every 3 batches, the default 2 kept (model.ckpt-6 and model.ckpt-8). Made once per session
+    and read-only: a test that changes or continues it works on a copy (``copy_run``). The session checks at
+    its end that no test wrote to it."""
+    from bilm.cli import main
+
+    save = tmp_path_factory.mktemp("small_run") / "ckpt"
+    assert main(["--quiet", "train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB),
+                 "--save_dir", str(save), *SMALL, "--n_epochs", "1", "--checkpoint_every", "3"]) == 0
+    digest = tree_digest(save)
+    yield save
+    assert tree_digest(save) == digest, f"a test wrote to the shared run {save}: copy it with copy_run"
+
+
+def copy_run(save_dir, destination):
+    """A copy of a save directory at ``destination``, to change or continue. Its ``checkpoint`` file names the
+    copies, by names relative to the directory (TensorFlow's file named the originals by absolute path)."""
+    shutil.copytree(save_dir, destination)
+    state = Path(destination) / "checkpoint"
+    state.write_text(state.read_text().replace(f'"{save_dir}/', '"'))
+    return Path(destination)

@@ -16,7 +16,7 @@ import pytest
 from bilm.cli import main
 from bilm.core import startup
 from conftest import TINY_CORPUS, make_options, random_sentences, write_model
-from test_embed_jobs import Command, saved_sentences, the_one_line
+from test_embed_jobs import N_LINES, Command, saved_sentences, the_one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VOCAB = TINY_CORPUS.with_name("tiny_vocab.txt")
@@ -227,13 +227,13 @@ def test_version_and_both_spellings_of_flags(tmp_path, model_args, capsys):
     assert "--mix-weights are used only with --layers mix, not --layers all" in capsys.readouterr().err
 
 
-def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, model_args, capsys):
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, model_args, capsys, monkeypatch):
     data = tmp_path / "s.txt"
     data.write_text("one two\n", encoding="utf-8")
     before = data.read_bytes()
     assert main(["--quiet", "embed", str(data), str(data), "--overwrite"] + model_args) == 2
     assert "is the input text of this job" in capsys.readouterr().err
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert main(["--quiet", "embed", "s.txt", "./s.txt", "--overwrite"] + model_args) == 2
     assert main(["vocab", "s.txt", "--output", "s.txt", "--overwrite"]) == 2
     assert main(["merge", "s.txt", "s.txt", "--overwrite"]) == 2
@@ -276,7 +276,7 @@ def _loads_tensorflow(pid):
 def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
     data = tmp_path / "data.txt"
     rng = np.random.default_rng(4)
-    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 3000, max_len=20)), encoding="utf-8")
+    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, N_LINES, max_len=20)), encoding="utf-8")
     out, expected = tmp_path / "out.hdf5", tmp_path / "expected.hdf5"
     job = ["embed", str(data), str(out), "--batch-size", "4"] + model_args
     # Ctrl-C while TensorFlow loads (once the command runs: it handles SIGTERM): one line, no traceback.
@@ -304,7 +304,7 @@ def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path, model_args):
 def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args):
     data = tmp_path / "data.txt"
     rng = np.random.default_rng(5)
-    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, 2000, max_len=20)), encoding="utf-8")
+    data.write_text("".join(" ".join(s) + "\n" for s in random_sentences(rng, N_LINES, max_len=20)), encoding="utf-8")
     out = tmp_path / "out.hdf5"
     first = _start("embed", str(data), str(out), "--batch-size", "4", *model_args)
     _wait_for(Path(str(out) + ".lock").exists, first)
@@ -319,7 +319,7 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     with h5py.File(out, "r") as fin:
-        assert len(fin) == 2001  # every line, and sentence_to_index
+        assert len(fin) == N_LINES + 1  # every line, and sentence_to_index
     save = tmp_path / "ckpt"
     train = ["train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", str(save),
              "--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8]]", "--n_highway", "0",

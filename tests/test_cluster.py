@@ -19,6 +19,7 @@ from bilm.training import train
 from bilm.cli import main
 from bilm.training.cluster import local_addresses
 from bilm.training.evaluation import evaluate_checkpoint
+import cluster_worker
 from conftest import TINY_CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +43,20 @@ def as_lists(batch, rows):
     return {k: None if v is None else v[rows].tolist() for k, v in batch.items()}
 
 
-def run_workers(specs):
+def run_workers(specs, meanwhile=lambda: None):
+    """Each spec's worker in its own process; ``meanwhile`` runs here while they do."""
     processes = [subprocess.Popen([sys.executable, WORKER, json.dumps(spec)], cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for spec in specs]
-    for process in processes:
-        _, err = process.communicate(timeout=TIMEOUT)
-        assert process.returncode == 0, err[-3000:]
+    try:
+        meanwhile()
+        for process in processes:
+            _, err = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0, err[-3000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def checkpoint_values(save_dir):
@@ -78,8 +87,7 @@ def test_two_workers_make_the_update_of_one_worker_with_the_whole_batch(tmp_path
     halves = [{"options": total, "batches": [as_lists(b, slice(4 * k, 4 * k + 4)) for b in batches],
                "save_dir": str(tmp_path / f"worker{k}"), "restart": ckpt, "workers": workers, "index": k,
                "dense_limit": 0} for k in range(2)]
-    run_workers([single])
-    run_workers(halves)
+    run_workers(halves, meanwhile=lambda: cluster_worker.run(single))  # the single worker: the same code, here
     one, one_ckpt = checkpoint_values(tmp_path / "single")
     two, two_ckpt = checkpoint_values(tmp_path / "worker0")
     assert one_ckpt.endswith("-5") and two_ckpt.endswith("-5")

@@ -23,7 +23,7 @@ from bilm.core.files import PartsJob
 from conftest import make_options, random_sentences, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
-N_LINES = 3000
+N_LINES = 600
 PAUSE_AT = 100  # sentences: the command stops itself (SIGSTOP) once it has told this many
 # The bilm command, telling on stdout what it has done: "unit K" once unit K is in the open part (one
 # process), "sentences N" once the device processes have added N more sentences to theirs (--devices);
@@ -65,7 +65,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A tiny model, 3,000 lines, and the file one process makes of them."""
+    """A tiny model, N_LINES lines, and the file one process makes of them."""
     directory = tmp_path_factory.mktemp("embed")
     options_file, weight_file = write_model(directory / "model", make_options(), seed=7)
     data = directory / "data.txt"
@@ -231,7 +231,8 @@ def test_device_files_are_finished_only_by_the_split_that_made_them(job, tmp_pat
 
     monkeypatch.setattr(PartsJob, "finish", stop_before_assembly)
     assert main(["--quiet", "embed", job["data"], str(out), *job["model"], "--devices", "cpu:2"]) == 130
-    assert f"bilm: interrupted; 3,000 of 3,000 sentences are saved in {out}.devices; run" in capsys.readouterr().err
+    assert f"bilm: interrupted; {N_LINES} of {N_LINES} sentences are saved in {out}.devices; run" in \
+        capsys.readouterr().err
     monkeypatch.undo()
     devices = Path(str(out) + ".devices")
     assert sorted(p.name for p in devices.iterdir()) == ["device-000.hdf5", "device-001.hdf5", "job.json"]

@@ -22,7 +22,7 @@ from bilm.cli import main
 from bilm.errors import CheckpointError, InputError, VocabularyError
 from bilm.training.evaluation import evaluate_checkpoint
 from bilm.training.finetune import finetune
-from conftest import TINY_CORPUS
+from conftest import TINY_CORPUS, copy_run, tree_digest
 
 VOCAB = str(TINY_CORPUS.with_name("tiny_vocab.txt"))
 TEXT = TINY_CORPUS.read_text(encoding="utf-8")
@@ -97,8 +97,21 @@ def original_checkpoint(directory, options=OPTIONS, seed=0, step=935):
     return values
 
 
-def test_dump_weights_of_an_original_checkpoint_writes_its_values(tmp_path):
-    values = original_checkpoint(tmp_path / "orig")
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    """(directory, values) of one ``original_checkpoint``, made once for the module: read only."""
+    directory = tmp_path_factory.mktemp("original") / "orig"
+    return directory, original_checkpoint(directory)
+
+
+def copy_original(original, destination):
+    """A copy of the module's original checkpoint at ``destination``; its values."""
+    copy_run(original[0], destination)
+    return original[1]
+
+
+def test_dump_weights_of_an_original_checkpoint_writes_its_values(original, tmp_path):
+    values = copy_original(original, tmp_path / "orig")
     dump_weights(str(tmp_path / "orig"), str(tmp_path / "w.hdf5"))
     expected = {weight_file_name(n): v for n, v in values.items()
                 if n.startswith("lm/") and not n.endswith("/Adagrad") and "softmax" not in n}
@@ -110,8 +123,8 @@ def test_dump_weights_of_an_original_checkpoint_writes_its_values(tmp_path):
         np.testing.assert_array_equal(found[name], value, err_msg=name)
 
 
-def test_original_and_bilm_layouts_give_the_same_perplexity(tmp_path):
-    values = original_checkpoint(tmp_path / "orig")
+def test_original_and_bilm_layouts_give_the_same_perplexity(original, tmp_path):
+    values = copy_original(original, tmp_path / "orig")
     weights = {n: v for n, v in values.items() if n.startswith("lm/") and not n.endswith("/Adagrad")}
     write_checkpoint(tmp_path / "mine", weights, 935, OPTIONS,
                      rename=lambda n: "lm/" + weight_file_name(n) if n.startswith("lm/") else n)
@@ -120,8 +133,8 @@ def test_original_and_bilm_layouts_give_the_same_perplexity(tmp_path):
     assert original == pytest.approx(mine, rel=1e-6) and np.isfinite(original)
 
 
-def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(tmp_path):
-    values = original_checkpoint(tmp_path / "orig")
+def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(original, tmp_path):
+    values = copy_original(original, tmp_path / "orig")
     args = ["--quiet", "restart", "--train_prefix", str(TINY_CORPUS), "--vocab_file", VOCAB, "--save_dir",
             str(tmp_path / "orig")]
     # 935 batches of 10 tokens already count toward the plan; 3 more batches' worth of tokens are asked for.
@@ -136,7 +149,7 @@ def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(tmp_path)
         assert (new >= old - 1e-6).all() and (new > old).any()  # kept and grown, not restarted at 1.0
 
     # With another batch size, its 935 batches count at the batch size they were trained with (10 tokens).
-    original_checkpoint(tmp_path / "other")
+    copy_original(original, tmp_path / "other")
     other = args[:-1] + [str(tmp_path / "other")]
     assert main(other + ["--batch_size", "4", "--n_train_tokens", str(935 * 10 + 3 * 20)]) == 0
     _, ckpt = load_options_latest_checkpoint(str(tmp_path / "other"))
@@ -144,9 +157,9 @@ def test_restart_of_an_original_checkpoint_keeps_step_and_accumulators(tmp_path)
     assert reader.get_tensor("global_step") == 938 and reader.get_tensor("tokens_trained") == 935 * 10 + 3 * 20
 
 
-def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path, capsys):
+def test_checkpoints_that_do_not_fit_say_so_in_one_line(original, tmp_path, capsys):
     other = dict(OPTIONS, lstm=dict(OPTIONS["lstm"], dim=32))
-    original_checkpoint(tmp_path / "orig")
+    copy_original(original, tmp_path / "orig")
     (tmp_path / "orig" / "options.json").write_text(json.dumps(other))
     with pytest.raises(CheckpointError, match=r"variable 'lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel' has "
                                               r"shape \(16, 64\); the options need \(16, 128\)"):
@@ -160,21 +173,13 @@ def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path, capsys):
     assert "no options.json (expected the options file training writes" in capsys.readouterr().err
 
 
-def _tree_hash(directory):
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(tmp_path):
-    original_checkpoint(tmp_path / "orig")
-    before = _tree_hash(tmp_path / "orig")
+def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(original, tmp_path):
+    copy_original(original, tmp_path / "orig")
+    before = tree_digest(tmp_path / "orig")
     best = finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS),
                     source_dir=str(tmp_path / "orig"), n_epochs=6, eval_every=6, patience=2, eval_batch_size=2,
                     seed=0)
-    assert _tree_hash(tmp_path / "orig") == before
+    assert tree_digest(tmp_path / "orig") == before
     history = json.loads((tmp_path / "tuned" / "finetune.json").read_text())
     evaluations = history["evaluations"]
     lowest = min(evaluations, key=lambda e: e["heldout_perplexity"])
@@ -182,13 +187,16 @@ def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(t
     assert evaluations[0]["heldout_perplexity"] > lowest["heldout_perplexity"]  # it learned
     _, latest = load_options_latest_checkpoint(str(tmp_path / "tuned"))
     assert latest == lowest["checkpoint"]  # dump-weights exports the best
-    # Here held-out perplexity falls to the end (no early stop: the run did all its batches).
-    assert len(evaluations) - 1 - evaluations.index(lowest) < 2 and evaluations[-1]["step"] == 6 * TOKENS_PER_EPOCH // 10
+    # Here held-out perplexity falls to the end (no early stop: the run did all its batches), evaluated every 6
+    # batches and after the last.
+    n_batches = 6 * TOKENS_PER_EPOCH // 10
+    assert len(evaluations) - 1 - evaluations.index(lowest) < 2
+    assert [e["step"] for e in evaluations] == list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
     assert evaluate_checkpoint(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, 2) == pytest.approx(best, rel=1e-5)
 
 
-def test_finetune_stops_after_patience_evaluations_without_improvement(tmp_path):
-    original_checkpoint(tmp_path / "orig")
+def test_finetune_stops_after_patience_evaluations_without_improvement(original, tmp_path):
+    copy_original(original, tmp_path / "orig")
     finetune(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), source_dir=str(tmp_path / "orig"),
              n_epochs=6, eval_every=6, patience=1, eval_batch_size=2, seed=0)
     evaluations = json.loads((tmp_path / "tuned" / "finetune.json").read_text())["evaluations"]
@@ -199,8 +207,8 @@ def test_finetune_stops_after_patience_evaluations_without_improvement(tmp_path)
     assert latest == best["checkpoint"]  # the best is kept and is the latest
 
 
-def test_finetune_refuses_another_vocabulary_and_its_source_as_target(tmp_path):
-    original_checkpoint(tmp_path / "orig")
+def test_finetune_refuses_another_vocabulary_and_its_source_as_target(original, tmp_path):
+    copy_original(original, tmp_path / "orig")
     smaller = tmp_path / "v.txt"
     smaller.write_text("\n".join(Path(VOCAB).read_text().split()[:-1]) + "\n")
     with pytest.raises(VocabularyError, match=r"42 tokens; the checkpoint's softmax has 43 rows"):
@@ -210,8 +218,8 @@ def test_finetune_refuses_another_vocabulary_and_its_source_as_target(tmp_path):
         finetune(str(tmp_path), str(TINY_CORPUS), VOCAB, str(TINY_CORPUS), source_dir=str(tmp_path / "orig"))
 
 
-def test_finetune_from_a_weight_file_trains_only_the_softmax_first(tmp_path, caplog):
-    values = original_checkpoint(tmp_path / "orig")
+def test_finetune_from_a_weight_file_trains_only_the_softmax_first(original, tmp_path, caplog):
+    values = copy_original(original, tmp_path / "orig")
     weight_file, options_file = str(tmp_path / "w.hdf5"), str(tmp_path / "options.json")
     dump_weights(str(tmp_path / "orig"), weight_file, options_outfile=options_file)
     n_batches = TOKENS_PER_EPOCH // 10  # one epoch of the tiny corpus in batches of 2 x 5 tokens
@@ -238,8 +246,8 @@ class _Files(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_published_checkpoint_is_downloaded_and_used_by_name(tmp_path, monkeypatch, capsys):
-    values = original_checkpoint(tmp_path / "served")
+def test_a_published_checkpoint_is_downloaded_and_used_by_name(original, tmp_path, monkeypatch, capsys):
+    values = copy_original(original, tmp_path / "served")
     served = tmp_path / "served"
     (served / "vocab.txt").write_text(Path(VOCAB).read_text())
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(served)))
@@ -293,8 +301,8 @@ def _evaluations(record):
         return 0
 
 
-def test_finetune_checks_the_heldout_text_before_training(tmp_path):
-    original_checkpoint(tmp_path / "orig")
+def test_finetune_checks_the_heldout_text_before_training(original, tmp_path):
+    copy_original(original, tmp_path / "orig")
     tuned = tmp_path / "tuned"
 
     def tune(heldout):
@@ -316,8 +324,8 @@ def test_finetune_checks_the_heldout_text_before_training(tmp_path):
     assert not list(tuned.glob("model.ckpt-*"))
 
 
-def test_finetune_with_a_small_heldout_text_and_its_next_hint_run_as_printed(tmp_path, caplog, capsys):
-    original_checkpoint(tmp_path / "orig")
+def test_finetune_with_a_small_heldout_text_and_its_next_hint_run_as_printed(original, tmp_path, caplog, capsys):
+    copy_original(original, tmp_path / "orig")
     small = tmp_path / "small.txt"  # 2 sentences: fewer than the 64 evaluation streams and 256 test streams
     small.write_text("the mill wheel turns .\nthe zeppelin flies over the town .\n", encoding="utf-8")
     caplog.set_level(logging.INFO)
@@ -337,13 +345,13 @@ def test_finetune_with_a_small_heldout_text_and_its_next_hint_run_as_printed(tmp
     assert float(re.search(r"^perplexity: ([0-9.]+) ", printed, flags=re.M).group(1)) == pytest.approx(best, abs=1e-3)
 
 
-def test_an_interrupted_finetune_resumes_with_its_evaluations_and_best_checkpoint(tmp_path, capsys):
-    original_checkpoint(tmp_path / "orig")
-    n_batches = 20 * TOKENS_PER_EPOCH // 10  # 20 epochs of the tiny corpus in batches of 2 x 5 tokens
+def test_an_interrupted_finetune_resumes_with_its_evaluations_and_best_checkpoint(original, tmp_path, capsys):
+    copy_original(original, tmp_path / "orig")
+    n_batches = 10 * TOKENS_PER_EPOCH // 10  # 10 epochs of the tiny corpus in batches of 2 x 5 tokens
 
     def command(save_dir):
         return ["finetune", "--from", str(tmp_path / "orig"), "--save_dir", str(save_dir), "--train_prefix",
-                str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(TINY_CORPUS), "--n_epochs", "20",
+                str(TINY_CORPUS), "--vocab_file", VOCAB, "--heldout_prefix", str(TINY_CORPUS), "--n_epochs", "10",
                 "--eval_every", "6", "--patience", "1000", "--eval_batch_size", "2", "--keep_checkpoints", "1",
                 "--seed", "0"]
 
@@ -373,11 +381,10 @@ def test_an_interrupted_finetune_resumes_with_its_evaluations_and_best_checkpoin
 
     assert main(shlex.split(hint)[1:]) == 0
     after = json.loads(record.read_text())
-    assert main(command(tmp_path / "whole")) == 0  # the same fine-tune, uninterrupted
-    whole = json.loads((tmp_path / "whole" / "finetune.json").read_text())
-    steps = [e["step"] for e in whole["evaluations"]]
-    assert steps == list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
-    assert [e["step"] for e in after["evaluations"]] == steps  # same batches, same evaluations
+    # The batches and evaluations of the same fine-tune uninterrupted (as in
+    # test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source): every 6 batches, and the last.
+    steps = list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
+    assert [e["step"] for e in after["evaluations"]] == steps
     assert after["evaluations"][:len(before["evaluations"])] == before["evaluations"]  # the history goes on
     assert after["finished"] and after["best"] == before["best"]
     _, latest = load_options_latest_checkpoint(str(tuned))
@@ -408,8 +415,8 @@ def test_finetune_refuses_a_source_another_process_is_training(tmp_path, capsys)
     assert trainer.returncode == 143
 
 
-def test_a_finetune_interrupted_during_an_evaluation_makes_it_when_resumed(tmp_path):
-    original_checkpoint(tmp_path / "orig")
+def test_a_finetune_interrupted_during_an_evaluation_makes_it_when_resumed(original, tmp_path):
+    copy_original(original, tmp_path / "orig")
     heldout = tmp_path / "heldout.txt"  # long enough that SIGTERM lands while it is evaluated
     heldout.write_text(TEXT * 30, encoding="utf-8")
     n_batches = 2 * TOKENS_PER_EPOCH // 10

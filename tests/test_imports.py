@@ -1,5 +1,6 @@
 """Import paths, the package's layout, and TensorFlow behaviour: bilm changes no global setting."""
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -112,19 +113,32 @@ def test_every_module_imports_alone():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-def test_import_changes_no_global_tensorflow_setting():
+@pytest.fixture(scope="module")
+def imported():
+    """What importing bilm does to a fresh process (one process for both tests below): TensorFlow's global
+    settings before and after ``import bilm``, then the modules loaded once its TF1, training and Keras faces
+    are imported."""
     result = _python("""
+        import json, sys
         import tensorflow as tf
-        before = (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(), tf.config.threading.get_intra_op_parallelism_threads())
+        def settings():
+            return (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(),
+                    tf.config.threading.get_intra_op_parallelism_threads())
+        before = settings()
         import bilm, bilm.model, bilm.elmo, bilm.data
-        after = (tf.executing_eagerly(), tf.compat.v1.resource_variables_enabled(), tf.config.threading.get_intra_op_parallelism_threads())
-        assert before == after == (True, True, 0), (before, after)
-        print("ok")
+        after = settings()
+        import bilm.training, bilm.keras
+        print(json.dumps({"before": before, "after": after, "modules": sorted(sys.modules)}))
     """)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
 
 
-def test_the_library_uses_no_contrib_and_no_legacy_keras():
+def test_import_changes_no_global_tensorflow_setting(imported):
+    assert imported["before"] == imported["after"] == [True, True, 0], imported
+
+
+def test_the_library_uses_no_contrib_and_no_legacy_keras(imported):
     # TensorFlow through tensorflow.compat.v1 (and, in bilm/keras.py only, Keras 3 for TF2 users); tf_keras and
     # the 1.x RNN cells are used by benchmarks/original_shim.py alone, to run the original library itself.
     forbidden = re.compile(r"tf_keras|tf\.contrib|tensorflow\.contrib|TF_USE_LEGACY_KERAS|rnn_cell\.|tf\.keras|"
@@ -132,13 +146,8 @@ def test_the_library_uses_no_contrib_and_no_legacy_keras():
     found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "bilm").rglob("*.py"))
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
     assert not found, found
-    result = _python("""
-        import sys
-        import bilm, bilm.model, bilm.training, bilm.keras
-        assert not [m for m in sys.modules if m.startswith(("tf_keras", "tensorflow.contrib"))]
-        print("ok")
-    """)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    assert {"bilm.training", "bilm.keras"} <= set(imported["modules"])
+    assert not [m for m in imported["modules"] if m.startswith(("tf_keras", "tensorflow.contrib"))]
 
 
 @pytest.mark.parametrize("setup, block", [

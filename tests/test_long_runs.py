@@ -5,6 +5,7 @@ import logging
 import re
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,15 +23,12 @@ from bilm.training.evaluation import evaluate_checkpoint
 from bilm.training.dataset import load_vocab
 from bilm.training import train
 from bilm.data import BidirectionalLMDataset
-from conftest import TINY_CORPUS
+from conftest import SMALL, TINY_CORPUS, TINY_VOCAB, copy_run
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = str(TINY_CORPUS.with_name("tiny_vocab.txt"))
+VOCAB = str(TINY_VOCAB)
 TEXT = TINY_CORPUS.read_text(encoding="utf-8")
 TOKENS_PER_EPOCH = len(TEXT.split()) + len(TEXT.splitlines())  # the </S> targets count too
-SMALL = ["--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1",
-         "--char_embedding_dim", "4", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4",
-         "--seed", "0"]
 
 
 def common(save, corpus=TINY_CORPUS, vocab=VOCAB):
@@ -129,7 +127,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_weights_before_the_update_t
     np.testing.assert_array_equal(stored(f"{save}/model.ckpt-10", "lm/softmax/W"), good)
 
 
-def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoint(tmp_path, capsys):
+def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoint(tmp_path, capsys, small_run):
     # The tiny model at --learning_rate 1e8: its loss is finite (exp overflows: train perplexity inf) but
     # far worse than guessing, from the second batch on.
     save = tmp_path / "ckpt"
@@ -140,9 +138,13 @@ def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoi
     assert "above ln(2 x 43) = 4.45, worse than guessing uniformly" in lines[0] and "since batch 2;" in lines[0]
     assert "no checkpoint of this run is known to be good, so none was kept" in lines[0]
     assert not list(save.glob("model.ckpt-*")) and not (save / "checkpoint").exists()
-    # From a good checkpoint: the run that diverges after it names it, and it stays the latest.
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--overwrite"]) == 0
+    # From a good checkpoint (1 epoch of these options): the run that diverges after it names it, and it
+    # stays the latest.
+    shutil.rmtree(save)
+    copy_run(small_run, save)
     steps = TOKENS_PER_EPOCH // 10
+    kept = sorted(p.name for p in save.glob("model.ckpt-*.index"))
+    assert kept[-1] == f"model.ckpt-{steps}.index"
     options = json.loads((save / "options.json").read_text())
     (save / "options.json").write_text(json.dumps(dict(options, learning_rate=1e8)))
     assert main(["--quiet", "restart", *common(save), "--n_epochs", "24", "--checkpoint_every", "1"]) == 2
@@ -152,7 +154,7 @@ def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoi
                         rf"{save}/model\.ckpt-{steps}, was saved: it stays the latest \(a lower learning rate may "
                         rf"help\)", message), message
     assert tf.train.latest_checkpoint(str(save)) == f"{save}/model.ckpt-{steps}"
-    assert sorted(p.name for p in save.glob("model.ckpt-*.index")) == [f"model.ckpt-{steps}.index"]
+    assert sorted(p.name for p in save.glob("model.ckpt-*.index")) == kept  # none of the diverged run's
 
 
 class PoisonedShard:
@@ -240,9 +242,9 @@ def test_a_failed_train_leaves_no_save_directory(tmp_path, capsys):
     assert save.is_dir() and not list(save.iterdir())
 
 
-def test_messages_name_relative_save_directories_once(tmp_path, monkeypatch, capsys, caplog):
+def test_messages_name_relative_save_directories_once(tmp_path, monkeypatch, capsys, caplog, small_run):
     monkeypatch.chdir(tmp_path)
-    assert main(["--quiet", "train", *common("s1x"), *SMALL, "--n_epochs", "1", "--checkpoint_every", "3"]) == 0
+    copy_run(small_run, Path("s1x"))  # 1 epoch, checkpoints 6 and 8
     steps = TOKENS_PER_EPOCH // 10
     for name in Path("s1x").glob(f"model.ckpt-{steps}.data-*"):
         name.unlink()
@@ -265,9 +267,8 @@ def test_non_finite_options_are_refused(capsys):
         assert "expected a" in capsys.readouterr().err
 
 
-def test_overwrite_checks_everything_before_removing_the_old_run(tmp_path, capsys):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
+def test_overwrite_checks_everything_before_removing_the_old_run(tmp_path, capsys, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")
     before = sorted(p.name for p in save.iterdir())
     status = main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--overwrite",
                    "--n_negative_samples", "8192"])  # the default: more than this vocabulary's 43 tokens
@@ -275,9 +276,8 @@ def test_overwrite_checks_everything_before_removing_the_old_run(tmp_path, capsy
     assert sorted(p.name for p in save.iterdir()) == before  # the old model is still there
 
 
-def test_restart_and_test_refuse_another_vocabulary(tmp_path, capsys):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
+def test_restart_and_test_refuse_another_vocabulary(tmp_path, capsys, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")
     tokens = Path(VOCAB).read_text(encoding="utf-8").split()
     shuffled = tmp_path / "shuffled.txt"
     shuffled.write_text("\n".join(tokens[:3] + tokens[3:][::-1]) + "\n", encoding="utf-8")
@@ -292,9 +292,8 @@ def test_restart_and_test_refuse_another_vocabulary(tmp_path, capsys):
         assert expected in capsys.readouterr().err
 
 
-def test_restart_with_another_batch_size_trains_the_tokens_left(tmp_path):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
+def test_restart_with_another_batch_size_trains_the_tokens_left(tmp_path, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")  # 1 epoch in batches of 2 x 5 tokens
     first = TOKENS_PER_EPOCH // 10
     assert main(["--quiet", "restart", *common(save), "--n_epochs", "2", "--batch_size", "4"]) == 0
     _, ckpt = load_options_latest_checkpoint(str(save))
@@ -304,9 +303,8 @@ def test_restart_with_another_batch_size_trains_the_tokens_left(tmp_path):
     assert int(stored(ckpt, "global_step")) == first + (2 * TOKENS_PER_EPOCH - first * 10) // 20
 
 
-def test_restore_checks_shapes_against_the_options(tmp_path, capsys):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
+def test_restore_checks_shapes_against_the_options(tmp_path, capsys, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")
     options = json.loads((save / "options.json").read_text())
     options["lstm"]["dim"] = 32
     (save / "options.json").write_text(json.dumps(options))
@@ -316,9 +314,8 @@ def test_restore_checks_shapes_against_the_options(tmp_path, capsys):
         in error and "Traceback" not in error
 
 
-def test_a_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caplog):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--checkpoint_every", "5"]) == 0
+def test_a_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caplog, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")  # two checkpoints
     latest, older = [p for p in sorted(save.glob("model.ckpt-*.index"), key=lambda p: -int(p.name.split("-")[1]
                                                                                             .split(".")[0]))]
     data = Path(str(latest).replace(".index", ".data-00000-of-00001"))
@@ -349,10 +346,8 @@ def test_a_restart_from_an_earlier_checkpoint_never_names_a_later_one_latest(tmp
     assert sorted(p.name for p in tmp_path.glob("*.index")) == ["model.ckpt-10.index", "model.ckpt-15.index"]
 
 
-def test_checkpoints_are_bounded_across_restarts(tmp_path):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1", "--checkpoint_every", "2",
-                 "--keep_checkpoints", "3"]) == 0
+def test_checkpoints_are_bounded_across_restarts(tmp_path, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")  # a run that kept 2 checkpoints
     for epochs in (2, 3):
         assert main(["--quiet", "restart", *common(save), "--n_epochs", str(epochs), "--checkpoint_every", "2",
                      "--keep_checkpoints", "3"]) == 0
@@ -373,13 +368,13 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing_half_wri
         size = sum(f.stat().st_size for f in save.glob("model.ckpt-*"))
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         (disk / "filler").write_bytes(b"\0" * max(0, free - size // 4))  # room for a quarter of a checkpoint
-        process = subprocess.run([sys.executable, "-m", "bilm.cli", "--quiet", "restart", *common(save),
-                                  "--n_epochs", "4", "--checkpoint_every", "5", "--log_dir", str(tmp_path / "logs")],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert process.returncode == 2, process.stderr
-        message = process.stderr.strip().splitlines()[-1]
+        capsys.readouterr()
+        assert main(["--quiet", "restart", *common(save), "--n_epochs", "4", "--checkpoint_every", "5", "--log_dir",
+                     str(tmp_path / "logs")]) == 2
+        stderr = capsys.readouterr().err
+        message = stderr.strip().splitlines()[-1]
         assert "cannot write checkpoint model.ckpt-" in message and "No space left on device" in message
-        assert "the latest complete checkpoint is" in message and "Traceback" not in process.stderr
+        assert "the latest complete checkpoint is" in message and "Traceback" not in stderr
         assert not [p for p in save.iterdir() if "temp" in p.name or p.name.endswith(".tmp")]
         (disk / "filler").unlink()
         assert main(["--quiet", "restart", *common(save), "--n_epochs", "4", "--log_dir", str(tmp_path / "logs")]) == 0
@@ -412,13 +407,11 @@ def _dataset(options):
     return BidirectionalLMDataset(str(TINY_CORPUS), load_vocab(VOCAB, 50), shuffle_on_load=True)
 
 
-def test_vocabulary_larger_than_the_softmax_is_an_error_not_a_traceback(tmp_path):
-    save = tmp_path / "ckpt"
-    assert main(["--quiet", "train", *common(save), *SMALL, "--n_epochs", "1"]) == 0
-    options, _ = load_options_latest_checkpoint(str(save))
+def test_vocabulary_larger_than_the_softmax_is_an_error_not_a_traceback(tmp_path, small_run):
+    options, _ = load_options_latest_checkpoint(str(small_run))
     with pytest.raises(VocabularyError, match="more than the 43 rows"):
         from bilm.training.checkpoints import check_vocabulary
         from bilm.core.options import ModelOptions
         vocab = tmp_path / "v.txt"
         vocab.write_text(Path(VOCAB).read_text() + "one\ntwo\n")
-        check_vocabulary(str(save), load_vocab(str(vocab)), ModelOptions(options, training=True))
+        check_vocabulary(str(small_run), load_vocab(str(vocab)), ModelOptions(options, training=True))

@@ -50,7 +50,8 @@ def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it
     dump_token_embeddings(str(vocab), model["options"], model["weights"], str(tmp_path / "tokens.hdf5"))
     training = ["--train_prefix", str(TINY_CORPUS), "--vocab_file", str(vocab), "--save_dir", str(tmp_path / "ckpt")]
     assert main(["--quiet", "train", *training, "--lstm_dim", "16", "--projection_dim", "8", "--filters",
-                 "[[1, 8]]", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4"]) == 0
+                 "[[1, 8]]", "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4",
+                 "--n_epochs", "1"]) == 0
     assert main(["--quiet", "test", *training[2:], "--test_prefix", str(TINY_CORPUS),
                  "--batch_size", "2"]) == 0
     assert len(seen) > 20 and not any(seen)

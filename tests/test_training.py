@@ -2,6 +2,7 @@
 round trip."""
 import json
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -135,10 +136,17 @@ def test_restart_continues_global_step_and_total(tmp_path):
     assert second < first
 
 
-def test_checkpoint_round_trip_through_weight_file(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(options, save directory) of a character model with skip connections trained 40 batches (read only)."""
+    options = make_options(n_batches=40, skip=True)
+    _, save_dir = train_and_test(options, tmp_path_factory.mktemp("trained"))
+    return options, save_dir
+
+
+def test_checkpoint_round_trip_through_weight_file(tmp_path, trained):
     """dump_weights -> BidirectionalLanguageModel reproduces the training graph's LSTM outputs."""
-    options = make_options(n_batches=20, skip=True)
-    _, save_dir = train_and_test(options, tmp_path)
+    options, save_dir = trained
     weight_file, options_file = str(tmp_path / "weights.hdf5"), str(tmp_path / "options.json")
     dump_weights(save_dir, weight_file, options_outfile=options_file)
 
@@ -229,17 +237,16 @@ def _oracle(save_dir, tmp_path):
     _, ckpt = load_options_latest_checkpoint(save_dir)
     reader = tf.train.load_checkpoint(ckpt)
     softmax = (reader.get_tensor("lm/softmax/W").astype(np.float64), reader.get_tensor("lm/softmax/b"))
-    options = json.loads((tmp_path / "checkpoints" / "options.json").read_text())
+    options = json.loads((Path(save_dir) / "options.json").read_text())
     word_ids = {word: k for k, word in enumerate(open(VOCAB, encoding="utf-8").read().split())}
     return NumpyBiLM(options, load_weight_file(tmp_path / "oracle.hdf5"), max_batch_size=1), softmax, word_ids
 
 
-def test_perplexity_scores_every_target_once_whatever_the_batch_size(tmp_path):
+def test_perplexity_scores_every_target_once_whatever_the_batch_size(tmp_path, trained):
     from bilm.core.states import WARMUP_TEXT
     from numpy_bilm import DIRECTIONS
 
-    options = make_options(n_batches=40)
-    _, save_dir = train_and_test(options, tmp_path)
+    _, save_dir = trained
     rng = np.random.default_rng(3)  # 23 sentences of the corpus's words, and words the vocabulary lacks
     words = TINY_CORPUS.read_text(encoding="utf-8").split() + ["zeppelin", "Überlingen"]
     heldout = tmp_path / "heldout.txt"

@@ -177,7 +177,7 @@ def restore(sess, ckpt_file, variables, parameters, optional=(GLOBAL_STEP, TOKEN
     reader = _reader(ckpt_file)
     stored = reader.get_variable_to_shape_map()
     naming = checkpoint_naming(ckpt_file, stored, parameters)
-    loaded = []
+    loads, loaded = [], []  # (assign op, its placeholder, checkpoint key): every op made before the first run
     for variable in variables:
         name = variable.op.name
         key = checkpoint_key(name, naming)
@@ -192,10 +192,11 @@ def restore(sess, ckpt_file, variables, parameters, optional=(GLOBAL_STEP, TOKEN
             why = f" ({param.explain()})" if param is not None else ""
             raise CheckpointError(f"{ckpt_file}: variable '{key}' has shape {tuple(stored[key])}; the options need "
                                   f"{shape}{why}")
-        value = reader.get_tensor(key).astype(variable.dtype.base_dtype.as_numpy_dtype)
         placeholder = tf.placeholder(variable.dtype.base_dtype, shape)
-        sess.run(variable.assign(placeholder), {placeholder: value})
+        loads.append((variable.assign(placeholder), placeholder, key))
         loaded.append(name)
+    for assign, placeholder, key in loads:  # one value in memory at a time
+        sess.run(assign, {placeholder: reader.get_tensor(key).astype(placeholder.dtype.as_numpy_dtype)})
     logger.info("restored %d variables from %s (%s layout)", len(loaded), ckpt_file, naming)
     return loaded
 
