@@ -332,12 +332,12 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     return tf.ensure_shape(outputs, inputs.shape[:2].concatenate([out_dim])), (c, h)
 
 
-def lstm_stack(inputs, initial_states, options, params, direction, lengths=None, dropout=None):
+def lstm_stack(inputs, initial_states, options, params, direction, lengths=None, dropout=None, seed=None):
     """The stacked LSTM of one direction (``RNN_{direction}/.../Cell{l}`` parameters).
 
     Layer l > 0 adds its input to its output when the options use skip connections
     (the recurrent state is not changed). With a ``dropout`` rate (training), each
-    layer's input is dropped out first.
+    layer's input is dropped out first (layer l's operation seed ``seed + l`` when given).
 
     Args:
         inputs: float32 (B, T, P), already reversed for the backward LM.
@@ -352,7 +352,7 @@ def lstm_stack(inputs, initial_states, options, params, direction, lengths=None,
     layer_input = inputs
     for layer, state in enumerate(initial_states):
         if dropout:
-            layer_input = tf.nn.dropout(layer_input, rate=dropout)
+            layer_input = tf.nn.dropout(layer_input, rate=dropout, seed=None if seed is None else seed + layer)
         kernel, bias, projection = layout.lstm_names(direction, layer)
         output, final = lstm_layer(layer_input, state, options, params[kernel], params[bias],
                                    params.get(projection), lengths)

@@ -7,6 +7,8 @@ scope ``lm/`` with the weight file's names (``bilm.core.layout``).
 Shapes: B ``batch_size`` per tower, T ``unroll_steps``, C ``max_characters_per_token``,
 P ``projection_dim``, V ``n_tokens_vocab``.
 """
+import zlib
+
 import tensorflow.compat.v1 as tf
 
 from ..core import layout, network, precision, sessions, states
@@ -55,6 +57,17 @@ class LanguageModel:
         self.placeholders = {}
         self._build()
 
+    @staticmethod
+    def _seed(what):
+        """An operation seed for dropout or sampling in a seeded graph (else None: TensorFlow's own): it
+        depends on the graph's seed, the tower's name scope and ``what`` only, not on how many operations
+        came before, so a run's random streams are the same in every precision (a mixed-precision graph
+        has more operations)."""
+        graph = tf.get_default_graph()
+        if graph.seed is None:
+            return None
+        return zlib.crc32(f"{graph.get_name_scope()}/{what}".encode()) % 2 ** 30
+
     def _inputs(self, suffix):
         config = self.config
         batch_size, unroll_steps = config.batch_size, config.unroll_steps
@@ -95,17 +108,19 @@ class LanguageModel:
         self.lstm_outputs, updates, self.token_losses = [], [], []
         for direction, ((_, next_ids), embedding) in enumerate(zip(inputs, embeddings)):
             outputs, finals = network.lstm_stack(embedding, self.states.initial(direction, config.batch_size),
-                                                 config, compute, direction, dropout=dropout)
+                                                 config, compute, direction, dropout=dropout,
+                                                 seed=self._seed(f"dropout_{direction}"))
             self.lstm_outputs.append(outputs)
             updates += self.states.store(direction, finals, config.batch_size)
-            top = tf.nn.dropout(outputs[-1], rate=dropout) if dropout else outputs[-1]
-            self.token_losses.append(self._softmax_loss(top, next_ids))
+            top = tf.nn.dropout(outputs[-1], rate=dropout, seed=self._seed(f"dropout_top_{direction}")) \
+                if dropout else outputs[-1]
+            self.token_losses.append(self._softmax_loss(top, next_ids, self._seed(f"sampling_{direction}")))
         self.individual_losses = [tf.reduce_mean(losses) for losses in self.token_losses]
         self.state_update_op = tf.group(*updates)
         with tf.control_dependencies([self.state_update_op]):
             self.total_loss = tf.add_n(self.individual_losses) / len(self.individual_losses)
 
-    def _softmax_loss(self, outputs, next_ids):
+    def _softmax_loss(self, outputs, next_ids, seed=None):
         """The loss of each target (B, T): sampled softmax in training, full softmax otherwise."""
         config = self.config
         softmax_w, softmax_b = self.params["softmax/W"], self.params["softmax/b"]
@@ -113,7 +128,8 @@ class LanguageModel:
         flat_ids = tf.reshape(next_ids, [-1, 1])
         if self.is_training and self.sample_softmax:
             losses = tf.nn.sampled_softmax_loss(softmax_w, softmax_b, flat_ids, flat_outputs,
-                                                config.n_negative_samples, config.n_tokens_vocab, num_true=1)
+                                                config.n_negative_samples, config.n_tokens_vocab, num_true=1,
+                                                seed=seed)
         else:
             logits = tf.matmul(flat_outputs, softmax_w, transpose_b=True) + softmax_b  # (B T, V)
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=flat_ids[:, 0], logits=logits)
