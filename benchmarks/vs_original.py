@@ -104,6 +104,7 @@ def job_train(work, original, n_batches, precision="float32"):
     ``precision``), then (bilm, outside the timed call) the held-out perplexity of its checkpoint,
     evaluated in float32."""
     lib = _import_library(original)
+    import tensorflow  # noqa: F401 (before the clock, as the original's import does: bilm loads it when first used)
     import bilm.data
     import bilm.training
     _seed_everything()
