@@ -187,11 +187,14 @@ def test_finetune_from_a_checkpoint_keeps_the_best_and_never_writes_the_source(o
     assert evaluations[0]["heldout_perplexity"] > lowest["heldout_perplexity"]  # it learned
     _, latest = load_options_latest_checkpoint(str(tmp_path / "tuned"))
     assert latest == lowest["checkpoint"]  # dump-weights exports the best
-    # Here held-out perplexity falls to the end (no early stop: the run did all its batches), evaluated every 6
-    # batches and after the last.
+    # Evaluated every 6 batches and after the last; the run goes to the end, or stops once 2 evaluations
+    # after the best did not improve (which one depends on the seeded random streams).
     n_batches = 6 * TOKENS_PER_EPOCH // 10
-    assert len(evaluations) - 1 - evaluations.index(lowest) < 2
-    assert [e["step"] for e in evaluations] == list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
+    schedule = list(range(6, n_batches + 1, 6)) + ([n_batches] if n_batches % 6 else [])
+    steps = [e["step"] for e in evaluations]
+    assert steps == schedule[:len(steps)]
+    after_best = len(evaluations) - 1 - evaluations.index(lowest)
+    assert after_best < 2 if steps == schedule else after_best == 2
     assert evaluate_checkpoint(str(tmp_path / "tuned"), str(TINY_CORPUS), VOCAB, 2) == pytest.approx(best, rel=1e-5)
 
 
