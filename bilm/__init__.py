@@ -20,7 +20,7 @@ Importing ``bilm`` changes no global TensorFlow setting, and does not import
 TensorFlow itself: the names below load their modules (and TensorFlow) when first
 used, so that ``bilm --help`` and the command's start-up stay quick and quiet.
 """
-import importlib
+from .core.lazy import lazy_names
 import importlib.util
 
 __version__ = "0.2.0"
@@ -54,13 +54,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bilm' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

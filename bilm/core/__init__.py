@@ -7,7 +7,8 @@
 - ``vocabulary``, ``batching``, ``text``: vocabularies and character ids, batchers, reading text;
 - ``weights``, ``files``, ``download``: weight files; outputs that are never half-written (atomic
   files, locks, resumable part files); published models by name;
-- ``prefetch``, ``startup``: work in a background thread; TensorFlow's quiet start-up.
+- ``prefetch``, ``startup``, ``lazy``: work in a background thread; TensorFlow's quiet start-up;
+  a package's names loaded when first used.
 
 Nothing here imports the training or the embedding wing, or the command line.
 """

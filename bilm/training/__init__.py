@@ -11,7 +11,7 @@
 
 It builds on ``bilm.core`` only.
 """
-import importlib
+from ..core.lazy import lazy_names
 
 # The original's names -> the module that defines them, loaded when first used (so that importing one
 # module of the wing, e.g. ``lm1b`` for the command line, does not import TensorFlow).
@@ -29,13 +29,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bilm.training' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
