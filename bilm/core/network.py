@@ -199,13 +199,16 @@ def _unrolled_lstm(inputs, state, options, kernel_x, kernel_h, bias, projection,
     product, the steps unrolled, and their back-propagation written out (``_window``)."""
     dim = options.state_sizes[0]
     in_dim = int(inputs.shape[-1])
-    input_gates = _product(tf.reshape(inputs, [-1, in_dim]), kernel_x) + bias
-    input_gates = tf.reshape(input_gates, tf.concat([tf.shape(inputs)[:2], [4 * dim]], axis=0))  # (B, T, 4D)
     if n_steps == 0:
         return tf.zeros(tf.concat([tf.shape(inputs)[:2], [options.state_sizes[1]]], 0)), state
+    # Time-major inside the window: a step's slice of a (T, B, n) tensor is contiguous, so splitting
+    # the window into steps and stacking them back are plain copies (or none), not strided gathers.
+    time_major = tf.transpose(inputs, [1, 0, 2])  # (T, B, P)
+    input_gates = _product(tf.reshape(time_major, [-1, in_dim]), kernel_x) + bias
+    input_gates = tf.reshape(input_gates, [n_steps, -1, 4 * dim])  # (T, B, 4D)
     weights = [kernel_h] if projection is None else [kernel_h, projection]
     outputs, c, h = _window(options, n_steps)(input_gates, state[0], state[1], *weights)
-    return outputs, (c, h)
+    return tf.transpose(outputs, [1, 0, 2]), (c, h)
 
 
 def _window(options, n_steps):
@@ -219,14 +222,14 @@ def _window(options, n_steps):
     ``output^T d_h``) instead of one per step. Its gradients equal automatic
     differentiation's (tests/test_model.py).
 
-    Takes input gates (B, T, 4D), c0 (B, D), h0 (B, P), kernel_h (P, 4D)[, projection (D, P)];
-    returns outputs (B, T, P), the final c and h.
+    Takes time-major input gates (T, B, 4D), c0 (B, D), h0 (B, P), kernel_h (P, 4D)[, projection
+    (D, P)]; returns time-major outputs (T, B, P), the final c and h.
     """
     @tf.custom_gradient
     def window(input_gates, c0, h0, kernel_h, *projection):
         projection = projection[0] if projection else None
         c, h, saved, outputs = c0, h0, [], []
-        for step_gates in tf.unstack(input_gates, num=n_steps, axis=1):  # (unstack: a cheap gradient)
+        for step_gates in tf.unstack(input_gates, num=n_steps):
             c_prev, h_prev = c, h
             c, output, activations = _cell(step_gates + _product(h_prev, kernel_h), c_prev, options)
             h, h_unclipped = _project(output, projection, options)
@@ -235,10 +238,10 @@ def _window(options, n_steps):
 
         def gradient(d_outputs, d_c, d_h):
             c_prev, h_prev, output, h_unclipped, si, tj, sf, so, c_unclipped, tanh_c = (
-                tf.stack(values, axis=1) for values in zip(*saved))  # (B, T, n) each
+                tf.stack(values) for values in zip(*saved))  # (T, B, n) each
 
             def per_step(values):
-                return tf.unstack(values, num=n_steps, axis=1)
+                return tf.unstack(values, num=n_steps)
 
             # d_c += d_output * d_c_d_output; d_gates = [d_c, d_c, d_c, d_output] * d_gates_d
             d_c_d_output = per_step(so * (1.0 - tanh_c * tanh_c))
@@ -268,20 +271,20 @@ def _window(options, n_steps):
                 d_c = d_c * forget[t]
                 d_h = _product(d_gates[t], kernel_h_t)
 
-            d_input_gates = tf.stack(d_gates, axis=1)  # (B, T, 4D)
+            d_input_gates = tf.stack(d_gates)  # (T, B, 4D)
             grads = [d_input_gates, d_c, d_h, _weight_gradient(h_prev, d_input_gates, kernel_h)]
             if projection is not None:
-                grads.append(_weight_gradient(output, tf.stack(d_projected, axis=1), projection))
+                grads.append(_weight_gradient(output, tf.stack(d_projected), projection))
             return grads
 
-        return (tf.stack(outputs, axis=1), c, h), gradient
+        return (tf.stack(outputs), c, h), gradient
 
     return window
 
 
 def _weight_gradient(inputs, d_results, weight):
     """The gradient (in, out) of a weight multiplied at every step: ``inputs^T d_results`` over all
-    B T steps at once, in the weight's type. inputs (B, T, in), d_results (B, T, out)."""
+    steps at once, in the weight's type. inputs (T, B, in), d_results (T, B, out)."""
     def rows(values):
         return tf.cast(tf.reshape(values, [-1, int(values.shape[-1])]), weight.dtype)
 
