@@ -1,17 +1,20 @@
 """What bounds bilm's training step: where one step's time goes, at two configurations' shapes.
 
-    python benchmarks/training_step.py [--configs reference,elmo] [--steps 5]
+    python benchmarks/training_step.py [--configs reference,elmo] [--steps 5] [--repeat 3]
 
 For each configuration and precision (float32; bfloat16 too where the CPU computes it
 natively) the script builds bilm's training graph (one tower), runs a few warm-up steps
 on synthetic batches, then prints:
 
+- float32: the step time with bilm's session (the two directions side by side, each
+  operation on cores // 2 threads) against TensorFlow's default threads (every operation
+  on all the cores), ``--repeat`` alternating runs, medians;
 - the step time (median of ``--steps``) and tokens/s;
 - one traced step's operations by type: time summed over operations (operations that run
   at the same time both count, so the shares, not the sum, say where the time goes);
 - the matrix products and convolutions: their arithmetic per step (counted from the
   traced shapes), the rate they reach (over their own time, and over the whole step)
-  against the machine's 4096 x 4096 product rate, measured in the same process.
+  against the machine's 4096 x 4096 product rate on every core (measured in its own process).
 
 Configurations: ``reference`` is ``benchmarks/vs_original.py``'s (char CNN
 [[1,32],[2,32],[3,64],[4,128]], LSTM 512 projected to 128, batch 32 x 20, 1,024 sampled
@@ -87,7 +90,7 @@ def _product(values):
     return result
 
 
-def job(config, precision, steps):
+def job(config, precision, steps, threads="bilm"):
     import numpy as np
     import tensorflow.compat.v1 as tf
     tf.disable_eager_execution()
@@ -97,10 +100,10 @@ def job(config, precision, steps):
     with tf.Graph().as_default() as graph:
         ops = build_training_graph(options, 1, precision=precision)
         fetch = [ops["train_op"], ops["train_loss"]]
-        n = 4096
-        a = tf.Variable(tf.random.normal([n, n]))
-        product = tf.reduce_sum(tf.matmul(a, a))
-        with tf.Session(config=session_config(1)) as sess:
+        session = session_config(1)
+        if threads == "default":  # the straightforward session: every operation on all the cores
+            session.intra_op_parallelism_threads = 0
+        with tf.Session(config=session) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             batches = synthetic_batches(options)
             for _ in range(2):
@@ -114,11 +117,6 @@ def job(config, precision, steps):
             metadata = tf.RunMetadata()
             sess.run(fetch, feed(ops["models"], next(batches)),
                      options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE), run_metadata=metadata)
-            sess.run(product)
-            start = time.perf_counter()
-            for _ in range(3):
-                sess.run(product)
-            ceiling = 3 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
     by_type, flops, product_time, unknown = collections.Counter(), 0, 0, 0
     for device in metadata.step_stats.dev_stats:
         for node in device.node_stats:
@@ -140,7 +138,23 @@ def job(config, precision, steps):
     tokens = options["batch_size"] * options["unroll_steps"]
     return {"config": config, "precision": precision, "step_s": step, "tokens_per_s": tokens / step,
             "op_time_s": sum(by_type.values()), "by_type": by_type.most_common(10), "product_time_s": product_time,
-            "product_gflop": flops / 1e9, "uncounted_product_s": unknown, "ceiling_gflops": ceiling}
+            "product_gflop": flops / 1e9, "uncounted_product_s": unknown}
+
+
+def ceiling(n=4096, repeats=3):
+    """The machine's float32 rate (GFLOP/s) on an n x n product, TensorFlow's default threads (every core)."""
+    import tensorflow.compat.v1 as tf
+    tf.disable_eager_execution()
+    with tf.Graph().as_default():
+        a = tf.Variable(tf.random.normal([n, n]))
+        product = tf.reduce_sum(tf.matmul(a, a))
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(product)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                sess.run(product)
+            return {"gflops": repeats * 2 * n ** 3 / (time.perf_counter() - start) / 1e9}
 
 
 def native_bfloat16():
@@ -152,36 +166,69 @@ def native_bfloat16():
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
+def run_child(spec, env):
+    """The job's result dict, or None (the failure printed)."""
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                         text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        print(f"{spec}: failed\n{out.stderr[-2000:]}")
+        return None
+    return json.loads(lines[-1][7:])
+
+
+def threads_section(config, steps, repeat, env):
+    """bilm's training session (the directions side by side, each operation on cores // 2 threads)
+    against TensorFlow's default threads (every operation on all the cores), float32, alternating."""
+    times = {"default": [], "bilm": []}
+    for _ in range(repeat):
+        for mode in times:
+            result = run_child([config, "float32", steps, mode], env)
+            if result:
+                times[mode].append(result["step_s"])
+    if not all(times.values()):
+        return
+    ratios = [d / b for d, b in zip(times["default"], times["bilm"])]
+    print(f"### {config}, float32: threads per operation ({repeat} alternating runs, median step)\n")
+    print("| session | step ms | all runs (ms) |\n|---|---|---|")
+    for mode, label in (("default", "TensorFlow's defaults (every operation on all the cores)"),
+                        ("bilm", "bilm's (the directions side by side: cores // 2 threads per operation)")):
+        print(f"| {label} | {1000 * statistics.median(times[mode]):,.0f} | "
+              f"{', '.join(f'{1000 * t:,.0f}' for t in times[mode])} |")
+    print(f"\nbilm's / defaults' speed: {statistics.median(ratios):.2f}x (per run: "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)})\n", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="reference,elmo")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of the threads comparison")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(job(*json.loads(args.child))), flush=True)
+        spec = json.loads(args.child)
+        print("RESULT " + json.dumps(ceiling() if spec == ["ceiling"] else job(*spec)), flush=True)
         return
     precisions = ["float32"] + (["bfloat16"] if native_bfloat16() else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     print(f"load average at start: {os.getloadavg()[0]:.2f}; precisions: {', '.join(precisions)}\n")
+    machine_rate = run_child(["ceiling"], env)["gflops"]
     for config in args.configs.split(","):
+        threads_section(config, args.steps, args.repeat, env)
         for precision in precisions:
-            spec = json.dumps([config, precision, args.steps])
-            out = subprocess.run([sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True)
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if not lines:
-                print(f"{config} {precision}: failed\n{out.stderr[-2000:]}")
+            r = run_child([config, precision, args.steps], env)
+            if r is None:
                 continue
-            r = json.loads(lines[-1][7:])
             rate = r["product_gflop"] / max(r["product_time_s"] - r["uncounted_product_s"], 1e-9)
             print(f"### {config}, {precision}: step {r['step_s'] * 1000:,.0f} ms, {r['tokens_per_s']:,.0f} tokens/s\n")
             print(f"Products and convolutions: {100 * r['product_time_s'] / r['op_time_s']:.0f}% of the operations' "
                   f"time; the products and forward convolutions do {r['product_gflop']:.1f} GFLOP per step at "
                   f"{rate:.0f} GFLOP/s (their arithmetic over their summed time; the convolutions' gradients, "
                   f"{100 * r['uncounted_product_s'] / r['op_time_s']:.0f}% of the time, not counted), against a "
-                  f"4096 x 4096 float32 product's {r['ceiling_gflops']:.0f} GFLOP/s here. Over the whole step: "
+                  f"4096 x 4096 float32 product's {machine_rate:.0f} GFLOP/s here (every core). Over the whole step: "
                   f"{r['product_gflop'] / r['step_s']:.0f} GFLOP/s, "
-                  f"{100 * r['product_gflop'] / r['step_s'] / r['ceiling_gflops']:.0f}% of that rate.\n")
+                  f"{100 * r['product_gflop'] / r['step_s'] / machine_rate:.0f}% of that rate.\n")
             print("| operation type | share of operation time |\n|---|---|")
             for kind, seconds in r["by_type"]:
                 print(f"| {kind} | {100 * seconds / r['op_time_s']:.1f}% |")

@@ -128,18 +128,19 @@ def job_train(work, original, n_batches, precision="float32"):
             "library": lib.__file__, "heldout_perplexity": heldout, "peak_gb": peak_gb}
 
 
-def job_dump(work, original, n_sentences, state_mode=None):
-    """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus."""
+def job_dump(work, original, n_sentences, state_mode=None, precision="float32"):
+    """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus (bilm: in
+    ``precision``)."""
     lib = _import_library(original)
     dataset = os.path.join(work["dir"], f"first_{n_sentences}.txt")
-    tag = "original" if original else f"bilm_{state_mode}"
+    tag = "original" if original else f"bilm_{state_mode}_{precision}"
     outfile = os.path.join(work["dir"], f"dump_{tag}_{n_sentences}.hdf5")
     args = (work["vocab"], dataset, work["options"], work["weights"], outfile)
     start = time.perf_counter()
     if original:
         lib.model.dump_bilm_embeddings(*args)
     else:
-        lib.dump_bilm_embeddings(*args, state_mode=state_mode, overwrite=True)
+        lib.dump_bilm_embeddings(*args, state_mode=state_mode, overwrite=True, precision=precision)
     seconds = time.perf_counter() - start
     with open(dataset) as fin:
         tokens = sum(len(line.split()) for line in fin)
@@ -278,6 +279,11 @@ def comparison(ours, theirs):
             "large": per_round_ratios(theirs["large"], ours["large"]),
             "steady": per_round_ratios(ours["steady"], theirs["steady"]),
             "peak": per_round_ratios(ours["peak"], theirs["peak"])}
+
+
+def short(label):
+    """A row's label without its parenthesis."""
+    return label.split(" (")[0]
 
 
 def cell(value, spec):
@@ -473,6 +479,9 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     small, large = sizes
     ours = [("bilm, state_mode='warm' (default, batched)", "job_dump", {"original": None, "state_mode": "warm"}),
             ("bilm, state_mode='zero' (batched)", "job_dump", {"original": None, "state_mode": "zero"})]
+    if cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"}:  # bilm's test for a fast bfloat16
+        ours.append(("bilm, state_mode='warm', precision='bfloat16'", "job_dump",
+                     {"original": None, "state_mode": "warm", "precision": "bfloat16"}))
     peers = []
     if original:
         peers.append(("original bilm-tf (sentence at a time, stateful)", "job_dump",
@@ -493,7 +502,7 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     comparisons = []
     for peer, _, _ in peers:
         for label, _, _ in ours:
-            name = f"{label.split(' (')[0]} / {peer.split(' (')[0]}"
+            name = f"{short(label)} / {short(peer)}"
             ratios = comparison(results[label], results[peer])
             comparisons.append((name, ratios))
             rows.append([f"{name} (speed; memory)", ratio_cell(ratios["small"]), ratio_cell(ratios["large"]), "",
@@ -512,7 +521,7 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
             cosines = ", ".join(f"{c:.4f}" for c in mean_cosines(runs[peer, small][-1]["outfile"],
                                                                   runs[label, small][-1]["outfile"]))
             print(f"\nSame output check ({small} sentences): mean cosine per layer (0, 1, 2 = top), "
-                  f"{label.split(' (')[0]} vs {peer.split(' (')[0]}: {cosines}")
+                  f"{short(label)} vs {short(peer)}: {cosines}")
     setup = in_rounds({mode: ("job_setup", {"work": work, "state_mode": mode})
                        for mode in ("stateful", "zero", "warm")}, repeat, log_dir)
     print("\n### bilm's set-up before the first sentence (full-size model; graph, weight loading, warm-up "
@@ -618,7 +627,7 @@ def main():
     if steady and ceiling:
         from inference import FULL_OPTIONS, flops_per_position
         gflop = flops_per_position(FULL_OPTIONS) / 1e9
-        shares = "; ".join(f"{label.split(' (')[0]} {100 * tokens_per_s * gflop / ceiling:.0f}%"
+        shares = "; ".join(f"{short(label)} {100 * tokens_per_s * gflop / ceiling:.0f}%"
                            for label, tokens_per_s in steady.items() if tokens_per_s)
         print(f"\nSteady dump rates as a share of the ceiling ({gflop:.3f} GFLOP per token of the full-size model, "
               f"at most {ceiling / gflop:,.0f} tokens/s): {shares}")

@@ -62,6 +62,36 @@ def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it
     assert seen and all(seen)
 
 
+def test_the_two_directions_share_the_cores(model, monkeypatch, tmp_path):
+    """bilm's own sessions give each operation cores // (directions x towers) threads, so that the
+    directions' independent LSTMs run side by side instead of each product taking every core."""
+    from bilm.core import sessions
+    monkeypatch.setattr(sessions, "cpu_cores", lambda: 8)
+    threads = []
+    session_init = tf.Session.__init__
+
+    def recording(self, target="", graph=None, config=None):
+        threads.append(config.intra_op_parallelism_threads)
+        session_init(self, target, graph, config)
+
+    monkeypatch.setattr(tf.Session, "__init__", recording)
+    with ElmoEmbedder(model["options"], model["weights"]) as embedder:
+        embedder.embed_sentence(["a", "cat"])
+    assert threads == [4]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(TINY_VOCAB.read_text(encoding="utf-8"), encoding="utf-8")
+    training = ["--train_prefix", str(TINY_CORPUS), "--vocab_file", str(vocab), "--lstm_dim", "16",
+                "--projection_dim", "8", "--filters", "[[1, 8]]", "--batch_size", "2", "--unroll_steps", "5",
+                "--n_negative_samples", "4", "--n_epochs", "1"]
+    for n_towers, expected in ((1, 4), (2, 2)):  # without GPUs, towers are CPU devices: 2 x 2 chains
+        threads.clear()
+        assert main(["--quiet", "train", *training, "--save_dir", str(tmp_path / f"ckpt{n_towers}"),
+                     "--n_gpus", str(n_towers)]) == 0
+        assert threads[0] == expected
+    threads.clear()
+    assert sessions.config(threads=3).intra_op_parallelism_threads == 3  # an explicit count wins
+
+
 def _cosines(a, b):
     a, b = np.concatenate(a, axis=1), np.concatenate(b, axis=1)  # (L, N, D)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

@@ -74,7 +74,7 @@ def dump_in_process(vocab_file, dataset_file, options_file, weight_file, outfile
             return
         n_sentences = reader.scan()
         index_of = {}
-        config = sessions.config(threads=threads)
+        config = sessions.config(threads=threads, branches=2)  # the two directions
         if precision_hint:
             from .precision_hint import log_hint
             log_hint(options_file, weight_file, vocab_file, precision, state_mode, batch_size, config)

@@ -132,7 +132,7 @@ def test(options, ckpt_file, data, batch_size=256, original_figure=False):
     """
     with tf.Graph().as_default():
         evaluator = Evaluator(options, batch_size)
-        with tf.Session(config=sessions.config()) as sess, precision.exact():
+        with tf.Session(config=sessions.config(branches=evaluator.config.n_directions)) as sess, precision.exact():
             sess.run(tf.local_variables_initializer())
             restore(sess, ckpt_file, tf.global_variables(), training_parameters(evaluator.config))
             return evaluator.perplexity(sess, data, original_figure, progress=True)

@@ -150,9 +150,13 @@ def _tower_device(worker):
     return device
 
 
-def session_config(n_towers):
-    """Soft placement; without GPUs, one CPU device per tower; no Grappler rewrites (``sessions.config``)."""
-    return sessions.config(n_cpu_devices=None if available_gpus() else max(n_towers, 1), graph_rewrites=False)
+def session_config(n_towers, n_directions=2):
+    """Soft placement; no Grappler rewrites; without GPUs, one CPU device per tower and the cores shared
+    by the towers' LSTM directions, which run side by side (``sessions.config``)."""
+    if available_gpus():
+        return sessions.config(graph_rewrites=False)
+    n_towers = max(n_towers, 1)
+    return sessions.config(n_cpu_devices=n_towers, graph_rewrites=False, branches=n_towers * n_directions)
 
 
 def average_gradients(tower_grads):

@@ -340,7 +340,7 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
     if slow:
         logger.warning("%s %s: %s; training in float32", flag("precision", "--precision"), run.precision, slow)
         run = dataclasses.replace(run, precision="float32")
-    session = session_config(run.n_gpus)
+    session = session_config(run.n_gpus, config.n_directions)
     server = run.cluster.start_server(session) if run.cluster else None
     if server is not None:
         run.cluster.wait_for_peers(run.worker_timeout)

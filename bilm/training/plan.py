@@ -188,7 +188,7 @@ def measure(config, data, n_towers, steps):
         with tf.Graph().as_default():
             graph = build_training_graph(config, n_towers)
             feeds = [feed(graph["models"], next(batches)) for _ in range(steps + 1)]  # read before the clock
-            with tf.Session(config=session_config(n_towers)) as sess, precision.exact():
+            with tf.Session(config=session_config(n_towers, config.n_directions)) as sess, precision.exact():
                 sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
                 if gpus:
                     _gpu_peak(tf, reset=True)
