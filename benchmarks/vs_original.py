@@ -1,7 +1,7 @@
 """bilm against AllenAI's original bilm-tf (and AllenNLP's PyTorch ELMo), in the same run on the same data.
 
     python benchmarks/vs_original.py [--original /path/to/bilm-tf] [--allennlp /path/to/allennlp]
-                                     [--repeat 3] [--quick]
+                                     [--repeat 3] [--quick] [--heldout 800,3]
 
 The original (https://github.com/allenai/bilm-tf, TensorFlow 1.x code) is imported from
 the checkout given with ``--original`` and run on this machine's TensorFlow 2 through
@@ -25,7 +25,12 @@ Prints Markdown tables:
    steady rate from the 300- and 100-sentence calls, and the mean cosine per layer of
    each peer's output with bilm's;
 3. the machine's float32 matrix-product rate (4096 x 4096) in TensorFlow (defaults, and
-   with ``TF_ENABLE_ONEDNN_OPTS=1``) and in NumPy.
+   with ``TF_ENABLE_ONEDNN_OPTS=1``) and in NumPy;
+4. with ``--heldout BATCHES,SEEDS`` (not timed): bilm's float32 and bfloat16 training of the
+   reference configuration for BATCHES batches with each seed (a seed's two runs start from
+   the same weights and draw the same dropout masks and samples), the held-out perplexity of
+   each, and how far float32 runs of different seeds are from each other (what a difference
+   between precisions should be read against).
 
 Every measurement runs in its own child process (fresh memory, fresh TensorFlow) and
 sends its figures back as one JSON line; peak RSS is the child's ``ru_maxrss``. The
@@ -82,10 +87,10 @@ ALLENNLP_INSTALL = ("pip install torch --index-url https://download.pytorch.org/
 
 # --- jobs, each run in a child process ----------------------------------------------------
 
-def _seed_everything():
+def _seed_everything(seed=SEED):
     import numpy as np
-    random.seed(SEED)
-    np.random.seed(SEED)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def _import_library(original):
@@ -99,7 +104,7 @@ def _import_library(original):
     return bilm
 
 
-def job_train(work, original, n_batches, precision="float32"):
+def job_train(work, original, n_batches, precision="float32", seed=SEED):
     """One whole call of the library's ``bilm.training.train`` for ``n_batches`` batches (bilm: in
     ``precision``), then (bilm, outside the timed call) the held-out perplexity of its checkpoint,
     evaluated in float32."""
@@ -107,13 +112,13 @@ def job_train(work, original, n_batches, precision="float32"):
     import tensorflow  # noqa: F401 (before the clock, as the original's import does: bilm loads it when first used)
     import bilm.data
     import bilm.training
-    _seed_everything()
+    _seed_everything(seed)
     options = dict(TRAIN_OPTIONS, n_train_tokens=n_batches * TOKENS_PER_BATCH)
     save_dir = tempfile.mkdtemp(prefix="train_", dir=work["dir"])
-    kwargs = {} if original else {"seed": SEED, "precision": precision}  # checkpoint_every=1250, log_every=100
+    kwargs = {} if original else {"seed": seed, "precision": precision}  # checkpoint_every=1250, log_every=100
     if original:  # the original sets no seed: give its default graph the seed bilm's train(seed=) sets
         import tensorflow as tf  # the shim: TF 1.x names
-        tf.set_random_seed(SEED)
+        tf.set_random_seed(seed)
     start = time.perf_counter()
     vocab = bilm.training.load_vocab(work["train_vocab"], 50)
     data = bilm.data.BidirectionalLMDataset(work["train_pattern"], vocab, test=False, shuffle_on_load=True)
@@ -132,6 +137,7 @@ def job_dump(work, original, n_sentences, state_mode=None, precision="float32"):
     """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus (bilm: in
     ``precision``)."""
     lib = _import_library(original)
+    import tensorflow  # noqa: F401 (before the clock, as the original's import does: bilm loads it when first used)
     dataset = os.path.join(work["dir"], f"first_{n_sentences}.txt")
     tag = "original" if original else f"bilm_{state_mode}_{precision}"
     outfile = os.path.join(work["dir"], f"dump_{tag}_{n_sentences}.hdf5")
@@ -475,6 +481,30 @@ def training_section(work, original, sizes, log_dir, repeat):
     sys.stdout.flush()
 
 
+def heldout_section(work, n_batches, seeds, log_dir):
+    """bilm's float32 and bfloat16 training, each seed's pair from the same initial weights, dropout
+    masks and samples: held-out perplexity (evaluated in float32) after ``n_batches``."""
+    precisions = ["float32", "bfloat16"]
+    jobs = {(precision, seed): ("job_train", {"work": work, "original": None, "n_batches": n_batches,
+                                              "precision": precision, "seed": seed})
+            for seed in range(seeds) for precision in precisions}
+    runs = in_rounds(jobs, 1, log_dir)
+    perplexity = {key: result[0]["heldout_perplexity"] for key, result in runs.items()}
+    rows = []
+    for seed in range(seeds):
+        f32, b16 = (perplexity[p, seed] for p in precisions)
+        rows.append([str(seed), f"{f32:.2f}", f"{b16:.2f}", f"{100 * (b16 / f32 - 1):+.2f}%"])
+    means = [statistics.mean(perplexity[p, seed] for seed in range(seeds)) for p in precisions]
+    spread = max(perplexity["float32", s] for s in range(seeds)) / min(perplexity["float32", s]
+                                                                        for s in range(seeds)) - 1
+    rows.append(["mean", f"{means[0]:.2f}", f"{means[1]:.2f}", f"{100 * (means[1] / means[0] - 1):+.2f}%"])
+    print(f"\n### Held-out perplexity after {n_batches} batches: float32 against bfloat16 training "
+          f"(reference configuration, evaluated in float32 on 1,000 other sentences)\n")
+    print(table(["seed", "float32", "bfloat16", "bfloat16 / float32"], rows))
+    print(f"\nBetween seeds, float32 alone: the highest perplexity is {100 * spread:.1f}% above the lowest.")
+    sys.stdout.flush()
+
+
 def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     small, large = sizes
     ours = [("bilm, state_mode='warm' (default, batched)", "job_dump", {"original": None, "state_mode": "warm"}),
@@ -556,6 +586,9 @@ def main():
     parser.add_argument("--sections", default="train,dump,ceiling",
                         help="comma-separated subset of train,dump,ceiling (default: all)")
     parser.add_argument("--train-batches", help="two batch counts, e.g. 25,100 (default; --quick: 5,10)")
+    parser.add_argument("--heldout", metavar="BATCHES,SEEDS",
+                        help="also the heldout section: bilm's float32 and bfloat16 training for BATCHES batches "
+                             "with each of SEEDS seeds, held-out perplexity (e.g. 800,3; not timed)")
     parser.add_argument("--dump-sentences", help="two sentence counts, e.g. 100,300 (default; --quick: 30,60)")
     parser.add_argument("--allennlp", help="checkout of https://github.com/allenai/allennlp: adds its PyTorch ELMo "
                                            "to the dump comparison (needs PyTorch; see benchmarks/README.md)")
@@ -587,6 +620,8 @@ def main():
     if args.dump_sentences:
         dump_sizes = tuple(int(n) for n in args.dump_sentences.split(","))
     sections = set(args.sections.split(","))
+    if args.heldout:
+        sections.add("heldout")
     matmul_repeats = 3 if args.quick else 10
     workdir = args.workdir or tempfile.mkdtemp(prefix="bilm_vs_original_")
     os.makedirs(workdir, exist_ok=True)
@@ -594,7 +629,7 @@ def main():
     os.makedirs(log_dir, exist_ok=True)
     logger.info("writing data to %s", workdir)
     work = {"dir": workdir}
-    if "train" in sections:
+    if sections & {"train", "heldout"}:
         work.update(write_training_data(workdir))
     if "dump" in sections:
         work.update(write_dump_data(workdir, dump_sizes))
@@ -620,6 +655,9 @@ def main():
     steady = ceiling = None
     if "train" in sections:
         training_section(work, original, train_sizes, log_dir, repeat)
+    if "heldout" in sections:
+        n_batches, seeds = (int(n) for n in args.heldout.split(","))
+        heldout_section(work, n_batches, seeds, log_dir)
     if "dump" in sections:
         steady = dump_section(work, original, allennlp, dump_sizes, log_dir, repeat)
     if "ceiling" in sections:

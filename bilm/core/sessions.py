@@ -13,7 +13,8 @@ def cpu_cores():
 
 
 def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
-    """Soft placement (ops without a GPU kernel run on the CPU); TensorFlow's default thread pools.
+    """Soft placement (ops without a GPU kernel run on the CPU); TensorFlow's default thread pools
+    unless ``threads`` or ``branches`` say otherwise.
 
     ``n_cpu_devices``: split the CPU into that many devices (training towers without GPUs);
     ``threads``: threads per operation and between operations (a process sharing the
@@ -23,8 +24,8 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
     ``benchmarks/vs_original.py``); ``branches``: independent chains of operations that run side
     by side (training's LSTM directions and towers): each operation gets ``cores // branches``
     threads, so the chains share the cores instead of each operation taking them all (on 2
-    cores the reference configuration's training step ran 1.3x faster so, measured in
-    ``benchmarks/training_step.py``).
+    cores the reference configuration's training step ran 1.14x faster so, and the full-size
+    model's dump about 1.1x: ``benchmarks/training_step.py``, README "Speed").
     """
     proto = tf.ConfigProto(allow_soft_placement=True)
     if n_cpu_devices:
