@@ -22,6 +22,7 @@ from bilm.training.dataset import LMDataset, load_vocab
 from bilm.core.options import ModelOptions, check_options, load_options
 from bilm.core.files import OutputLock, PartsJob, atomic_output
 from bilm.core.text import DatasetReader
+from bilm.training.evaluation import evaluate_checkpoint
 from bilm.training.loop import restart_training
 from bilm.core.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.core.weights import check_embedding_file, check_weight_file
@@ -96,6 +97,12 @@ SPECIALS = ["<S>", "</S>", "<UNK>"]
 @case(OptionsError, r"options\.json: options file not found")
 def options_missing_file(tmp_path):
     load_options(str(tmp_path / "options.json"))
+
+
+@case(OptionsError, r"models: is a directory; expected a file \(options file\)")
+def options_file_is_a_directory(tmp_path):
+    (tmp_path / "models").mkdir()
+    load_options(str(tmp_path / "models"))
 
 
 @case(OptionsError, r"options\.json: not valid JSON")
@@ -189,6 +196,12 @@ def options_shared_softmax_with_characters(tmp_path):
 @case(WeightFileError, r"weights\.hdf5: weight file not found")
 def weights_missing_file(tmp_path):
     check_weight_file(str(tmp_path / "weights.hdf5"), make_options())
+
+
+@case(WeightFileError, r"models: is a directory; expected a file \(weight file\)")
+def weights_file_is_a_directory(tmp_path):
+    (tmp_path / "models").mkdir()
+    check_weight_file(str(tmp_path / "models"), make_options())
 
 
 @case(WeightFileError, r"weights\.hdf5: cannot read as HDF5 .*expected a weight file")
@@ -341,6 +354,19 @@ def characters_per_token_too_small(tmp_path):
 @case(InputError, r"no training file matches '.*nothing-\*\.txt'")
 def training_data_empty_pattern(tmp_path):
     LMDataset(str(tmp_path / "nothing-*.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)))
+
+
+@case(InputError, r"no training file matches '.*corpus'; it is a directory: expected a glob of its files, such as "
+                   r"'.*corpus/\*'")
+def training_data_directory_as_pattern(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    write(tmp_path / "corpus" / "a.txt", "the cat\n")
+    LMDataset(str(tmp_path / "corpus"), load_vocab(vocab_file(tmp_path, SPECIALS)))
+
+
+@case(InputError, r"no held-out file of test_prefix \(--test_prefix\) matches '.*nothing-\*\.txt'")
+def evaluation_empty_pattern(tmp_path):
+    evaluate_checkpoint(str(tmp_path / "ckpt"), str(tmp_path / "nothing-*.txt"), vocab_file(tmp_path, SPECIALS))
 
 
 @case(InputError, r"\(2 file\(s\)\) contains no sentences")

@@ -15,6 +15,7 @@ import math
 import os
 
 from ..errors import InvalidNumberOfCharacters, OptionsError, flag
+from .text import check_text_file
 
 # Character ids: 256 bytes + 5 specials = 261 in training; inference adds id 0 (padding).
 N_CHARACTERS_TRAINING = 261
@@ -44,8 +45,7 @@ ELMO_ORIGINAL = {
 
 def load_options(options_file):
     """Read an options.json file into a dict (not yet checked)."""
-    if not os.path.isfile(options_file):
-        raise OptionsError(f"{options_file}: options file not found")
+    check_text_file(options_file, "options file", OptionsError)
     try:
         with open(options_file, encoding="utf-8") as fin:
             options = json.load(fin, parse_constant=_reject_constant(options_file))
