@@ -242,6 +242,14 @@ def weights_do_not_match_options(tmp_path):
     check_weight_file(weights, make_options(dim=32))
 
 
+@case(WeightFileError, r"dataset 'CNN_proj/W_proj' has shape \(28, 8\); the options need \(28, 24\) "
+                       r"\(char_cnn\.filters = .*, lstm\.projection_dim \(absent: lstm\.dim\) = 24 in options\)")
+def weights_of_options_without_their_projection_dim(tmp_path):
+    options, weights = model_files(tmp_path)  # lstm.dim 24, projection_dim 8
+    del options["lstm"]["projection_dim"]  # the options then mean no projection: projection_dim = dim
+    check_weight_file(weights, options)
+
+
 @case(WeightFileError, r"dataset 'CNN/b_cnn_0' has dtype int64; expected floating point")
 def weights_not_floating_point(tmp_path):
     options, weights = model_files(tmp_path)

@@ -233,6 +233,13 @@ class ModelOptions:
         return self._raw["lstm"].get("projection_dim") or self.lstm_dim
 
     @property
+    def projection_dim_key(self):
+        """How messages name P: ``lstm.projection_dim``, saying it is ``lstm.dim`` when the options leave it out."""
+        if self._raw["lstm"].get("projection_dim"):
+            return "lstm.projection_dim"
+        return "lstm.projection_dim (absent: lstm.dim)"
+
+    @property
     def n_layers(self):
         return self._raw["lstm"].get("n_layers") or 1
 
