@@ -23,7 +23,8 @@ from bilm.core.options import ModelOptions, check_options, load_options
 from bilm.core.files import OutputLock, PartsJob, atomic_output
 from bilm.core.text import DatasetReader
 from bilm.training.evaluation import evaluate_checkpoint
-from bilm.training.loop import restart_training
+from bilm.training.checkpoints import load_options_latest_checkpoint
+from bilm.training.loop import restart_training, save_dir_lock
 from bilm.core.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.core.weights import check_embedding_file, check_weight_file
 from conftest import make_options, random_weight_file, write_model
@@ -392,6 +393,17 @@ def training_data_not_utf8(tmp_path):
 
 
 # --- fine-tuning -------------------------------------------------------------------
+
+
+@case(OutputError, r"notes\.txt: is a file; expected a directory \(save directory\)")
+def save_directory_is_a_file(tmp_path):
+    with save_dir_lock(write(tmp_path / "notes.txt", "not a model\n")):
+        pass
+
+
+@case(CheckpointError, r"notes\.txt: is a file; expected a directory \(save directory\)")
+def save_directory_to_read_is_a_file(tmp_path):
+    load_options_latest_checkpoint(write(tmp_path / "notes.txt", "not a model\n"))
 
 
 @case(CheckpointError, r"tuned: no finetune\.json, so no fine-tune to resume there \(a training run continues with "

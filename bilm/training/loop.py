@@ -55,6 +55,8 @@ def save_dir_lock(tf_save_dir):
     """Hold the lock that one training process at a time holds on a save directory (created if needed;
     removed again if the run leaves it empty, e.g. when it fails before training)."""
     created = not os.path.exists(tf_save_dir)
+    if not created and not os.path.isdir(tf_save_dir):
+        raise OutputError(f"{tf_save_dir}: is a file; expected a directory (save directory)")
     try:
         os.makedirs(tf_save_dir, exist_ok=True)
     except OSError as err:
