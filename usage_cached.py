@@ -16,7 +16,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 add_model_arguments(parser)
 parser.add_argument("--workdir", help="where to write the dataset and its embeddings (default: a temporary directory, removed at the end)")
 parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's start-up lines")
-args = resolve_model_arguments(parser, parser.parse_args())
+args = resolve_model_arguments(parser, parser.parse_args(), check_files=True)  # a bad file: one line, no traceback
 start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
 
 from bilm import dump_bilm_embeddings  # noqa: E402

@@ -14,7 +14,7 @@ from bilm.core.startup import start_tensorflow
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_model_arguments(parser)
 parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's start-up lines")
-args = resolve_model_arguments(parser, parser.parse_args())
+args = resolve_model_arguments(parser, parser.parse_args(), check_files=True)  # a bad file: one line, no traceback
 start_tensorflow(args.verbose)  # imports TensorFlow, its start-up lines hidden
 
 import tensorflow.compat.v1 as tf  # noqa: E402

@@ -114,26 +114,41 @@ def add_model_arguments(parser, vocab=True):
                                            "its tokens' character ids are cached)")
 
 
-def resolve_model_arguments(parser, args):
-    """Fill --options/--weights/--vocab from --model; a usage error for a partial or contradictory set."""
+def resolve_model_arguments(parser, args, check_files=False):
+    """Fill --options/--weights/--vocab from --model; a usage error for a partial or contradictory set.
+
+    ``check_files`` (the usage scripts, which have no ``main`` to turn errors into one line): also a usage
+    error for a model file that is missing or does not fit the options, before anything starts.
+    """
     given = [f"--{name}" for name in ("options", "weights") if getattr(args, name)]
     if len(given) == 1:
         missing = "--weights" if given == ["--options"] else "--options"
         parser.error(f"{given[0]} needs {missing} too: {MODEL_RULE}")
     if given and args.model:
         parser.error(f"give --model or --options/--weights, not both: {MODEL_RULE}")
-    if given:
-        return args
-    from .core.download import model_files
+    if not given:
+        from .core.download import model_files
 
-    args.model = args.model or "default"
-    try:
-        options, weights, vocab = model_files(args.model)
-    except BilmError as err:
-        parser.error(f"{err} (or give --options and --weights)")
-    args.options, args.weights = options, weights
-    if getattr(args, "vocab", False) is None:
-        args.vocab = vocab
+        args.model = args.model or "default"
+        try:
+            options, weights, vocab = model_files(args.model)
+        except BilmError as err:
+            parser.error(f"{err} (or give --options and --weights)")
+        args.options, args.weights = options, weights
+        if getattr(args, "vocab", False) is None:
+            args.vocab = vocab
+    if check_files:
+        from .core.options import ModelOptions
+        from .core.text import check_text_file
+        from .core.weights import check_weight_file
+        from .errors import VocabularyError
+
+        try:
+            check_weight_file(args.weights, ModelOptions.from_file(args.options))
+            if getattr(args, "vocab", None):
+                check_text_file(args.vocab, "vocabulary file", VocabularyError)
+        except BilmError as err:
+            parser.error(str(err))
     return args
 
 

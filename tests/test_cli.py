@@ -120,6 +120,21 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "bilm: error: missing.json: options file not found"
 
 
+@pytest.mark.parametrize("script", ["usage_character.py", "usage_token.py", "usage_cached.py"])
+def test_usage_scripts_check_the_model_files_first_in_one_line(script, tmp_path, model_args):
+    options, weights = model_args[1], model_args[3]
+    cases = [(["--options", "missing.json", "--weights", weights], "missing.json: options file not found"),
+             (["--options", options, "--weights", str(tmp_path)],
+              f"{tmp_path}: is a directory; expected a file (weight file)")]
+    if script != "usage_token.py":  # it makes its own vocabulary
+        cases.append((["--options", options, "--weights", weights, "--vocab", "missing.txt"],
+                      "missing.txt: vocabulary file not found"))
+    for args, expected in cases:
+        result = _run(script, *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"{script}: error: {expected}"
+
+
 @pytest.mark.parametrize("script", ["train_elmo.py", "run_test.py", "restart.py", "dump_weights.py"])
 def test_bin_scripts_are_thin_wrappers(script):
     result = _run(f"bin/{script}", "--help")

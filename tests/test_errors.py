@@ -22,7 +22,9 @@ from bilm.training.dataset import LMDataset, load_vocab
 from bilm.core.options import ModelOptions, check_options, load_options
 from bilm.core.files import OutputLock, PartsJob, atomic_output
 from bilm.core.text import DatasetReader
-from bilm.training.loop import restart_training
+from bilm.training.evaluation import evaluate_checkpoint
+from bilm.training.checkpoints import load_options_latest_checkpoint
+from bilm.training.loop import restart_training, save_dir_lock
 from bilm.core.vocabulary import UnicodeCharsVocabulary, Vocabulary, frequency_order_warning
 from bilm.core.weights import check_embedding_file, check_weight_file
 from conftest import make_options, random_weight_file, write_model
@@ -96,6 +98,12 @@ SPECIALS = ["<S>", "</S>", "<UNK>"]
 @case(OptionsError, r"options\.json: options file not found")
 def options_missing_file(tmp_path):
     load_options(str(tmp_path / "options.json"))
+
+
+@case(OptionsError, r"models: is a directory; expected a file \(options file\)")
+def options_file_is_a_directory(tmp_path):
+    (tmp_path / "models").mkdir()
+    load_options(str(tmp_path / "models"))
 
 
 @case(OptionsError, r"options\.json: not valid JSON")
@@ -191,6 +199,12 @@ def weights_missing_file(tmp_path):
     check_weight_file(str(tmp_path / "weights.hdf5"), make_options())
 
 
+@case(WeightFileError, r"models: is a directory; expected a file \(weight file\)")
+def weights_file_is_a_directory(tmp_path):
+    (tmp_path / "models").mkdir()
+    check_weight_file(str(tmp_path / "models"), make_options())
+
+
 @case(WeightFileError, r"weights\.hdf5: cannot read as HDF5 .*expected a weight file")
 def weights_not_hdf5(tmp_path):
     check_weight_file(write(tmp_path / "weights.hdf5", "not an HDF5 file\n" * 100), make_options())
@@ -227,6 +241,14 @@ def weights_wrong_shape(tmp_path):
 def weights_do_not_match_options(tmp_path):
     _, weights = model_files(tmp_path)
     check_weight_file(weights, make_options(dim=32))
+
+
+@case(WeightFileError, r"dataset 'CNN_proj/W_proj' has shape \(28, 8\); the options need \(28, 24\) "
+                       r"\(char_cnn\.filters = .*, lstm\.projection_dim \(absent: lstm\.dim\) = 24 in options\)")
+def weights_of_options_without_their_projection_dim(tmp_path):
+    options, weights = model_files(tmp_path)  # lstm.dim 24, projection_dim 8
+    del options["lstm"]["projection_dim"]  # the options then mean no projection: projection_dim = dim
+    check_weight_file(weights, options)
 
 
 @case(WeightFileError, r"dataset 'CNN/b_cnn_0' has dtype int64; expected floating point")
@@ -343,6 +365,19 @@ def training_data_empty_pattern(tmp_path):
     LMDataset(str(tmp_path / "nothing-*.txt"), load_vocab(vocab_file(tmp_path, SPECIALS)))
 
 
+@case(InputError, r"no training file matches '.*corpus'; it is a directory: expected a glob of its files, such as "
+                   r"'.*corpus/\*'")
+def training_data_directory_as_pattern(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    write(tmp_path / "corpus" / "a.txt", "the cat\n")
+    LMDataset(str(tmp_path / "corpus"), load_vocab(vocab_file(tmp_path, SPECIALS)))
+
+
+@case(InputError, r"no held-out file of test_prefix \(--test_prefix\) matches '.*nothing-\*\.txt'")
+def evaluation_empty_pattern(tmp_path):
+    evaluate_checkpoint(str(tmp_path / "ckpt"), str(tmp_path / "nothing-*.txt"), vocab_file(tmp_path, SPECIALS))
+
+
 @case(InputError, r"\(2 file\(s\)\) contains no sentences")
 def training_data_empty_shards(tmp_path):
     write(tmp_path / "shard-1.txt", "")
@@ -358,6 +393,17 @@ def training_data_not_utf8(tmp_path):
 
 
 # --- fine-tuning -------------------------------------------------------------------
+
+
+@case(OutputError, r"notes\.txt: is a file; expected a directory \(save directory\)")
+def save_directory_is_a_file(tmp_path):
+    with save_dir_lock(write(tmp_path / "notes.txt", "not a model\n")):
+        pass
+
+
+@case(CheckpointError, r"notes\.txt: is a file; expected a directory \(save directory\)")
+def save_directory_to_read_is_a_file(tmp_path):
+    load_options_latest_checkpoint(write(tmp_path / "notes.txt", "not a model\n"))
 
 
 @case(CheckpointError, r"tuned: no finetune\.json, so no fine-tune to resume there \(a training run continues with "

@@ -305,6 +305,17 @@ def test_restart_with_another_batch_size_trains_the_tokens_left(tmp_path, small_
     assert int(stored(ckpt, "global_step")) == first + (2 * TOKENS_PER_EPOCH - first * 10) // 20
 
 
+def test_restart_of_a_finished_run_says_so_instead_of_a_perplexity_of_nan(tmp_path, caplog, small_run):
+    save = copy_run(small_run, tmp_path / "ckpt")  # 1 epoch: every batch trained
+    steps = TOKENS_PER_EPOCH // 10
+    with caplog.at_level(logging.INFO, logger="bilm"):
+        assert main(["restart", *common(save)]) == 0
+    assert f"nothing left to train: {steps * 10} of {TOKENS_PER_EPOCH} tokens trained (less than a batch of 10 " \
+           f"left); latest checkpoint {save}/model.ckpt-{steps}" in caplog.text
+    assert "nan" not in caplog.text and "trained 0 batches" not in caplog.text
+    assert load_options_latest_checkpoint(str(save))[1] == f"{save}/model.ckpt-{steps}"
+
+
 def test_restore_checks_shapes_against_the_options(tmp_path, capsys, small_run):
     save = copy_run(small_run, tmp_path / "ckpt")
     options = json.loads((save / "options.json").read_text())

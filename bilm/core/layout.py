@@ -83,7 +83,7 @@ def char_cnn_parameters(options):
                                     ("normal", (1.0 / f) ** 0.5)))
             params.append(Parameter(f"CNN_high_{k}/b_{gate}", (f,), HIGHWAY, (filters_key,), bias_init))
     if f != p:
-        proj_key = ("lstm.projection_dim", p)
+        proj_key = (options.projection_dim_key, p)
         params.append(Parameter("CNN_proj/W_proj", (f, p), CNN_PROJ, (filters_key, proj_key),
                                 ("normal", (1.0 / f) ** 0.5)))
         params.append(Parameter("CNN_proj/b_proj", (p,), CNN_PROJ, (proj_key,), ("zeros",)))
@@ -93,7 +93,7 @@ def char_cnn_parameters(options):
 def lstm_parameters(options, direction, layer):
     """One LSTM layer: kernel ``[x, h] -> 4 gates`` (2P, 4D), bias (4D,), projection (D, P) when P < D."""
     d, p = options.lstm_dim, options.projection_dim
-    keys = (("lstm.projection_dim", p), ("lstm.dim", d))
+    keys = ((options.projection_dim_key, p), ("lstm.dim", d))
     kernel, bias, projection = lstm_names(direction, layer)
     where = dict(direction=direction, layer=layer)
     params = [Parameter(kernel, (p + p, 4 * d), LSTM, keys, ("glorot",), **where),
@@ -106,7 +106,7 @@ def lstm_parameters(options, direction, layer):
 def token_embedding_parameter(options, n_rows, pad_row=False):
     """The token-input embedding (V, P) (``n_rows`` V; V + 1 with the padding row)."""
     return Parameter(TOKEN_EMBEDDING_NAME, (n_rows, options.projection_dim), TOKEN_EMBEDDING,
-                     (("n_tokens_vocab", n_rows - pad_row), ("lstm.projection_dim", options.projection_dim)),
+                     (("n_tokens_vocab", n_rows - pad_row), (options.projection_dim_key, options.projection_dim)),
                      ("uniform", -1.0, 1.0), pad_row=pad_row)
 
 
@@ -115,7 +115,7 @@ def softmax_parameters(options):
     v, p = options.n_tokens_vocab, options.projection_dim
     params = []
     if not options.share_embedding_softmax:
-        params.append(Parameter("softmax/W", (v, p), SOFTMAX, (("n_tokens_vocab", v), ("lstm.projection_dim", p)),
+        params.append(Parameter("softmax/W", (v, p), SOFTMAX, (("n_tokens_vocab", v), (options.projection_dim_key, p)),
                                 ("normal", 1.0 / p ** 0.5)))
     params.append(Parameter("softmax/b", (v,), SOFTMAX, (("n_tokens_vocab", v),), ("zeros",)))
     return params

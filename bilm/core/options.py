@@ -15,6 +15,7 @@ import math
 import os
 
 from ..errors import InvalidNumberOfCharacters, OptionsError, flag
+from .text import check_text_file
 
 # Character ids: 256 bytes + 5 specials = 261 in training; inference adds id 0 (padding).
 N_CHARACTERS_TRAINING = 261
@@ -44,8 +45,7 @@ ELMO_ORIGINAL = {
 
 def load_options(options_file):
     """Read an options.json file into a dict (not yet checked)."""
-    if not os.path.isfile(options_file):
-        raise OptionsError(f"{options_file}: options file not found")
+    check_text_file(options_file, "options file", OptionsError)
     try:
         with open(options_file, encoding="utf-8") as fin:
             options = json.load(fin, parse_constant=_reject_constant(options_file))
@@ -231,6 +231,13 @@ class ModelOptions:
     def projection_dim(self):
         """P: the token-embedding and LSTM output size (``lstm.dim`` when absent)."""
         return self._raw["lstm"].get("projection_dim") or self.lstm_dim
+
+    @property
+    def projection_dim_key(self):
+        """How messages name P: ``lstm.projection_dim``, saying it is ``lstm.dim`` when the options leave it out."""
+        if self._raw["lstm"].get("projection_dim"):
+            return "lstm.projection_dim"
+        return "lstm.projection_dim (absent: lstm.dim)"
 
     @property
     def n_layers(self):

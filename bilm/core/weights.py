@@ -1,6 +1,5 @@
 """Weight files (HDF5): checking, reading and writing them, by the layout of ``bilm.core.layout``."""
 import json
-import os
 
 import h5py
 import numpy as np
@@ -9,12 +8,12 @@ from . import layout
 from ..errors import WeightFileError
 from .options import N_CHARACTERS_INFERENCE, ModelOptions
 from .files import atomic_output
+from .text import check_text_file
 
 
 def open_hdf5(path, what="weight file"):
-    """Open an HDF5 file for reading, with a clear error if it is missing or not HDF5."""
-    if not os.path.isfile(path):
-        raise WeightFileError(f"{path}: {what} not found")
+    """Open an HDF5 file for reading, with a clear error if it is missing, a directory or not HDF5."""
+    check_text_file(path, what, WeightFileError)
     try:
         return h5py.File(path, "r")
     except Exception as err:  # OSError for non-HDF5 files; corrupted ones raise others too

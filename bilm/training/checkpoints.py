@@ -113,6 +113,8 @@ def latest_checkpoint(tf_save_dir):
 def load_options_latest_checkpoint(tf_save_dir):
     """(options dict, path of the latest intact checkpoint) of a training directory."""
     options_file = os.path.join(tf_save_dir, OPTIONS_FILE)
+    if os.path.exists(tf_save_dir) and not os.path.isdir(tf_save_dir):
+        raise CheckpointError(f"{tf_save_dir}: is a file; expected a directory (save directory)")
     if not os.path.isdir(tf_save_dir):
         raise CheckpointError(f"{tf_save_dir}: save directory not found")
     if not os.path.isfile(options_file):

@@ -294,6 +294,9 @@ def shard_files(filepattern, worker=(0, 1), what="training file"):
     """The training files a glob pattern matches, sorted (worker k of n: files k, k + n, ...); an error if none."""
     files = sorted(path for path in glob.glob(filepattern) if os.path.isfile(path))
     if not files:
+        if os.path.isdir(filepattern):
+            raise InputError(f"no {what} matches {filepattern!r}; it is a directory: expected a glob of its files, "
+                             f"such as {os.path.join(filepattern, '*')!r}")
         raise InputError(f"no {what} matches {filepattern!r}; expected a glob of text files")
     k, n = worker
     if len(files) < n:

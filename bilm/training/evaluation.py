@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..core import precision, sessions, states
 from .checkpoints import check_vocabulary, load_save_dir, restore, training_parameters
 from ..errors import InputError, flag
-from .dataset import training_data
+from .dataset import shard_files, training_data
 from .graph import SCOPE, LanguageModel, feed
 from ..core.options import ModelOptions
 
@@ -140,6 +140,7 @@ def test(options, ckpt_file, data, batch_size=256, original_figure=False):
 
 def evaluate_checkpoint(save_dir, test_prefix, vocab_file, batch_size=256, original_figure=False):
     """The ``Perplexity`` of the latest checkpoint of ``save_dir`` on the files of ``test_prefix``."""
+    shard_files(test_prefix, what=f"held-out file of {flag('test_prefix', '--test_prefix')}")
     config, ckpt_file = load_save_dir(save_dir)
     data = training_data(config, vocab_file, test_prefix, test=True)
     check_vocabulary(save_dir, data.vocab, config)

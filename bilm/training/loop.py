@@ -55,6 +55,8 @@ def save_dir_lock(tf_save_dir):
     """Hold the lock that one training process at a time holds on a save directory (created if needed;
     removed again if the run leaves it empty, e.g. when it fails before training)."""
     created = not os.path.exists(tf_save_dir)
+    if not created and not os.path.isdir(tf_save_dir):
+        raise OutputError(f"{tf_save_dir}: is a file; expected a directory (save directory)")
     try:
         os.makedirs(tf_save_dir, exist_ok=True)
     except OSError as err:
@@ -497,14 +499,19 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     if evaluation is not None:
         evaluation.finish(saver)
     tokens = int(sess.run(graph["tokens_trained"]))
+    latest = saver.latest if run.chief else "(the chief's)"
+    if step == start_step:  # a finished run continued: no batch, so no train perplexity either
+        why = "the fine-tune had stopped early" if remaining else f"less than a batch of {step_tokens} left"
+        logger.info("nothing left to train: %d of %d tokens trained (%s); latest checkpoint %s", tokens, total_tokens,
+                    why, latest)
+        return perplexity
     undone = f", after {len(rollbacks)} rollback(s) (at batches {', '.join(map(str, rollbacks))})" if rollbacks else ""
     if overflows:
         undone += (f"; {overflows} more batch{'es' if overflows > 1 else ''} skipped: their float16 gradients "
                    f"overflowed (the loss scale was lowered)")
     logger.info("trained %d batches (%d tokens, %d of %d in all) in %s%s; train perplexity %.2f; latest checkpoint %s",
                 step - start_step, (step - start_step) * step_tokens, tokens, total_tokens,
-                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), undone, perplexity,
-                saver.latest if run.chief else "(the chief's)")
+                time.strftime("%H:%M:%S", time.gmtime(time.time() - began)), undone, perplexity, latest)
     return perplexity
 
 
