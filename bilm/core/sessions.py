@@ -24,8 +24,8 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
     ``benchmarks/vs_original.py``); ``branches``: independent chains of operations that run side
     by side (training's LSTM directions and towers): each operation gets ``cores // branches``
     threads, so the chains share the cores instead of each operation taking them all (on 2
-    cores the reference configuration's training step ran 1.14x faster so, and the full-size
-    model's dump about 1.1x: ``benchmarks/training_step.py``, README "Speed").
+    cores the reference configuration's training step ran 1.14x-1.17x faster so, the original
+    ELMo configuration's the same: ``benchmarks/training_step.py``).
     """
     proto = tf.ConfigProto(allow_soft_placement=True)
     if n_cpu_devices:
