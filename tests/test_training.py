@@ -370,3 +370,28 @@ def test_a_reduced_type_the_machine_has_no_fast_path_for_trains_in_float32(tmp_p
     assert "training in float32" in caplog.text
     with pytest.raises(InputError, match="precision.*'tf32'"):
         train(options, dataset(options), 1, str(tmp_path / "other"), str(tmp_path / "other"), precision="tf32")
+
+
+def test_train_restart_and_finetune_take_precision_bfloat16_on_the_command_line(tmp_path, monkeypatch):
+    # The example: `bilm train|restart|finetune --precision bfloat16`, on a machine with a fast bfloat16.
+    from bilm.cli import main
+    from bilm.training import loop
+    monkeypatch.setattr("bilm.core.precision._cpu_flags", lambda: {"avx512_bf16"})
+    built = []
+    real_build = loop.build_training_graph
+    monkeypatch.setattr(loop, "build_training_graph", lambda *args: built.append(args[-1]) or real_build(*args))
+    data = ["--train_prefix", DATA, "--vocab_file", VOCAB]
+    tiny = ["--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8]]", "--batch_size", "2",
+            "--unroll_steps", "5", "--n_negative_samples", "4"]
+    run = str(tmp_path / "run")
+    assert main(["--quiet", "train", *data, "--save_dir", run, *tiny, "--n_train_tokens", "40", "--n_epochs", "1",
+                 "--precision", "bfloat16"]) == 0
+    assert main(["--quiet", "restart", *data, "--save_dir", run, "--n_epochs", "2", "--precision", "bfloat16"]) == 0
+    assert main(["--quiet", "finetune", "--from", run, "--save_dir", str(tmp_path / "tuned"), *data,
+                 "--heldout_prefix", DATA, "--n_train_tokens", "40", "--eval_every", "2",
+                 "--precision", "bfloat16"]) == 0
+    assert built == ["bfloat16"] * 3
+    _, ckpt = load_options_latest_checkpoint(run)
+    assert ckpt.endswith("model.ckpt-8")  # 4 batches of 10 tokens, twice
+    dtypes = tf.train.load_checkpoint(ckpt).get_variable_to_dtype_map()
+    assert {dtype for name, dtype in dtypes.items() if name.startswith("lm/")} == {tf.float32}  # checkpoints: float32
