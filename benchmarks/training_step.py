@@ -160,15 +160,6 @@ def ceiling(n=4096, repeats=10):
             return {"gflops": 2 * n ** 3 / best / 1e9}
 
 
-def native_bfloat16():
-    try:
-        with open("/proc/cpuinfo") as fin:
-            flags = next((line for line in fin if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
-
-
 def run_child(spec, env):
     """The job's result dict, or None (the failure printed)."""
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
@@ -213,6 +204,7 @@ def main():
         spec = json.loads(args.child)
         print("RESULT " + json.dumps(ceiling() if spec == ["ceiling"] else job(*spec)), flush=True)
         return
+    from vs_original import native_bfloat16
     precisions = ["float32"] + (["bfloat16"] if native_bfloat16() else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     print(f"load average at start: {os.getloadavg()[0]:.2f}; precisions: {', '.join(precisions)}\n")

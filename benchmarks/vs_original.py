@@ -380,6 +380,11 @@ def cpu_model_and_flags():
     return model, flags
 
 
+def native_bfloat16():
+    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX): bilm's own test for it."""
+    return bool(cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"})
+
+
 def machine_line():
     """CPU model, cores, memory, AVX-512 (bfloat16 and AMX), TensorFlow version, load."""
     model, flags = cpu_model_and_flags()
@@ -437,7 +442,7 @@ def own_rate(log_path):
 def training_section(work, original, sizes, log_dir, repeat):
     small, large = sizes
     libraries = ([("original bilm-tf", original, "float32")] if original else []) + [("bilm", None, "float32")]
-    if cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"}:  # bilm's test for a fast bfloat16
+    if native_bfloat16():
         libraries.append(("bilm, --precision bfloat16", None, "bfloat16"))
     jobs = {(label, n): ("job_train", {"work": work, "original": path, "n_batches": n, "precision": precision})
             for n in sizes for label, path, precision in libraries}  # the libraries alternate
@@ -484,7 +489,7 @@ def training_section(work, original, sizes, log_dir, repeat):
 def heldout_section(work, n_batches, seeds, log_dir):
     """bilm's float32 and bfloat16 training, each seed's pair from the same initial weights, dropout
     masks and samples: held-out perplexity (evaluated in float32) after ``n_batches``."""
-    if not cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"}:  # bilm would train float32: nothing to compare
+    if not native_bfloat16():  # bilm would train float32: nothing to compare
         print("\nHeld-out perplexity by precision skipped: this CPU computes no bfloat16 natively (no AVX-512 BF16 "
               "or AMX), so bilm trains such runs in float32.")
         return
@@ -513,7 +518,7 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     small, large = sizes
     ours = [("bilm, state_mode='warm' (default, batched)", "job_dump", {"original": None, "state_mode": "warm"}),
             ("bilm, state_mode='zero' (batched)", "job_dump", {"original": None, "state_mode": "zero"})]
-    if cpu_model_and_flags()[1] & {"avx512_bf16", "amx_bf16"}:  # bilm's test for a fast bfloat16
+    if native_bfloat16():
         ours.append(("bilm, state_mode='warm', precision='bfloat16'", "job_dump",
                      {"original": None, "state_mode": "warm", "precision": "bfloat16"}))
     peers = []
