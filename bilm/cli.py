@@ -352,6 +352,8 @@ def _restart_hint(args):
                 command += ["--n_gpus", str(args.n_gpus)]
             if args.log_dir:
                 command += ["--log_dir", args.log_dir]
+            if args.precision != "float32":
+                command += ["--precision", args.precision]
             if args.workers:
                 command += ["--workers", args.workers, "--worker_index", str(args.worker_index)]
             note = getattr(err, "bilm_note", None)

@@ -100,10 +100,11 @@ def test_an_error_mid_run_saves_then_says_how_to_continue(tmp_path, capsys):
     # --n_train_tokens given: nothing scans the files first, the bad line is met when its shard is read
     # (with seed 1, after the other shard: the shard order is seeded).
     status = main(["--quiet", "train", *common(save, corpus / "*.txt"), *SMALL, "--n_train_tokens", "2000",
-                   "--checkpoint_every", "100000", "--seed", "1"])
+                   "--checkpoint_every", "100000", "--seed", "1", "--precision", "bfloat16"])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 2
     assert "b.txt, line 6: not valid UTF-8" in message and "; saved " in message and "continue with: " in message
+    assert message.endswith("--precision bfloat16")  # the command to continue keeps the run's precision
     assert latest_checkpoint(str(save)) is not None
 
 
