@@ -338,8 +338,8 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     save = tmp_path / "ckpt"
     train = ["train", "--train_prefix", str(TINY_CORPUS), "--vocab_file", str(TINY_VOCAB), "--save_dir", str(save),
              "--lstm_dim", "16", "--projection_dim", "8", "--filters", "[[1, 8]]", "--n_highway", "0",
-             "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "40"]
-    trainer = _start(*train)
+             "--batch_size", "2", "--unroll_steps", "5", "--n_negative_samples", "4", "--n_epochs", "10000"]
+    trainer = _start(*train)  # a run far longer than this test: it ends by the SIGTERM below
     _wait_for((save / "train.lock").exists, trainer)
     trainer.send_signal(signal.SIGSTOP)  # as above
     other = _start(*train)
@@ -347,8 +347,8 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(tmp_path, model_args
     trainer.send_signal(signal.SIGCONT)
     assert other.returncode == 2 and "is being written by another process" in stderr
     trainer.send_signal(signal.SIGTERM)
-    trainer.communicate(timeout=120)
-    assert trainer.returncode == 143
+    _, stderr = trainer.communicate(timeout=120)
+    assert trainer.returncode == 143, stderr
 
 
 START_UP_MARKERS = ("oneDNN", "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS", "absl::InitializeLog", "cuInit",

@@ -430,3 +430,43 @@ def test_vocabulary_larger_than_the_softmax_is_an_error_not_a_traceback(tmp_path
         vocab = tmp_path / "v.txt"
         vocab.write_text(Path(VOCAB).read_text() + "one\ntwo\n")
         check_vocabulary(str(small_run), load_vocab(str(vocab)), ModelOptions(options, training=True))
+
+
+def test_signals_held_wait_for_the_end_of_the_innermost_block_then_act_as_before():
+    from bilm.cli import Terminated, _on_sigterm
+    from bilm.core.sessions import signals_held
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        reached = []
+        with pytest.raises(Terminated):
+            with signals_held():
+                with signals_held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    reached.append("after the signal")  # not interrupted here, inside TensorFlow's calls
+                reached.append("after the inner block")  # raised at the end of the inner block
+        assert reached == ["after the signal"]
+        assert signal.getsignal(signal.SIGTERM) is _on_sigterm  # put back
+        with pytest.raises(KeyboardInterrupt) as raised:
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("after Ctrl-C")
+        assert reached[-1] == "after Ctrl-C" and type(raised.value) is KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with signals_held():
+            pass  # nothing held: nothing raised
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_during_a_step_ends_the_step_then_stops_the_run(tmp_path):
+    # The segmentation faults came from a signal raised while TensorFlow's C++ read a step's feeds:
+    # sent at every step, the SIGTERM is handled when the step has returned, and always the same way.
+    save = tmp_path / "ckpt"
+    process = start_training("train", *common(save), *SMALL, "--n_epochs", "1000", "--log_every", "1",
+                             "--checkpoint_every", "100000")
+    wait_for_line(process, "batch 3/")
+    for _ in range(20):
+        process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in rest and "Fatal" not in rest, rest
+    assert "terminated (SIGTERM); saved " in rest.strip().splitlines()[-1]

@@ -1,5 +1,9 @@
-"""The TensorFlow session settings of ``bilm``'s own jobs, in one place."""
+"""The TensorFlow session settings of ``bilm``'s own jobs, and their steps' signal handling."""
+import contextlib
 import os
+import signal
+import sys
+import threading
 
 import tensorflow.compat.v1 as tf
 
@@ -37,3 +41,64 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
     if not graph_rewrites:
         proto.graph_options.rewrite_options.disable_meta_optimizer = True
     return proto
+
+
+
+# Ctrl-C and SIGTERM held while TensorFlow's Python runs (signals_held), in the main thread only.
+_HELD = (signal.SIGINT, signal.SIGTERM)
+_held = {"depth": 0, "dropping": 0, "handlers": {}, "caught": []}
+
+
+@contextlib.contextmanager
+def signals_held(drop=False):
+    """Within the block, Ctrl-C and SIGTERM wait; when it ends, the first is handled as it would have
+    been (KeyboardInterrupt, the command line's SIGTERM exception, the default action). Blocks nest:
+    a signal is handled at the end of the innermost one. ``drop``: the signals that come within the
+    block are ignored (a job saving what it did because it was stopped: pressing Ctrl-C again does
+    not cut the save short).
+
+    TensorFlow's C++ calls Python (``isinstance`` while it flattens structures, a tensor's hash while
+    it reads a step's feeds) and does not expect an exception there: a handler raising at that
+    moment crashed the process (a segmentation fault, a ``SystemError``) or lost the signal, a few
+    times in a hundred signals sent while a graph was built or a step started. So the graphs are
+    built, and the steps run, in these blocks. A step runs without Python's lock, so a signal during
+    it is handled no later than before: when it returns. Outside the main thread (where handlers
+    cannot be set) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+            _held["depth"] == 0 and None in map(signal.getsignal, _HELD)):  # None: a handler set outside Python
+        yield
+        return
+    if _held["depth"] == 0:
+        _held["handlers"] = {signum: signal.getsignal(signum) for signum in _HELD}
+        for signum, handler in _held["handlers"].items():
+            if handler != signal.SIG_IGN:
+                signal.signal(signum, lambda signum, frame: _held["caught"].append(signum))
+    _held["depth"] += 1
+    _held["dropping"] += drop
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        _held["dropping"] -= drop
+        if _held["depth"] == 0:
+            for signum, handler in _held["handlers"].items():
+                signal.signal(signum, handler)
+        if _held["dropping"] or drop:
+            _held["caught"].clear()
+        if _held["caught"]:  # the first (a signal sent again meanwhile says no more)
+            signum = _held["caught"][0]
+            _held["caught"].clear()
+            handler = _held["handlers"][signum]
+            if callable(handler):
+                handler(signum, sys._getframe())
+            else:  # the default action: the process ends
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+
+def run(sess, fetches, feed_dict=None, options=None):
+    """``sess.run(fetches, feed_dict, options)`` with Ctrl-C and SIGTERM held until it returns
+    (:func:`signals_held`)."""
+    with signals_held():
+        return sess.run(fetches, feed_dict, options=options)

@@ -63,9 +63,10 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
         char_ids = vocab.word_char_ids + 1  # (n_vocab, C), shifted as the Batcher does
         starts = range(0, vocab.size, chunk)
         with tf.Graph().as_default():
-            ids = tf.placeholder(tf.int32, shape=(None, None, options.max_characters))
-            model = BidirectionalLanguageModel(options, weight_file, state_mode="zero")
-            embedding_op = model(ids)["token_embeddings"]  # (n, 1, P); the LSTMs are not run
+            with sessions.signals_held():  # Ctrl-C and SIGTERM: once the graph is built
+                ids = tf.placeholder(tf.int32, shape=(None, None, options.max_characters))
+                model = BidirectionalLanguageModel(options, weight_file, state_mode="zero")
+                embedding_op = model(ids)["token_embeddings"]  # (n, 1, P); the LSTMs are not run
             with tf.Session(config=sessions.config()) as sess, exact():
                 sess.run(tf.variables_initializer(model.weight_variables(layout.CHAR_CNN_GROUPS)))  # not the LSTMs'
                 progress = tqdm(total=vocab.size, desc="token embeddings", unit="tok", disable=None)
@@ -75,7 +76,7 @@ def dump_token_embeddings(vocab_file, options_file, weight_file, outfile, overwr
                         for unit, start in enumerate(starts):
                             rows = char_ids[start:start + chunk]
                             if unit not in job.done:
-                                vectors = sess.run(embedding_op, {ids: rows[:, None, :]})[:, 0]
+                                vectors = sessions.run(sess, embedding_op, {ids: rows[:, None, :]})[:, 0]
                                 writer.add(unit, {str(unit): vectors})  # concatenated at the end
                             progress.update(len(rows))
                     finally:

@@ -51,7 +51,7 @@ class ElmoEmbedder:
         self.window = window
         self._batcher = Batcher(vocab_file, options.max_characters)
         self._graph = tf.Graph()
-        with self._graph.as_default():
+        with self._graph.as_default(), sessions.signals_held():  # Ctrl-C and SIGTERM: once it is built
             self._ids = tf.placeholder(tf.int32, (None, None, options.max_characters), name="char_ids")
             model = BidirectionalLanguageModel(options, weight_file, max_batch_size=self.batch_size,
                                                state_mode=state_mode, precision=precision)
@@ -68,7 +68,7 @@ class ElmoEmbedder:
 
     def _run(self, fetches, feed_dict=None):
         with session_precision(self.precision):
-            return self._session.run(fetches, feed_dict)
+            return sessions.run(self._session, fetches, feed_dict)
 
     def close(self):
         self._session.close()

@@ -153,7 +153,7 @@ def export_saved_model(options_file, weight_file, export_dir, state_mode="warm",
 
 def _build_and_save(options, weight_file, export_dir, state_mode):
     max_chars = options.max_characters
-    with tf.Graph().as_default():
+    with tf.Graph().as_default(), sessions.signals_held():  # the whole job: one TensorFlow call after another
         model = BidirectionalLanguageModel(options, weight_file, state_mode=state_mode)
         strings = tf.placeholder(tf.string, [None], name="strings")
         split = split_on_whitespace(strings)  # (B, None) tokens

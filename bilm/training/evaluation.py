@@ -78,7 +78,7 @@ class Evaluator:
             for batch in warmup.iter_batches(1, 1):  # one stream, on every row
                 rows = {key: None if value is None else np.repeat(value, self.batch_size, axis=0)
                         for key, value in batch.items()}
-                sess.run(model.state_update_op, self._carried(rows))
+                sessions.run(sess, model.state_update_op, self._carried(rows))
             sess.run(self.keep_start)
         sums, batch_means = np.zeros(self.n_directions), []  # exact: summed losses; original: batch means
         scored = in_text = 0
@@ -92,10 +92,10 @@ class Evaluator:
                 stopped = stopped or n < self.batch_size
                 if stopped:
                     continue  # only counted
-                losses, _ = sess.run([model.individual_losses, model.state_update_op], self._carried(batch))
+                losses, _ = sessions.run(sess, [model.individual_losses, model.state_update_op], self._carried(batch))
                 batch_means.append(losses)
             else:
-                losses, _ = sess.run([model.token_losses, model.state_update_op], feed([model], batch))
+                losses, _ = sessions.run(sess, [model.token_losses, model.state_update_op], feed([model], batch))
                 sums += [loss[mask].sum(dtype=np.float64) for loss, mask in zip(losses, masks)]
             scored += n
             bar.update(n)
@@ -131,7 +131,8 @@ def test(options, ckpt_file, data, batch_size=256, original_figure=False):
     ``original_figure`` the original's figure, which depends on it (see the module doc).
     """
     with tf.Graph().as_default():
-        evaluator = Evaluator(options, batch_size)
+        with sessions.signals_held():  # Ctrl-C and SIGTERM: once the graph is built
+            evaluator = Evaluator(options, batch_size)
         with tf.Session(config=sessions.config(branches=evaluator.config.n_directions)) as sess, precision.exact():
             sess.run(tf.local_variables_initializer())
             restore(sess, ckpt_file, tf.global_variables(), training_parameters(evaluator.config))

@@ -22,7 +22,7 @@ import tensorflow.compat.v1 as tf
 
 from . import checkpoints
 
-from ..core import layout, precision, weights
+from ..core import layout, precision, sessions, weights
 from .divergence import MAX_ROLLBACKS, MAX_SKIPPED_BATCHES, DivergenceWatch
 from ..errors import (BilmError, InputError, OptionsError, OutputError, TrainingError, WorkerLostError, flag,
                      tensorflow_reason)
@@ -351,19 +351,22 @@ def _train(config, data, save_dir, log_dir, run, start=Start(), vocab=None, over
         if run.seed is not None:  # the graph's sampling and dropout; the shard order and shuffling
             tf.set_random_seed(run.seed + (run.cluster.index if run.cluster else 0))
             random.seed(run.seed + run.worker()[0])
-        collectives = Collectives(run.cluster) if run.cluster else None
-        graph = build_training_graph(config, run.n_gpus, collectives, run.precision)
-        graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus) * (run.cluster.size if run.cluster else 1)
-        if evaluation is not None:
-            evaluation.build(config, collectives)
-        if collectives is not None:
-            broadcast = collectives.broadcast_from_chief(tf.global_variables())
-            settings = collectives.gather_settings(_step_settings(config, run, setup, evaluation, softmax_only_batches))
-        initialize = [tf.global_variables_initializer(), tf.local_variables_initializer()]
+        with sessions.signals_held():
+            collectives = Collectives(run.cluster) if run.cluster else None
+            graph = build_training_graph(config, run.n_gpus, collectives, run.precision)
+            graph["tokens_per_step"] = tokens_per_step(config, run.n_gpus) * (run.cluster.size if run.cluster else 1)
+            if evaluation is not None:
+                evaluation.build(config, collectives)
+            if collectives is not None:
+                broadcast = collectives.broadcast_from_chief(tf.global_variables())
+                settings = collectives.gather_settings(_step_settings(config, run, setup, evaluation,
+                                                                      softmax_only_batches))
+            initialize = [tf.global_variables_initializer(), tf.local_variables_initializer()]
         with _session(server.target if server else "", session) as sess, precision.exact():
             if collectives is None:
-                sess.run(initialize)
-                start.initialize(sess, graph, config)
+                with sessions.signals_held():
+                    sess.run(initialize)
+                    start.initialize(sess, graph, config)
             else:  # every call that waits for the other workers: bounded, and Ctrl-C and SIGTERM end it
                 limit = tf.RunOptions(timeout_in_ms=int(run.worker_timeout * 1000))
                 try:
@@ -434,52 +437,53 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     try:
         if evaluation is not None and evaluation.start(sess, step, total, saver, writer, run.chief):
             total = step  # a fine-tune that had stopped early: nothing is left to train
-        while step < total:
-            batch = next(batches)
-            want = dict(fetches, step=graph["softmax_train_op" if step < softmax_only_batches else "train_op"])
-            if run.chief and ((step + 1) % interval == 0 or step + 1 == total):
-                want["summaries"] = graph["summaries"]
-            if run.chief and (step + 1) % run.histogram_every == 0:
-                want["histograms"] = graph["histograms"]
-            try:
-                result = sess.run(want, feed(graph["models"], batch), options=limit)
-            except tf.errors.OpError as err:
-                if run.cluster is None:
-                    raise
-                raise lost_worker_error(err, run.cluster, step) from None
-            if result["skipped"]:  # float16 gradients overflowed: nothing changed but the loss scale
-                overflows += 1
-                continue
-            diverged = watch.judge(int(result["step"]), float(result["loss"]), float(result["grad_norm"]),
-                                   last=int(result["step"]) >= total)
-            if not watch.bad:
-                saver.confirm()  # this batch's loss shows that the weights it started from are good
-            if diverged:
-                saver.discard()
-                if run.on_divergence != "rollback" or saver.latest is None or len(rollbacks) >= run.max_rollbacks:
-                    raise _divergence_error(int(result["step"]), diverged, saver, run, rollbacks)
-                rollbacks.append(int(result["step"]))
-                step = _roll_back(sess, graph, saver, watch, batches, f"batch {result['step']}: {diverged}", run,
-                                  len(rollbacks))
-                continue
-            step, perplexity = int(result["step"]), float(result["perplexity"])
-            for key in ("summaries", "histograms"):
-                if key in result:
-                    writer.add(result[key], step)
-            if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
-                start = time.time()
-            if (step % interval == 0 or step == total) and step > start_step + 1:
-                rate = (step - start_step - 1) * step_tokens / max(time.time() - start, 1e-9)
-                eta = (total - step) * step_tokens / rate
-                logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
-                            step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-            evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
-            if evaluate or step % run.checkpoint_every == 0 or step >= total:
-                saver.save(publish=evaluate and not watch.bad)  # an evaluated checkpoint: the latest at once
-                if writer is not None:
-                    writer.flush(saver.latest)
-            if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer, run.chief):
-                break  # stopped early
+        with sessions.signals_held():  # Ctrl-C and SIGTERM: between TensorFlow calls
+            while step < total:
+                batch = next(batches)
+                want = dict(fetches, step=graph["softmax_train_op" if step < softmax_only_batches else "train_op"])
+                if run.chief and ((step + 1) % interval == 0 or step + 1 == total):
+                    want["summaries"] = graph["summaries"]
+                if run.chief and (step + 1) % run.histogram_every == 0:
+                    want["histograms"] = graph["histograms"]
+                try:
+                    result = sessions.run(sess, want, feed(graph["models"], batch), options=limit)
+                except tf.errors.OpError as err:
+                    if run.cluster is None:
+                        raise
+                    raise lost_worker_error(err, run.cluster, step) from None
+                if result["skipped"]:  # float16 gradients overflowed: nothing changed but the loss scale
+                    overflows += 1
+                    continue
+                diverged = watch.judge(int(result["step"]), float(result["loss"]), float(result["grad_norm"]),
+                                       last=int(result["step"]) >= total)
+                if not watch.bad:
+                    saver.confirm()  # this batch's loss shows that the weights it started from are good
+                if diverged:
+                    saver.discard()
+                    if run.on_divergence != "rollback" or saver.latest is None or len(rollbacks) >= run.max_rollbacks:
+                        raise _divergence_error(int(result["step"]), diverged, saver, run, rollbacks)
+                    rollbacks.append(int(result["step"]))
+                    step = _roll_back(sess, graph, saver, watch, batches, f"batch {result['step']}: {diverged}", run,
+                                      len(rollbacks))
+                    continue
+                step, perplexity = int(result["step"]), float(result["perplexity"])
+                for key in ("summaries", "histograms"):
+                    if key in result:
+                        writer.add(result[key], step)
+                if step == start_step + 1:  # time from the end of the first batch (graph set-up excluded)
+                    start = time.time()
+                if (step % interval == 0 or step == total) and step > start_step + 1:
+                    rate = (step - start_step - 1) * step_tokens / max(time.time() - start, 1e-9)
+                    eta = (total - step) * step_tokens / rate
+                    logger.info("batch %d/%d: train perplexity %.2f, %.0f tokens/s, ETA %s",
+                                step, total, perplexity, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                evaluate = evaluation is not None and (step % evaluation.every == 0 or step >= total)
+                if evaluate or step % run.checkpoint_every == 0 or step >= total:
+                    saver.save(publish=evaluate and not watch.bad)  # an evaluated checkpoint: the latest at once
+                    if writer is not None:
+                        writer.flush(saver.latest)
+                if evaluate and evaluation.evaluate(sess, step, perplexity, saver, writer, run.chief):
+                    break  # stopped early
         saver.confirm()  # the run ended without diverging: its last checkpoint is the latest
     except WorkerLostError as err:
         _save_on_stop(err, sess, graph, saver, total_tokens, watch)  # the chief keeps the last complete batch
@@ -542,7 +546,7 @@ def _roll_back(sess, graph, saver, watch, batches, diverged, run, count):
     skipped = 0
     while True:
         skipped += 1
-        loss = float(sess.run(graph["train_loss"], feed(graph["models"], next(batches))))
+        loss = float(sessions.run(sess, graph["train_loss"], feed(graph["models"], next(batches))))
         if not watch.is_bad(loss):
             break
         if skipped >= MAX_SKIPPED_BATCHES:
@@ -556,7 +560,13 @@ def _roll_back(sess, graph, saver, watch, batches, diverged, run, count):
 
 
 def _save_on_stop(err, sess, graph, saver, total_tokens, watch):
-    """Save the last completed batch of a stopped run; note on ``err`` what was kept."""
+    """Save the last completed batch of a stopped run; note on ``err`` what was kept. Ctrl-C and SIGTERM
+    are ignored meanwhile: the run is stopping already."""
+    with sessions.signals_held(drop=True):
+        _save_last_batch(err, sess, graph, saver, total_tokens, watch)
+
+
+def _save_last_batch(err, sess, graph, saver, total_tokens, watch):
     step, tokens = (int(v) for v in sess.run([graph["global_step"], graph["tokens_trained"]]))
     where = f"batch {step} ({tokens:,} of {total_tokens:,} tokens)"
     if not saver.enabled:

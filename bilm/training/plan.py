@@ -177,7 +177,7 @@ def measure(config, data, n_towers, steps):
     """Run ``steps`` + 1 training steps of ``config`` on ``data`` here (nothing saved); the first is not timed."""
     import tensorflow.compat.v1 as tf
 
-    from ..core import precision
+    from ..core import precision, sessions
     from .graph import available_gpus, build_training_graph, feed, session_config
 
     gpus = available_gpus()
@@ -192,11 +192,11 @@ def measure(config, data, n_towers, steps):
                 sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
                 if gpus:
                     _gpu_peak(tf, reset=True)
-                sess.run(graph["train_op"], feeds[0])
+                sessions.run(sess, graph["train_op"], feeds[0])
                 times = []
                 for step_feed in feeds[1:]:
                     start = time.perf_counter()
-                    sess.run(graph["train_op"], step_feed)
+                    sessions.run(sess, graph["train_op"], step_feed)
                     times.append(time.perf_counter() - start)
                 peak, what = _gpu_peak(tf) if gpus else None, "peak memory of GPU 0"
                 if peak is None:
