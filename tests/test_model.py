@@ -302,7 +302,7 @@ def test_unrolled_training_lstm_has_the_gradients_of_the_loop(clips, projected):
                                                  lengths)
             loss = tf.reduce_sum(outputs * weights) + tf.reduce_sum(c) + 2 * tf.reduce_sum(h)
             wrt = [kernel, bias] + ([projection] if projected else []) + [inputs, *state]
-            results.append([outputs, c, h] + tf.gradients(loss, wrt))
+            results.append([outputs, c, h] + [tf.convert_to_tensor(g) for g in tf.gradients(loss, wrt)])
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             unrolled, looped = sess.run(results)
