@@ -454,6 +454,11 @@ def test_signals_held_wait_for_the_end_of_the_innermost_block_then_act_as_before
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         with signals_held():
             pass  # nothing held: nothing raised
+        with signals_held(drop=True):  # a job saving because it was stopped: a second signal changes nothing
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("after a dropped signal")
+        assert reached[-1] == "after a dropped signal" and signal.getsignal(signal.SIGTERM) is _on_sigterm
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -43,7 +43,6 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
     return proto
 
 
-
 # Ctrl-C and SIGTERM held while TensorFlow's Python runs (signals_held), in the main thread only.
 _HELD = (signal.SIGINT, signal.SIGTERM)
 _held = {"depth": 0, "dropping": 0, "handlers": {}, "caught": []}
