@@ -295,11 +295,11 @@ def _weight_gradient(inputs, d_results, weight):
 def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, projection, lengths):
     """A while loop over the steps, stopping after the longest row; input gates per block of steps.
 
-    With ``lengths``, each step computes only the rows still running: the rows are taken longest
-    first, so those are the first ``n(t) = #{lengths > t}``, and the others keep their final state
-    (their outputs are zeros). Batches of sentences sorted by length still hold about a third of
-    padding (the dump's batches of 64 on ``benchmarks/vs_original.py``'s corpus: 12,104 positions
-    for 8,932 real ones); none of it is computed.
+    Each step computes only the rows still running (``lengths``; None: every step of every row):
+    the rows are taken longest first, so those are the first ``n(t) = #{lengths > t}``, and the
+    others keep their final state (their outputs are zeros). Batches of sentences sorted by length
+    still hold about a third of padding (the dump's batches of 64 on ``benchmarks/vs_original.py``'s
+    corpus: 12,104 positions for 8,932 real ones); none of it is computed.
     """
     dim, out_dim = options.state_sizes
     in_dim = int(inputs.shape[-1])
@@ -307,35 +307,31 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     if batch_size is None:
         batch_size = tf.shape(inputs)[0]
     max_time = tf.shape(inputs)[1]
-    n_steps, running, order = max_time, None, None
-    if lengths is not None:  # (an empty batch has no longest row: every step is run, over no row)
-        order = tf.argsort(lengths, direction="DESCENDING", stable=True)
-        inputs, lengths = tf.gather(inputs, order), tf.gather(lengths, order)
-        initial_state = tuple(tf.gather(state, order) for state in initial_state)
-        n_steps = tf.where_v2(tf.size(lengths) > 0, tf.minimum(tf.reduce_max(lengths), max_time), max_time)
-
-        def running(t):
-            return tf.reduce_sum(tf.cast(lengths > t, tf.int32))
+    if lengths is None:
+        lengths = tf.fill([tf.shape(inputs)[0]], max_time)
+    order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+    inputs, lengths = tf.gather(inputs, order), tf.gather(lengths, order)
+    initial_state = tuple(tf.gather(state, order) for state in initial_state)
+    # (an empty batch has no longest row: every step is run, over no row)
+    n_steps = tf.where_v2(tf.size(lengths) > 0, tf.minimum(tf.reduce_max(lengths), max_time), max_time)
     n_blocks = (n_steps + STEPS_PER_BLOCK - 1) // STEPS_PER_BLOCK
     time_major = tf.transpose(inputs, [1, 0, 2])[:n_steps]  # (steps, B, P)
     time_major = tf.pad(time_major, [[0, n_blocks * STEPS_PER_BLOCK - n_steps], [0, 0], [0, 0]])
     outputs = tf.TensorArray(DTYPE, size=n_steps, element_shape=tf.TensorShape([None, out_dim]))
 
+    def running(t):
+        return tf.reduce_sum(tf.cast(lengths > t, tf.int32))
+
     def input_gates(t):
         """x W_x + B for steps [t, t + STEPS_PER_BLOCK) of the rows running at t: (STEPS_PER_BLOCK, n(t), 4D)."""
-        x = time_major[t:t + STEPS_PER_BLOCK]
-        if running is not None:
-            x = x[:, :running(t)]
-        return tf.reshape(_product(tf.reshape(x, [-1, in_dim]), kernel_x) + bias, [STEPS_PER_BLOCK, -1, 4 * dim])
+        x = tf.reshape(time_major[t:t + STEPS_PER_BLOCK, :running(t)], [-1, in_dim])
+        return tf.reshape(_product(x, kernel_x) + bias, [STEPS_PER_BLOCK, -1, 4 * dim])
 
     def step(t, c_prev, h_prev, outputs, block, done_c, done_h):
         """Step t of the n(t - 1) rows left (c_prev, h_prev), the n(t) still running at t: the others have
         their final states, kept in ``done_c``/``done_h`` (at index steps - 1 - t, the rows in order)."""
         offset = t % STEPS_PER_BLOCK
         block = tf.cond(tf.equal(offset, 0), lambda: input_gates(t), lambda: block)
-        if running is None:
-            (c, h), _ = lstm_cell(block[offset], (c_prev, h_prev), options, kernel_h, projection)
-            return t + 1, c, h, outputs.write(t, h), block, done_c, done_h
         n = running(t)
         done_c, done_h = done_c.write(n_steps - 1 - t, c_prev[n:]), done_h.write(n_steps - 1 - t, h_prev[n:])
         (c, h), _ = lstm_cell(block[offset, :n], (c_prev[:n], h_prev[:n]), options, kernel_h, projection)
@@ -353,10 +349,10 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     )
     outputs = tf.transpose(outputs.stack(), [1, 0, 2])  # (B, steps, P)
     outputs = tf.pad(outputs, [[0, 0], [0, max_time - n_steps], [0, 0]])
-    if order is not None:  # every row's final state, and the rows back in their order
-        back = tf.math.invert_permutation(order)
-        c, h = tf.concat([c, done_c.concat()], 0), tf.concat([h, done_h.concat()], 0)
-        outputs, c, h = tf.gather(outputs, back), tf.gather(c, back), tf.gather(h, back)
+    # every row's final state, and the rows back in their order
+    c, h = tf.concat([c, done_c.concat()], 0), tf.concat([h, done_h.concat()], 0)
+    back = tf.math.invert_permutation(order)
+    outputs, c, h = tf.gather(outputs, back), tf.gather(c, back), tf.gather(h, back)
     c.set_shape(initial_state[0].shape)
     h.set_shape(initial_state[1].shape)
     return tf.ensure_shape(outputs, inputs.shape[:2].concatenate([out_dim])), (c, h)
