@@ -2,8 +2,10 @@
 import hashlib
 import json
 import os
+import atexit
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -12,6 +14,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("BILM_NO_PRECISION_HINT", "1")  # no bfloat16 timing in every `bilm embed` (test_precision_hint)
+os.environ["BILM_CACHE"] = tempfile.mkdtemp(prefix="bilm-test-cache-")  # warm states kept by the tests' own runs only
+atexit.register(shutil.rmtree, os.environ["BILM_CACHE"], ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for numpy_bilm
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bilm-tf"

@@ -9,7 +9,7 @@ import types
 
 import tensorflow.compat.v1 as tf
 
-from . import layout, network, states, weights
+from . import layout, network, states, warm_cache, weights
 from .batching import Batcher
 from ..errors import InputError
 from .options import ModelOptions
@@ -101,13 +101,20 @@ class BidirectionalLanguageModel:
         self._weight_file = weight_file
         self._embedding_weight_file = embedding_weight_file
         self._max_batch_size = max_batch_size
-        self._warmup_ids = warmup_ids
         self._parameters = self._needed_parameters()
         weights.check_weight_file(weight_file, self._options, self._file_parameters())
         if not use_character_inputs:
             n_rows = 1 + weights.check_embedding_file(embedding_weight_file, self._options.projection_dim)
             token = layout.token_embedding_parameter(self._options, n_rows, pad_row=True)
             self._parameters = {token.name: token, **self._parameters}
+        if state_mode == "warm":
+            if warmup_ids is None:
+                batcher = Batcher(None, self._options.max_characters)
+                warmup_ids = [batcher.batch_sentences([sentence]) for sentence in states.warmup_sentences()]
+            self._warmup_ids = [batch[0] for batch in warmup_ids]
+            self._warm_cache = warm_cache.WarmCache.for_files(  # (its key is computed meanwhile)
+                [weight_file, embedding_weight_file if not use_character_inputs else None], self._options,
+                self._warmup_ids)
         self._ops = {}
         self._graphs = {}  # ids placeholder -> its graph's parts (``lstm_init_states`` as in the original)
         self._built = {}  # tf.Graph -> (params, initializer ops, warm states or None)
@@ -174,12 +181,8 @@ class BidirectionalLanguageModel:
         graph = tf.get_default_graph()
         warm = self._built[graph][2]
         if warm is None:
-            warmup = self._warmup_ids
-            if warmup is None:
-                batcher = Batcher(None, self._options.max_characters)
-                warmup = [batcher.batch_sentences([sentence]) for sentence in states.warmup_sentences()]
-            warm = states.Warm(self._options, params, self._embed,
-                               [batch[0] for batch in warmup], after=initializers)
+            warm = states.Warm(self._options, params, self._embed, self._warmup_ids, after=initializers,
+                               cache=self._warm_cache)
             self._built[graph] = (params, initializers, warm)
         return warm
 

@@ -20,6 +20,7 @@ Whether the machine computes a reduced type natively (where it can be faster tha
 float32): ``slow_reduced_type`` (training's check) and ``native_bfloat16`` (which hardware).
 """
 import contextlib
+import platform
 
 import tensorflow.compat.v1 as tf
 
@@ -92,6 +93,11 @@ def _cpuinfo():
         return {}
 
 
+def cpu_model():
+    """The CPU's model name (Linux's /proc/cpuinfo; ``platform.processor()`` elsewhere)."""
+    return _cpuinfo().get("model name") or platform.processor() or "of unknown model"
+
+
 def _cpu_flags():
     """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
     return set(_cpuinfo().get("flags", "").split())
@@ -137,4 +143,4 @@ def native_bfloat16():
         capability = ".".join(map(str, details.get("compute_capability") or ()))
         return f"GPU {details.get('device_name', gpus[0].name)} (compute capability {capability})"
     found = ", ".join(sorted(_cpu_flags() & _FAST_CPU_FLAGS["bfloat16"]))
-    return f"CPU {_cpuinfo().get('model name', 'of unknown model')} ({found})"
+    return f"CPU {cpu_model()} ({found})"

@@ -193,17 +193,24 @@ class Warm(Given):
 
     The states are non-trainable variables ``warm_c``/``warm_h`` (1, size) per direction
     and layer, whose initial value is ``warm_up`` run after the weights are initialised
-    (``after``: their initializers). Args as ``warm_up``.
+    (``after``: their initializers), or the values kept by ``cache`` (a
+    ``bilm.core.warm_cache.WarmCache``, or None) when it has them, in which case no warm-up
+    is built. Other args as ``warm_up``.
     """
 
     name = "warm"
 
-    def __init__(self, options, params, embed, warmup_ids, after=()):
-        with tf.name_scope("warm_states"), tf.control_dependencies(list(after)):
-            # Values, not variables: a variable's initial value may read others only through
-            # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
-            values = {name: value.read_value() for name, value in params.items()}
-            finals = warm_up(options, values, embed, warmup_ids)
+    def __init__(self, options, params, embed, warmup_ids, after=(), cache=None):
+        with tf.name_scope("warm_states"):
+            finals = cache.load(options.state_sizes, options.n_layers) if cache is not None else None
+            if finals is None:
+                with tf.control_dependencies(list(after)):
+                    # Values, not variables: a variable's initial value may read others only through
+                    # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
+                    values = {name: value.read_value() for name, value in params.items()}
+                    finals = warm_up(options, values, embed, warmup_ids)
+                    if cache is not None:
+                        finals = cache.stored(finals)
             variables = [[tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
                                 for name, value in zip(("warm_c", "warm_h"), final)) for final in direction]
                          for direction in finals]
