@@ -2,7 +2,8 @@
 
 - ``options``, ``layout``: a model's options (options.json) and every parameter's name and shape;
 - ``network``: the one definition of the biLM (char CNN, highway, projection, LSTMs);
-- ``states``, ``precision``, ``sessions``: where LSTM states start, numeric precision, session settings;
+- ``states``, ``warm_cache``: where LSTM states start; the warm states kept on disk;
+- ``precision``, ``sessions``: numeric precision, session settings;
 - ``inference``, ``elmo``, ``pooling``: ``BidirectionalLanguageModel``, ``weight_layers``, masked pooling;
 - ``vocabulary``, ``batching``, ``text``: vocabularies and character ids, batchers, reading text;
 - ``weights``, ``files``, ``download``: weight files; outputs that are never half-written (atomic
