@@ -119,3 +119,19 @@ def test_nothing_is_kept_when_asked_or_when_the_cache_cannot_be_written(model, c
     monkeypatch.setenv("BILM_CACHE", str(blocker))
     again, ran_warm_up = warm_states(options_file, weight_file)  # computed; the write fails quietly
     assert ran_warm_up and all(np.array_equal(a, b) for a, b in zip(flat(computed), flat(again)))
+
+
+def test_states_maybe_computed_in_tf32_are_not_kept(model, cache, monkeypatch):
+    _, options_file, weight_file = model
+    machine = warm_cache._machine()
+    monkeypatch.setattr(warm_cache, "_machine", lambda: dict(machine, gpus=["NVIDIA A100-SXM4-40GB"]))
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+        warm_states(options_file, weight_file)
+        assert not cache.exists()
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # as bilm's float32 jobs run
+        warm_states(options_file, weight_file)
+        assert len(list(cache.glob("*.npz"))) == 1
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)

@@ -16,6 +16,8 @@ back afterwards, bit for bit the same:
   (whoever runs the initializer: a job, or a user's own graph);
 - a file that cannot be read, or holds another key or other shapes, is ignored (a warning
   says so) and replaced; one that cannot be written is said at DEBUG level;
+- states computed while TensorFlow may use TF32 (a GPU, and TF32 on: its default outside
+  ``bilm``'s float32 jobs) are not kept;
 - ``$BILM_NO_WARM_CACHE=1`` computes the states every time and keeps nothing.
 """
 import hashlib
@@ -131,6 +133,8 @@ class WarmCache:
         n_layers = len(finals[0])
 
         def write(*values):
+            if self._fixed["machine"]["gpus"] and tf.config.experimental.tensor_float_32_execution_enabled():
+                return values  # maybe computed in TF32 (a graph run outside bilm's float32 jobs): not kept
             path = self._path(key[1])
             arrays = {f"{d}_{layer}_{kind}": values[(d * n_layers + layer) * 2 + k]
                       for d in range(2) for layer in range(n_layers) for k, kind in enumerate("ch")}
