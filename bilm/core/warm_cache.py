@@ -1,7 +1,7 @@
 """The ``"warm"`` states of a model, kept on disk under the content of what decides them.
 
 Computing the warm-up states (``bilm.core.states.Warm``) runs the model over the warm-up
-text one token at a time, and its graph takes as long to build: about 1.5 s of a
+text one token at a time, and its graph takes as long to build: about 2 s of a
 full-size model's set-up. The values depend only on the weights, the options, the warm-up
 ids and how this machine computes, so they are kept after the first computation and read
 back afterwards, bit for bit the same:
