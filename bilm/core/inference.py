@@ -61,7 +61,8 @@ class BidirectionalLanguageModel:
             ``"stateful"`` (the original, default): from the states the previous batch
             left in rows [:b] of per-model variables; ``"zero"``: from zeros;
             ``"warm"``: from fixed states reached by running the model over a warm-up
-            text (the shipped ``models/warmup.txt``, or ``warmup_ids``). In ``zero`` and
+            text (the shipped ``models/warmup.txt``, or ``warmup_ids``), kept on disk after
+            the first computation (``bilm.core.warm_cache``). In ``zero`` and
             ``warm`` modes a sentence's vectors do not depend on its neighbours, its
             position or the batch size, and there is no batch size limit.
         warmup_ids: for ``"warm"``: the warm-up sentences as id arrays from the model's

@@ -104,9 +104,9 @@ class WarmCache:
 
     def load(self, state_sizes, n_layers):
         key = self._key()
-        if key is None or not os.path.exists(self._path(key[1])):
+        path = key and self._path(key[1])
+        if path is None or not os.path.exists(path):
             return None
-        path = self._path(key[1])
         try:
             with np.load(path) as saved:
                 if str(saved["key"]) != key[0]:
