@@ -1,6 +1,8 @@
 """The warm states kept on disk (bilm.core.warm_cache): the same bits, and never another model's."""
 import logging
 import os
+import threading
+import time
 
 import h5py
 import numpy as np
@@ -135,3 +137,16 @@ def test_states_maybe_computed_in_tf32_are_not_kept(model, cache, monkeypatch):
         assert len(list(cache.glob("*.npz"))) == 1
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(tf32)
+
+
+def test_a_hash_that_does_not_end_is_waited_for_a_bounded_time_then_the_job_goes_on(model, cache, monkeypatch, caplog):
+    _, options_file, weight_file = model
+    never = threading.Event()
+    monkeypatch.setattr(warm_cache, "file_digest", lambda path: never.wait(30))  # a hung file system
+    monkeypatch.setattr(warm_cache, "KEY_WAIT", 0.5)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="bilm.core.warm_cache"):
+        states, ran_warm_up = warm_states(options_file, weight_file)
+    never.set()
+    assert ran_warm_up and not cache.exists() and time.monotonic() - start < 20
+    assert sum("took over" in r.getMessage() for r in caplog.records) == 1  # waited once, not per use
