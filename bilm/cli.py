@@ -17,6 +17,7 @@ import signal
 import sys
 
 from . import __version__
+from .core.files import check_output
 from .core.startup import start_tensorflow
 from .errors import BilmError, speak_in_flags
 
@@ -852,6 +853,8 @@ def main(argv=None):
         if getattr(args, "model_arguments", False):
             resolve_model_arguments(args.parser, args)
         resolve_data_names(args)
+        if args.command == "embed" and not (args.overwrite or args.resume):
+            check_output(args.output)  # at once, not after TensorFlow's seconds of start-up
         if args.command not in ("download", "sample-corpus", "vocab"):  # the others import TensorFlow
             if _in_a_cluster(args) and not args.verbose:
                 # When a worker stops, TensorFlow's C++ logs an error for every collective it aborts on the

@@ -197,6 +197,11 @@ def test_outputs_are_not_overwritten_and_runs_resume(tmp_path, capsys):
     expected = f"bilm: error: {out}: already exists; pass --overwrite to replace it"  # flags, not keywords
     assert capsys.readouterr().err.strip() == expected
     assert out.read_bytes() == first
+    refused = subprocess.run(  # at once: before TensorFlow's seconds of start-up
+        [sys.executable, "-c", "import sys; from bilm.cli import main; code = main(sys.argv[1:]); "
+                               "sys.exit(10 + code if 'tensorflow' in sys.modules else code)",
+         "embed", str(data), str(out)] + model, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip() == expected
     assert main(["embed", str(data), str(out), "--resume", "--quiet"] + model) == 0  # complete: nothing to do
     assert main(["--quiet", "embed", str(data), str(out), "--overwrite", "--state-mode", "zero"]
                 + model) == 0
