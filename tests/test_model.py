@@ -124,6 +124,24 @@ def test_embeddings_ops_are_cached_and_variables_shared(tmp_path):
         assert tf.trainable_variables() == []
 
 
+
+def test_every_lstm_layer_calls_one_looped_function(tmp_path, monkeypatch):
+    # Both directions' layers, the warm-up (computed: no kept states) and a second placeholder call one graph
+    # function holding the while loop, built once per graph, not one loop per layer.
+    monkeypatch.setenv("BILM_NO_WARM_CACHE", "1")
+    options_file, weight_file = write_model(tmp_path, make_options(n_layers=2))
+    with tf.Graph().as_default() as graph:
+        model = BidirectionalLanguageModel(options_file, weight_file, state_mode="warm")
+        model(tf.placeholder(tf.int32, (None, None, 50)))
+        model(tf.placeholder(tf.int32, (None, 7, 50)))
+        graph_def = graph.as_graph_def()
+    with_loop = [f.signature.name for f in graph_def.library.function
+                 if any(node.op in ("While", "StatelessWhile") for node in f.node_def)]
+    calls = [node for node in graph_def.node if node.op in ("PartitionedCall", "StatefulPartitionedCall")]
+    loops_here = [node.name for node in graph_def.node if node.op in ("While", "StatelessWhile")]
+    assert len(with_loop) == 1 and all("/map/" in name for name in loops_here)  # (the char CNN's chunks)
+    assert sum(node.attr["f"].func.name == with_loop[0] for node in calls) == 3 * 2 * 2  # warm-up + 2 graphs
+
 OPTION_CASES = {
     "default": {},
     "skip": {"skip": True, "n_layers": 3},

@@ -210,11 +210,14 @@ _LOOPED = weakref.WeakKeyDictionary()  # graph -> {signature: the looped LSTM's 
 
 
 def _looped_function(options, inputs, weights):
-    """``_looped_lstm`` as one graph function per graph, options and types, taking the weights as arguments:
-    a model's layers, both directions and its warm-up call the same function, so its while loop is built once
-    instead of once per layer and direction (the full-size model's inference graph: 557 operations instead of
-    997; ``ElmoEmbedder``'s set-up 1.68 s instead of 2.04, median of 5 alternating runs). Returns the function: (inputs, c0, h0, lengths, kernel_x, kernel_h,
-    bias[, projection]) -> (outputs, c, h)."""
+    """``_looped_lstm`` as one graph function per graph, options and types, taking the weights as arguments.
+
+    A model's layers, both directions and its warm-up call the same function, so its while loop is
+    built once instead of once per layer and direction (the full-size model's inference graph: 557
+    operations instead of 997; ``ElmoEmbedder``'s set-up 1.68 s instead of 2.04, median of 5
+    alternating runs). Returns the function: (inputs, c0, h0, lengths, kernel_x, kernel_h, bias[,
+    projection]) -> (outputs, c, h).
+    """
     in_dim = int(inputs.shape[-1])
     key = (json.dumps(options.to_dict(), sort_keys=True), in_dim, tuple(w.dtype.base_dtype.name for w in weights))
     functions = _LOOPED.setdefault(tf.get_default_graph(), {})
