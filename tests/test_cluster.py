@@ -17,7 +17,8 @@ from bilm.data import BidirectionalLMDataset
 from bilm.training.dataset import load_vocab
 from bilm.training import train
 from bilm.cli import main
-from bilm.training.cluster import local_addresses
+from bilm.training import cluster as cluster_module
+from bilm.training.cluster import local_addresses, lost_worker_error
 from bilm.training.evaluation import evaluate_checkpoint
 import cluster_worker
 from conftest import TINY_CORPUS
@@ -285,6 +286,32 @@ def test_a_worker_whose_chief_stops_ends_with_one_line(tmp_path, start_worker):
     assert all(line.startswith(("INFO ", "WARNING ")) for line in lines[:-1]), stderr  # no TensorFlow lines
     assert lines[-1].startswith("bilm: error: worker 0 (") and "stopped responding" in lines[-1], stderr
 
+
+
+class PortClosingLate:
+    """A cluster whose worker 0's port closes only at the third look (a stopped chief saving its checkpoint)."""
+
+    def __init__(self):
+        self.looks = 0
+
+    def unreachable(self):
+        self.looks += 1
+        return ["worker 0 (127.0.0.1:1)"] if self.looks >= 3 else []
+
+
+def test_a_failed_step_names_the_worker_whose_port_closes_a_moment_later(monkeypatch):
+    err = tf.errors.UnavailableError(None, None, "socket closed")
+    message = str(lost_worker_error(err, PortClosingLate(), 7))
+    assert message.startswith("worker 0 (127.0.0.1:1) stopped responding at batch 8 (UnavailableError)"), message
+    monkeypatch.setattr(cluster_module, "LOST_PROBE_SECONDS", 0.6)  # the look is bounded: then "another worker"
+    never = PortClosingLate()
+    never.unreachable = lambda: []
+    start = time.monotonic()
+    assert str(lost_worker_error(err, never, 7)).startswith("another worker stopped responding at batch 8")
+    assert time.monotonic() - start < 5
+    before_training = PortClosingLate()  # before training: no second look (a silent peer is said at once)
+    assert str(lost_worker_error(err, before_training, -1)).startswith("another worker did not answer")
+    assert before_training.looks == 1
 
 @pytest.mark.parametrize("tf_config, expected", [
     ('{"cluster": {"worker": [1, 2]}, "task": {"type": "worker", "index": 0}}',

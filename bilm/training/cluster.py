@@ -322,9 +322,20 @@ def check_same_setup(sess, gathered, cluster, options=None):
                             f"vocabulary, training files, towers, evaluation)")
 
 
+LOST_PROBE_SECONDS = 10  # how long a worker whose step failed looks for the worker that went away
+
+
 def lost_worker_error(err, cluster, step):
-    """A one-line ``WorkerLostError`` for a step that failed because another worker is gone."""
+    """A one-line ``WorkerLostError`` for a step that failed because another worker is gone, naming it.
+
+    In training, the failed step can come before the lost worker's port closes (a stopped chief saves its
+    checkpoint first), so its port is looked for again for at most ``LOST_PROBE_SECONDS``.
+    """
     lost = cluster.unreachable()
+    deadline = time.monotonic() + (LOST_PROBE_SECONDS if step >= 0 else 0)
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lost = cluster.unreachable()
     who = ", ".join(lost) if lost else "another worker"
     if step < 0:
         return WorkerLostError(f"{who} did not answer before training began ({type(err).__name__}); start every "
