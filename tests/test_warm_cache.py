@@ -30,11 +30,11 @@ def model(tmp_path):
     return options, options_file, weight_file
 
 
-def warm_states(options_file, weight_file):
+def warm_states(options_file, weight_file, precision="float32"):
     """The warm states after initialisation, and whether the graph computed them (a warm-up loop)."""
     with tf.Graph().as_default() as graph:
         ids = tf.placeholder(tf.int32, (None, None, 50))
-        model = BidirectionalLanguageModel(options_file, weight_file, state_mode="warm")
+        model = BidirectionalLanguageModel(options_file, weight_file, state_mode="warm", precision=precision)
         model(ids)
         computed = any(op.type in ("While", "StatelessWhile") and op.name.startswith("bilm/warm_states")
                        for op in graph.get_operations())
@@ -121,6 +121,22 @@ def test_nothing_is_kept_when_asked_or_when_the_cache_cannot_be_written(model, c
     monkeypatch.setenv("BILM_CACHE", str(blocker))
     again, ran_warm_up = warm_states(options_file, weight_file)  # computed; the write fails quietly
     assert ran_warm_up and all(np.array_equal(a, b) for a, b in zip(flat(computed), flat(again)))
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_a_reduced_precision_keeps_its_matrices_reduced_and_computes_the_warm_states_in_float32(
+        model, cache, precision, tmp_path, monkeypatch):
+    _, options_file, weight_file = model
+    with tf.Graph().as_default():
+        weights = BidirectionalLanguageModel(options_file, weight_file, precision=precision).weight_variables()
+        assert {(w.shape.rank, w.dtype.base_dtype.name) for w in weights} == {(1, "float32"), (2, precision),
+                                                                              (4, precision)}  # (4: the CNN's)
+    computed_reduced, ran_warm_up = warm_states(options_file, weight_file, precision)
+    assert ran_warm_up
+    monkeypatch.setenv("BILM_CACHE", str(tmp_path / "another cache"))
+    computed_exact, _ = warm_states(options_file, weight_file)
+    for a, b in zip(flat(computed_reduced), flat(computed_exact)):
+        assert np.array_equal(a, b)  # the same bits as float32's (the reduced type's would differ)
 
 
 def test_states_maybe_computed_in_tf32_are_not_kept(model, cache, monkeypatch):

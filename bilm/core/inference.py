@@ -13,7 +13,7 @@ from . import layout, network, states, warm_cache, weights
 from .batching import Batcher
 from ..errors import InputError
 from .options import ModelOptions
-from .precision import check_precision, reduced_parameters
+from .precision import check_precision, compute_dtype
 
 SCOPE = layout.INFERENCE_SCOPE
 CNN_CHUNK = 256  # distinct tokens per char-CNN step: bounds the memory of the convolutions
@@ -29,7 +29,7 @@ def require_graph_mode(what):
 
 
 def _file_initializer(path, name, pad_row, after=None):
-    """An initializer that reads dataset ``name`` of ``path`` when it runs.
+    """An initializer that reads dataset ``name`` of ``path`` when it runs (cast to the variable's type).
 
     The values are read by the initializer op (not stored in the graph), so a large
     model's weights are held once, in its variables. ``after``: an op to run first
@@ -41,7 +41,8 @@ def _file_initializer(path, name, pad_row, after=None):
             value = tf.numpy_function(lambda: weights.read_dataset(path, name, pad_row), [], tf.float32,
                                       name="read_hdf5")
         value.set_shape(shape)
-        return value
+        # The reshape gives Grappler the shape: it fuses the same products as on a variable, for the same bits.
+        return tf.cast(tf.reshape(value, shape), dtype)
 
     return initializer
 
@@ -142,18 +143,23 @@ class BidirectionalLanguageModel:
                 self._ops[ids_placeholder] = self._build(ids_placeholder)
         return self._ops[ids_placeholder]
 
+    def _file_of(self, param):
+        return self._embedding_weight_file if param.group == layout.TOKEN_EMBEDDING else self._weight_file
+
     def _variables(self):
-        """The weights of the current graph, created (read from the files) on first use."""
+        """The weights of the current graph, created (read from the files) on first use, each in the type
+        it computes in (``bilm.core.precision.compute_dtype``: a reduced precision keeps its matrices in
+        the reduced type, not float32 and a cast at every batch)."""
         graph = tf.get_default_graph()
         if graph not in self._built:
-            scope = tf.get_variable_scope().name
+            prefix = tf.get_variable_scope().name + "/" if tf.get_variable_scope().name else ""
             initializers = []
 
             def pretrained(getter, name, *args, **kwargs):
-                param = self._parameters[name[len(scope) + 1:]]
-                path = self._embedding_weight_file if param.group == layout.TOKEN_EMBEDDING else self._weight_file
+                param = self._parameters[name[len(prefix):]]
                 kwargs["trainable"] = False
-                kwargs["initializer"] = _file_initializer(path, param.name, param.pad_row,
+                kwargs["dtype"] = compute_dtype(param, self._precision)
+                kwargs["initializer"] = _file_initializer(self._file_of(param), param.name, param.pad_row,
                                                           after=initializers[-1] if initializers else None)
                 variable = getter(name, *args, **kwargs)
                 initializers.append(variable.initializer)
@@ -174,6 +180,16 @@ class BidirectionalLanguageModel:
         with tf.control_dependencies([in_vocabulary, tf.debugging.assert_non_negative(ids)]):
             return network.token_embedding(ids, params)
 
+    def _float32_weights(self, params):
+        """{name: float32 tensor}: the weights exactly (the warm-up computes in float32), from the
+        variables, or from the files for those kept in a reduced type."""
+        def exact(name, param):
+            if params[name].dtype.base_dtype == tf.float32:
+                return params[name].read_value()
+            return _file_initializer(self._file_of(param), name, param.pad_row)(param.shape)
+
+        return {name: exact(name, param) for name, param in self._parameters.items()}
+
     def _state_policy(self, params, initializers):
         if self._state_mode == "stateful":
             return states.Stateful(self._options, self._max_batch_size)
@@ -182,8 +198,8 @@ class BidirectionalLanguageModel:
         graph = tf.get_default_graph()
         warm = self._built[graph][2]
         if warm is None:
-            warm = states.Warm(self._options, params, self._embed, self._warmup_ids, after=initializers,
-                               cache=self._warm_cache)
+            warm = states.Warm(self._options, lambda: self._float32_weights(params), self._embed, self._warmup_ids,
+                               after=initializers, cache=self._warm_cache)
             self._built[graph] = (params, initializers, warm)
         return warm
 
@@ -203,10 +219,9 @@ class BidirectionalLanguageModel:
                                  f"the options' max_characters_per_token is {max_chars}")
 
     def _build(self, ids):
-        weights_f32, initializers, _ = self._variables()
-        params = reduced_parameters(weights_f32, self._parameters, self._precision)
+        params, initializers, _ = self._variables()
         embedding = self._embed(ids, params)  # (B, T + 2, P)
-        policy = self._state_policy(weights_f32, initializers)  # warm-up states in float32
+        policy = self._state_policy(params, initializers)
         checks = []
         if policy.max_batch_size is not None:
             checks.append(tf.debugging.assert_less_equal(

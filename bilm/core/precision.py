@@ -13,8 +13,10 @@ setting: in your own sessions, call
 - ``"float32"``: exact (the default);
 - ``"tf32"``: TensorFloat-32 products on GPUs that have it (float32 elsewhere);
 - ``"bfloat16"``, ``"float16"``: mixed precision: matrix products and convolutions
-  take their inputs in the reduced type (the weights are cast once per batch), while
-  additions, activations, the LSTM states and their clips stay in float32.
+  take their inputs in the reduced type, while additions, activations, the LSTM states
+  and their clips stay in float32. The inference model keeps its matrices in the
+  reduced type (half the weights' memory); training casts its float32 variables once
+  per batch.
 
 Whether the machine computes a reduced type natively (where it can be faster than
 float32): ``slow_reduced_type`` (training's check) and ``native_bfloat16`` (which hardware).
@@ -57,16 +59,18 @@ def exact():
     return tensor_float_32(False)
 
 
-def reduced_parameters(params, parameters, precision):
-    """``params`` with the matrices (rank >= 2: kernels, embeddings) cast to ``precision``'s type.
+def compute_dtype(param, precision):
+    """The type a ``layout.Parameter`` computes in: ``precision``'s reduced type for the matrices
+    (rank >= 2: kernels, embeddings), float32 for the biases, and with them every addition;
+    products and convolutions follow their weight's type (``bilm.core.network``)."""
+    reduced = _REDUCED.get(check_precision(precision))
+    return reduced if reduced is not None and len(param.shape) > 1 else tf.float32
 
-    Biases stay float32, and with them every addition; products and convolutions follow
-    their weight's type (``bilm.core.network``).
-    """
-    dtype = _REDUCED.get(check_precision(precision))
-    if dtype is None:
-        return params
-    return {name: tf.cast(value, dtype) if len(parameters[name].shape) > 1 else value
+
+def reduced_parameters(params, parameters, precision):
+    """``params`` with the matrices cast to their ``compute_dtype`` (the others as they are)."""
+    dtypes = {name: compute_dtype(parameters[name], precision) for name in params}
+    return {name: value if dtypes[name] == tf.float32 else tf.cast(value, dtypes[name])
             for name, value in params.items()}
 
 

@@ -195,20 +195,19 @@ class Warm(Given):
     and layer, whose initial value is ``warm_up`` run after the weights are initialised
     (``after``: their initializers), or the values kept by ``cache`` (a
     ``bilm.core.warm_cache.WarmCache``, or None) when it has them, in which case no warm-up
-    is built. Other args as ``warm_up``.
+    is built. ``weights``: a function building the warm-up's float32 ``params`` (values, not
+    variables: a variable's initial value may read others only through ReadVariableOp);
+    other args as ``warm_up``.
     """
 
     name = "warm"
 
-    def __init__(self, options, params, embed, warmup_ids, after=(), cache=None):
+    def __init__(self, options, weights, embed, warmup_ids, after=(), cache=None):
         with tf.name_scope("warm_states"):
             finals = cache.load(options.state_sizes, options.n_layers) if cache is not None else None
             if finals is None:
                 with tf.control_dependencies(list(after)):
-                    # Values, not variables: a variable's initial value may read others only through
-                    # ReadVariableOp (TensorFlow rewrites any other use, and cannot for resource variables).
-                    values = {name: value.read_value() for name, value in params.items()}
-                    finals = warm_up(options, values, embed, warmup_ids)
+                    finals = warm_up(options, weights(), embed, warmup_ids)
                     if cache is not None:
                         finals = cache.stored(finals)
             variables = [[tuple(tf.Variable(lambda value=value: value, trainable=False, name=name)
