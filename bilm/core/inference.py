@@ -152,7 +152,8 @@ class BidirectionalLanguageModel:
         the reduced type, not float32 and a cast at every batch)."""
         graph = tf.get_default_graph()
         if graph not in self._built:
-            prefix = tf.get_variable_scope().name + "/" if tf.get_variable_scope().name else ""
+            scope = tf.get_variable_scope().name
+            prefix = scope + "/" if scope else ""  # (outside any scope, the names have no prefix)
             initializers = []
 
             def pretrained(getter, name, *args, **kwargs):
