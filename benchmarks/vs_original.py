@@ -186,13 +186,13 @@ def job_setup(work, state_mode, keep_warm_states=True):
     return {"seconds": seconds}
 
 
-def job_matmul_tf(work, n, repeats):
-    """Best time of one n x n float32 product in TensorFlow (graph mode, as both libraries run)."""
+def job_matmul_tf(work, n, repeats, dtype="float32"):
+    """Best time of one n x n product in TensorFlow, in ``dtype`` (graph mode, as both libraries run)."""
     import tensorflow.compat.v1 as tf
     tf.disable_eager_execution()
-    a = tf.Variable(tf.random.normal((n, n), seed=SEED))
-    b = tf.Variable(tf.random.normal((n, n), seed=SEED + 1))
-    product = tf.reduce_sum(tf.matmul(a, b))  # a scalar back, so no 64 MB copy out per call
+    a = tf.Variable(tf.cast(tf.random.normal((n, n), seed=SEED), dtype))
+    b = tf.Variable(tf.cast(tf.random.normal((n, n), seed=SEED + 1), dtype))
+    product = tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))  # a scalar back: no 64 MB copy out per call
     with tf.Session() as sess:
         sess.run(tf.global_variables_initializer())
         sess.run(product)
@@ -517,6 +517,7 @@ def heldout_section(work, n_batches, seeds, log_dir):
     sys.stdout.flush()
 
 
+ORIGINAL_LABEL = "original bilm-tf (sentence at a time, stateful)"
 SETUP_VARIANTS = {"stateful": {"state_mode": "stateful"}, "zero": {"state_mode": "zero"},
                   "warm (states kept by an earlier job)": {"state_mode": "warm"},
                   "warm (states computed: the model's first job here)": {"state_mode": "warm",
@@ -533,7 +534,7 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
                      {"original": None, "state_mode": "warm", "precision": "bfloat16"}))
     peers = []
     if original:
-        peers.append(("original bilm-tf (sentence at a time, stateful)", "job_dump",
+        peers.append((ORIGINAL_LABEL, "job_dump",
                       {"original": original, "state_mode": None}))
     if allennlp:
         peers.append(("AllenNLP (PyTorch, batches of 64 in file order, stateful)", "job_allennlp_dump",
@@ -580,10 +581,14 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
                 [[label, f"{median([r['seconds'] for r in runs_of]):.2f}",
                   ", ".join(f"{r['seconds']:.2f}" for r in runs_of)] for label, runs_of in setup.items()]))
     sys.stdout.flush()
-    return {label: median(result["steady"]) for label, result in results.items()}
+    return {"steady": {label: median(result["steady"]) for label, result in results.items()},
+            "whole": {label: median(result["large"]) for label, result in results.items()},
+            "setup": median([r["seconds"] for r in setup["warm (states kept by an earlier job)"]])}
 
 
 def ceiling_section(work, n, repeats, log_dir):
+    """The float32 product ceiling (the best of TensorFlow's and NumPy's rates) and, where the CPU computes
+    bfloat16 natively, TensorFlow's bfloat16 rate (None elsewhere), in GFLOP/s."""
     env_default = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     results = [
         ("TensorFlow, defaults", run("job_matmul_tf", log_dir, env=env_default, work=work, n=n, repeats=repeats)),
@@ -593,10 +598,50 @@ def ceiling_section(work, n, repeats, log_dir):
         ("NumPy `a @ b`", run("job_matmul_numpy", log_dir, work=work, n=n, repeats=repeats)),
     ]
     best = max(r["gflops"] for _, r in results)
-    print(f"\n### float32 matrix product {n} x {n} (best of {repeats} after a warm-up)\n")
     rows = [[label, f"{r['gflops']:.0f}"] for label, r in results] + [["ceiling (best)", f"{best:.0f}"]]
+    bfloat16 = None
+    if native_bfloat16():
+        bfloat16 = run("job_matmul_tf", log_dir, env=env_default, work=work, n=n, repeats=repeats,
+                       dtype="bfloat16", tag="bfloat16")["gflops"]
+        rows.append(["TensorFlow, bfloat16 (same shapes)", f"{bfloat16:.0f}"])
+    print(f"\n### matrix product {n} x {n}, float32 unless said (best of {repeats} after a warm-up)\n")
     print(table(["what", "GFLOP/s"], rows), flush=True)
-    return best
+    return best, bfloat16
+
+
+def dump_work_gflop(work, n_sentences, batch_size=64):
+    """The arithmetic of bilm's dump of the first ``n_sentences`` (state_mode 'warm', batches of
+    ``batch_size`` sorted by length), in GFLOP: the LSTMs over every real position (begin/end
+    included; ``bilm`` computes no padding) and the char CNN, highways and projection once per
+    distinct token of each batch."""
+    from inference import flops_per_position
+
+    from bilm.core.batching import window_batches
+    with open(work["options"]) as fin:
+        options = json.load(fin)
+    cnn = flops_per_position(options, lstm=False)
+    lstm = flops_per_position(options) - cnn
+    with open(os.path.join(work["dir"], f"first_{n_sentences}.txt")) as fin:
+        window = list(enumerate(line.split() for line in fin))
+    total = 0
+    for _, sentences in window_batches(window, batch_size):
+        total += lstm * sum(len(s) + 2 for s in sentences) + cnn * (len({w for s in sentences for w in s}) + 2)
+    return total / 1e9
+
+
+def work_bound_line(work, n_sentences, dump, bfloat16_gflops):
+    """What bounds bilm's bfloat16 dump: its arithmetic at the CPU's bfloat16 product rate plus its set-up."""
+    gflop = dump_work_gflop(work, n_sentences)
+    label = "bilm, state_mode='warm', precision='bfloat16'"
+    whole, setup, original = dump["whole"][label], dump["setup"], dump["whole"].get(ORIGINAL_LABEL)
+    floor = setup + gflop / bfloat16_gflops
+    line = (f"\nWhat bounds {short(label)} ({n_sentences} sentences): {gflop:,.0f} GFLOP (LSTMs over the real "
+            f"positions, char CNN over each batch's distinct tokens), {gflop / (whole - setup):.0f} GFLOP/s between "
+            f"its set-up ({setup:.2f} s, warm states kept) and its end ({whole:.2f} s); at the bfloat16 product rate "
+            f"of {bfloat16_gflops:.0f} GFLOP/s the call could not take less than {floor:.2f} s")
+    if original:
+        line += f", {original / floor:.1f}x the original's {original:.1f} s"
+    print(line)
 
 
 def main():
@@ -673,23 +718,29 @@ def main():
           f"round). Each ratio: the median of the per-repetition ratios (a repetition's runs are neighbours in "
           f"time). Every run is listed.")
     sys.stdout.flush()
-    steady = ceiling = None
+    dump = ceiling = bfloat16 = None
     if "train" in sections:
         training_section(work, original, train_sizes, log_dir, repeat)
     if "heldout" in sections:
         n_batches, seeds = (int(n) for n in args.heldout.split(","))
         heldout_section(work, n_batches, seeds, log_dir)
     if "dump" in sections:
-        steady = dump_section(work, original, allennlp, dump_sizes, log_dir, repeat)
+        dump = dump_section(work, original, allennlp, dump_sizes, log_dir, repeat)
     if "ceiling" in sections:
-        ceiling = ceiling_section(work, 4096, matmul_repeats, log_dir)
-    if steady and ceiling:
+        ceiling, bfloat16 = ceiling_section(work, 4096, matmul_repeats, log_dir)
+    if dump and ceiling:
         from inference import FULL_OPTIONS, flops_per_position
         gflop = flops_per_position(FULL_OPTIONS) / 1e9
-        shares = "; ".join(f"{short(label)} {100 * tokens_per_s * gflop / ceiling:.0f}%"
-                           for label, tokens_per_s in steady.items() if tokens_per_s)
-        print(f"\nSteady dump rates as a share of the ceiling ({gflop:.3f} GFLOP per token of the full-size model, "
-              f"at most {ceiling / gflop:,.0f} tokens/s): {shares}")
+
+        def ceiling_of(label):
+            return bfloat16 if "bfloat16" in label and bfloat16 else ceiling
+
+        shares = "; ".join(f"{short(label)} {100 * tokens_per_s * gflop / ceiling_of(label):.0f}%"
+                           for label, tokens_per_s in dump["steady"].items() if tokens_per_s)
+        print(f"\nSteady dump rates as a share of the product ceiling of their type ({gflop:.3f} GFLOP per token "
+              f"of the full-size model, at most {ceiling / gflop:,.0f} tokens/s in float32): {shares}")
+    if dump and bfloat16:
+        work_bound_line(work, dump_sizes[1], dump, bfloat16)
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}; data and child logs in {workdir}")
 
 

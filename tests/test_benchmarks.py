@@ -61,3 +61,21 @@ def test_allennlp_is_imported_without_running_its_package_inits(benchmarks, tmp_
     assert elmo.__file__ == str(package / "modules" / "elmo.py") and nn_util.__file__ == str(package / "nn" / "util.py")
     with pytest.raises(AttributeError, match="has no attribute 'Missing'"):
         sys.modules["allennlp.common"].Missing
+
+
+def test_the_dump_work_counts_real_positions_and_each_batchs_distinct_tokens(benchmarks, tmp_path):
+    import json
+
+    import vs_original
+    options = {"char_cnn": {"embedding": {"dim": 2}, "max_characters_per_token": 5, "filters": [[1, 4]],
+                            "n_highway": 1},
+               "lstm": {"dim": 8, "projection_dim": 4, "n_layers": 1}}
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    (tmp_path / "first_2.txt").write_text("a b c\na d\n")
+    work = {"dir": str(tmp_path), "options": str(tmp_path / "options.json")}
+    # by hand: char CNN 2*1*2*4*5 = 80, highway 2*2*4*4 = 64, projection 2*4*4 = 32 -> 176 per distinct token;
+    # LSTMs, two directions of one layer: 2 * (2*(4+4)*4*8 + 2*8*4) = 1,152 per position (begin/end included)
+    one_batch = 9 * 1152 + 6 * 176  # positions 5 + 4; tokens a, b, c, d and the two markers
+    two_batches = 9 * 1152 + (4 + 5) * 176  # "a d" alone ({a, d} + 2), then "a b c" ({a, b, c} + 2)
+    assert vs_original.dump_work_gflop(work, 2) == pytest.approx(one_batch / 1e9)
+    assert vs_original.dump_work_gflop(work, 2, batch_size=1) == pytest.approx(two_batches / 1e9)
