@@ -611,21 +611,23 @@ def ceiling_section(work, n, repeats, log_dir):
 
 def dump_work_gflop(work, n_sentences, batch_size=64):
     """The arithmetic of bilm's dump of the first ``n_sentences`` (state_mode 'warm', batches of
-    ``batch_size`` sorted by length), in GFLOP: the LSTMs over every real position (begin/end
-    included; ``bilm`` computes no padding) and the char CNN, highways and projection once per
-    distinct token of each batch."""
+    ``batch_size`` sorted by length within each window, as the dump makes them), in GFLOP: the
+    LSTMs over every real position (begin/end included; ``bilm`` computes no padding) and the
+    char CNN, highways and projection once per distinct token of each batch."""
     from inference import flops_per_position
 
     from bilm.core.batching import window_batches
+    from bilm.embedding.embedder import WINDOW
     with open(work["options"]) as fin:
         options = json.load(fin)
     cnn = flops_per_position(options, lstm=False)
     lstm = flops_per_position(options) - cnn
     with open(os.path.join(work["dir"], f"first_{n_sentences}.txt")) as fin:
-        window = list(enumerate(line.split() for line in fin))
+        lines = list(enumerate(line.split() for line in fin))
     total = 0
-    for _, sentences in window_batches(window, batch_size):
-        total += lstm * sum(len(s) + 2 for s in sentences) + cnn * (len({w for s in sentences for w in s}) + 2)
+    for start in range(0, len(lines), WINDOW):
+        for _, sentences in window_batches(lines[start:start + WINDOW], batch_size):
+            total += lstm * sum(len(s) + 2 for s in sentences) + cnn * (len({w for s in sentences for w in s}) + 2)
     return total / 1e9
 
 
