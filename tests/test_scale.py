@@ -1,10 +1,8 @@
 """Embedding at scale: exact float32 (no TF32), reduced precisions, several devices, pooled and float16 outputs."""
-import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -62,65 +60,6 @@ def test_bilm_sessions_compute_in_float32_and_leave_the_setting_as_they_found_it
     with ElmoEmbedder(model["options"], model["weights"], precision="tf32") as embedder:
         embedder.embed_sentence(["a", "cat"])
     assert seen and all(seen)
-
-
-def test_preparing_runs_the_step_on_its_feed_in_another_thread_and_waits_a_bounded_time(monkeypatch):
-    from bilm.core import sessions
-    started, release, finished, shapes = threading.Event(), threading.Event(), threading.Event(), []
-
-    def step(rows):
-        shapes.append(rows.shape)
-        started.set()
-        release.wait(60)
-        finished.set()
-        return rows.sum()
-
-    monkeypatch.setattr(sessions, "PREPARE_SECONDS", 0.2)
-    with tf.Graph().as_default():
-        rows = tf.placeholder(tf.float32, (None, 3))
-        total = tf.numpy_function(step, [rows], tf.float32)
-        with tf.Session() as sess:
-            with sessions.preparing(sess, total, {rows: np.zeros((0, 3), np.float32)}):
-                assert started.wait(60)  # the block runs while the step is being run
-            assert not finished.is_set() and shapes == [(0, 3)]  # the block ended on the bound, the step running
-            release.set()
-            assert finished.wait(60)
-
-
-def test_preparing_never_fails_the_job_and_logs_only_real_errors(caplog):
-    from bilm.core import sessions
-
-    def failing(rows):
-        raise ValueError("no such step")
-
-    with tf.Graph().as_default():
-        uninitialised = tf.Variable(1.0) + 1.0
-        rows = tf.placeholder(tf.float32, (None,))
-        fails = tf.numpy_function(failing, [rows], tf.float32)
-        with tf.Session() as sess, caplog.at_level(logging.DEBUG, logger="bilm.core.sessions"):
-            with sessions.preparing(sess, uninitialised, {}):  # run before its initializer: expected, quiet
-                pass
-            assert not caplog.records
-            with sessions.preparing(sess, fails, {rows: np.zeros(0, np.float32)}):
-                pass
-    assert [r.levelno for r in caplog.records] == [logging.DEBUG] and "no such step" in caplog.text
-
-
-@pytest.mark.parametrize("state_mode", ["warm", "zero", "stateful"])
-def test_an_embedder_prepares_its_step_on_an_empty_batch_while_it_reads_the_weights(model, monkeypatch, state_mode):
-    from bilm.core import sessions
-    prepared, preparing = [], sessions.preparing
-
-    def recording(sess, fetches, feed_dict):
-        prepared.append((fetches, [value.shape for value in feed_dict.values()]))
-        return preparing(sess, fetches, feed_dict)
-
-    monkeypatch.setattr(sessions, "preparing", recording)
-    with ElmoEmbedder(model["options"], model["weights"], state_mode=state_mode) as embedder:
-        embedder.embed_sentences(model["sentences"][:3])
-        # a stateful step would store the states it ends with: that mode is not prepared
-        expected = [] if state_mode == "stateful" else [(embedder._lm_embeddings, [(0, 2, 50)])]
-        assert prepared == expected
 
 
 def test_the_two_directions_share_the_cores(model, monkeypatch, tmp_path):

@@ -1,15 +1,11 @@
-"""The TensorFlow session settings of ``bilm``'s own jobs, their set-up, and their steps' signal handling."""
+"""The TensorFlow session settings of ``bilm``'s own jobs, and their steps' signal handling."""
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
 
 import tensorflow.compat.v1 as tf
-
-logger = logging.getLogger(__name__)
-PREPARE_SECONDS = 120  # the longest wait for a graph's preparation (then the first step prepares it)
 
 
 def cpu_cores():
@@ -45,32 +41,6 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
     if not graph_rewrites:
         proto.graph_options.rewrite_options.disable_meta_optimizer = True
     return proto
-
-
-@contextlib.contextmanager
-def preparing(sess, fetches, feed_dict):
-    """Within the block (reading the weights: the initializers' run), TensorFlow prepares the graph
-    that computes ``fetches`` in another thread: Grappler's passes and the executors, which the first
-    ``sess.run`` of those fetches and feeds would otherwise spend before computing (0.4-0.6 s for the
-    full-size model). It does so by running them on ``feed_dict``, a batch that computes nothing (an
-    empty one), before or after the variables are initialised: the run fails or returns an empty
-    result, and the prepared graph is kept for the same fetches and feeds. The block ends when that
-    run has ended, or after ``PREPARE_SECONDS``; its errors are logged at debug level (a real step
-    shows its own)."""
-    def prepare():
-        try:
-            sess.run(fetches, feed_dict)
-        except tf.errors.FailedPreconditionError:
-            pass  # run before the variables were initialised: the graph is prepared all the same
-        except Exception as error:  # noqa: BLE001 (preparing is only ahead of time: never the job's error)
-            logger.debug("preparing the graph ahead of its first step failed: %s", error)
-
-    thread = threading.Thread(target=prepare, name="bilm-prepare", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join(PREPARE_SECONDS)
 
 
 # Ctrl-C and SIGTERM held while TensorFlow's Python runs (signals_held), in the main thread only.

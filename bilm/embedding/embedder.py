@@ -4,10 +4,8 @@ Sentences are read a window at a time, sorted by length inside the window (unles
 the state policy carries states from sentence to sentence) and run in batches, so
 little padding is computed; results come back in input order.
 """
-import contextlib
 import itertools
 
-import numpy as np
 import tensorflow.compat.v1 as tf
 
 from ..core import sessions, states
@@ -66,12 +64,7 @@ class ElmoEmbedder:
                 self._restore_states = tf.group(*[v.assign(value) for v, value in
                                                   zip(self._carried, self._carried_values)])
             self._session = tf.Session(config=session_config or sessions.config(branches=2))  # the two directions
-            initialize = tf.global_variables_initializer()
-            empty_batch = np.zeros((0, 2, options.max_characters), np.int32)
-            prepare = (sessions.preparing(self._session, self._lm_embeddings, {self._ids: empty_batch})
-                       if state_mode != "stateful" else contextlib.nullcontext())  # (a stateful run stores states)
-            with session_precision(precision), prepare:
-                sessions.run(self._session, initialize)
+            self._run(tf.global_variables_initializer())
 
     def _run(self, fetches, feed_dict=None):
         with session_precision(self.precision):
