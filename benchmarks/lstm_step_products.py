@@ -1,4 +1,4 @@
-"""The products of one inference LSTM step, in two layouts: what bounds the dump's steps.
+"""The products of one inference LSTM step, in three layouts: what bounds the dump's steps.
 
     python benchmarks/lstm_step_products.py [--rows 64,32] [--steps 20] [--repeat 3]
 
@@ -9,7 +9,10 @@ to 512): the recurrent product (B, 512) x (512, 16384) and the projection
 
 - ``batch-major`` (``bilm``'s layout): ``h @ W``, the weights the right operand;
 - ``weights-left``: ``W^T @ h^T``, the weights the left operand and the states
-  feature-major (4D, B), which a feature-major step would keep from one step to the next.
+  feature-major (4D, B), which a feature-major step would keep from one step to the next;
+- ``packed``: ``h @ W`` by the oneDNN product told that its weights are constant, which
+  packs them into its blocked layout once instead of at every product (``bilm``'s
+  inference in bfloat16: ``bilm.core.network.packs``).
 
 Each measurement is a ``while_loop`` of ``--steps`` steps in one session run (best of 4
 runs); the layouts alternate, ``--repeat`` rounds, and each figure is the median.
@@ -22,8 +25,10 @@ import time
 
 import tensorflow.compat.v1 as tf
 
+from bilm.core import network
+
 P, D = 512, 4096  # projection_dim, lstm.dim of the full-size model
-LAYOUTS = ("batch-major", "weights-left")
+LAYOUTS = ("batch-major", "weights-left", "packed")
 
 
 def step_loop(layout, rows, dtype, n_steps, seed):
@@ -42,8 +47,9 @@ def step_loop(layout, rows, dtype, n_steps, seed):
             gates = tf.cast(tf.matmul(kernel_h, x), tf.float32)  # (4D, B)
             out = tf.cast(tf.matmul(projection, tf.cast(gates[:D], dtype)), tf.float32)  # (P, B)
         else:
-            gates = tf.cast(tf.matmul(x, kernel_h), tf.float32)  # (B, 4D)
-            out = tf.cast(tf.matmul(tf.cast(gates[:, :D], dtype), projection), tf.float32)  # (B, P)
+            product = network._packed_product if layout == "packed" else tf.matmul
+            gates = tf.cast(product(x, kernel_h), tf.float32)  # (B, 4D)
+            out = tf.cast(product(tf.cast(gates[:, :D], dtype), projection), tf.float32)  # (B, P)
         return t + 1, total + out[0, 0]
 
     return tf.while_loop(lambda t, _: t < n_steps, step, (0, tf.zeros([])))[1]
@@ -57,8 +63,9 @@ def main():
     args = parser.parse_args()
     tf.disable_eager_execution()
     cases = [(dtype, rows) for dtype in (tf.float32, tf.bfloat16) for rows in map(int, args.rows.split(","))]
+    layouts = LAYOUTS if network.packs(tf.bfloat16) else LAYOUTS[:2]  # (where oneDNN packs)
     loops = {(case, layout): [step_loop(layout, case[1], case[0], args.steps, seed) for seed in (0, 1)]
-             for case in cases for layout in LAYOUTS}
+             for case in cases for layout in layouts}
     config = tf.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=2)
     seconds = {key: [] for key in loops}
     with tf.Session(config=config) as sess:
@@ -77,13 +84,14 @@ def main():
     print("|---|---|---|---|---|---|")
     for dtype, rows in cases:
         flop = 2 * 2 * rows * (P * 4 * D + D * P)
-        for layout in LAYOUTS:
+        for layout in layouts:
             runs = seconds[(dtype, rows), layout]
             print(f"| {dtype.name} | {rows} | {layout} | {1e3 * statistics.median(runs):.2f} | "
                   f"{flop / statistics.median(runs) / 1e9:.0f} | {', '.join(f'{1e3 * s:.2f}' for s in runs)} |")
-        ratios = [a / b for a, b in zip(seconds[(dtype, rows), LAYOUTS[0]], seconds[(dtype, rows), LAYOUTS[1]])]
-        print(f"| {dtype.name} | {rows} | weights-left speed-up | {statistics.median(ratios):.2f}x | | "
-              f"{', '.join(f'{r:.2f}x' for r in ratios)} |")
+        for layout in layouts[1:]:
+            ratios = [a / b for a, b in zip(seconds[(dtype, rows), LAYOUTS[0]], seconds[(dtype, rows), layout])]
+            print(f"| {dtype.name} | {rows} | {layout} speed-up | {statistics.median(ratios):.2f}x | | "
+                  f"{', '.join(f'{r:.2f}x' for r in ratios)} |")
     print(f"\nPeak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GB")
 
 

@@ -133,13 +133,16 @@ def job_train(work, original, n_batches, precision="float32", seed=SEED):
             "library": lib.__file__, "heldout_perplexity": heldout, "peak_gb": peak_gb}
 
 
-def job_dump(work, original, n_sentences, state_mode=None, precision="float32"):
+def job_dump(work, original, n_sentences, state_mode=None, precision="float32", pack=True):
     """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus (bilm: in
-    ``precision``)."""
+    ``precision``; ``pack=False``: without packing the LSTMs' matrices, ``bilm.core.network.packs``)."""
     lib = _import_library(original)
     import tensorflow  # noqa: F401 (before the clock, as the original's import does: bilm loads it when first used)
+    if not pack:
+        from bilm.core import inference
+        inference.PACK_LSTM_WEIGHTS = False
     dataset = os.path.join(work["dir"], f"first_{n_sentences}.txt")
-    tag = "original" if original else f"bilm_{state_mode}_{precision}"
+    tag = "original" if original else f"bilm_{state_mode}_{precision}" + ("" if pack else "_unpacked")
     outfile = os.path.join(work["dir"], f"dump_{tag}_{n_sentences}.hdf5")
     args = (work["vocab"], dataset, work["options"], work["weights"], outfile)
     start = time.perf_counter()
@@ -411,6 +414,15 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def identical_sentences(file_a, file_b):
+    """(sentences whose layers are the same bits in both dump outputs, sentences)."""
+    import h5py
+    import numpy as np
+    with h5py.File(file_a, "r") as a, h5py.File(file_b, "r") as b:
+        keys = [key for key in a if key.isdigit()]
+        return sum(key in b and np.array_equal(a[key][...], b[key][...]) for key in keys), len(keys)
+
+
 def mean_cosines(file_a, file_b):
     """Mean cosine similarity per layer between two dump outputs (same sentences)."""
     import h5py
@@ -518,6 +530,9 @@ def heldout_section(work, n_batches, seeds, log_dir):
 
 
 ORIGINAL_LABEL = "original bilm-tf (sentence at a time, stateful)"
+BFLOAT16_LABEL = "bilm, state_mode='warm', precision='bfloat16'"
+UNPACKED_LABEL = ("bilm, state_mode='warm', precision='bfloat16', LSTM matrices not packed (the straightforward "
+                  "path: packed at every product)")
 SETUP_VARIANTS = {"stateful": {"state_mode": "stateful"}, "zero": {"state_mode": "zero"},
                   "warm (states kept by an earlier job)": {"state_mode": "warm"},
                   "warm (states computed: the model's first job here)": {"state_mode": "warm",
@@ -530,8 +545,9 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     ours = [("bilm, state_mode='warm' (default, batched)", "job_dump", {"original": None, "state_mode": "warm"}),
             ("bilm, state_mode='zero' (batched)", "job_dump", {"original": None, "state_mode": "zero"})]
     if native_bfloat16():
-        ours.append(("bilm, state_mode='warm', precision='bfloat16'", "job_dump",
-                     {"original": None, "state_mode": "warm", "precision": "bfloat16"}))
+        ours.append((BFLOAT16_LABEL, "job_dump", {"original": None, "state_mode": "warm", "precision": "bfloat16"}))
+        ours.append((UNPACKED_LABEL, "job_dump",
+                     {"original": None, "state_mode": "warm", "precision": "bfloat16", "pack": False}))
     peers = []
     if original:
         peers.append((ORIGINAL_LABEL, "job_dump",
@@ -550,6 +566,9 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
                      f"{tokens / median(result['large']):,.0f}", cell(median(result["steady"]), ",.0f"),
                      cell(median(result["peak"]), ".2f")])
     comparisons = []
+    if UNPACKED_LABEL in results:  # the packed LSTM matrices against the same job without them
+        name = f"{short(BFLOAT16_LABEL)} / {short(UNPACKED_LABEL)}"
+        comparisons.append((name, comparison(results[BFLOAT16_LABEL], results[UNPACKED_LABEL])))
     for peer, _, _ in peers:
         for label, _, _ in ours:
             name = f"{short(label)} / {short(peer)}"
@@ -565,6 +584,11 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     print("\n" + all_runs_line(runs, " sentences"))
     for name, ratios in comparisons:
         print("\n" + ratios_line(name, ratios, sizes, " sentences"))
+    if UNPACKED_LABEL in results:
+        same, count = identical_sentences(runs[BFLOAT16_LABEL, large][-1]["outfile"],
+                                          runs[UNPACKED_LABEL, large][-1]["outfile"])
+        print(f"\nSame output check ({large} sentences): {short(BFLOAT16_LABEL)} and {short(UNPACKED_LABEL)}: "
+              f"{same} of {count} sentences the same bits")
     if allennlp:
         print(f"\nAllenNLP: torch {runs[peers[-1][0], large][0]['torch']}")
     for peer, _, _ in peers:
@@ -634,7 +658,7 @@ def dump_work_gflop(work, n_sentences, batch_size=64):
 def work_bound_line(work, n_sentences, dump, bfloat16_gflops):
     """What bounds bilm's bfloat16 dump: its arithmetic at the CPU's bfloat16 product rate plus its set-up."""
     gflop = dump_work_gflop(work, n_sentences)
-    label = "bilm, state_mode='warm', precision='bfloat16'"
+    label = BFLOAT16_LABEL
     whole, setup, original = dump["whole"][label], dump["setup"], dump["whole"].get(ORIGINAL_LABEL)
     floor = setup + gflop / bfloat16_gflops
     line = (f"\nWhat bounds {short(label)} ({n_sentences} sentences): {gflop:,.0f} GFLOP (LSTMs over the real "

@@ -17,6 +17,7 @@ from .precision import check_precision, compute_dtype
 
 SCOPE = layout.INFERENCE_SCOPE
 CNN_CHUNK = 256  # distinct tokens per char-CNN step: bounds the memory of the convolutions
+PACK_LSTM_WEIGHTS = True  # pack the LSTMs' matrices once where that is faster (``bilm.core.network.packs``)
 
 
 def require_graph_mode(what):
@@ -228,6 +229,8 @@ class BidirectionalLanguageModel:
             checks.append(tf.debugging.assert_less_equal(
                 tf.shape(ids)[0], policy.max_batch_size,
                 message=f"batch larger than max_batch_size={policy.max_batch_size} of BidirectionalLanguageModel"))
+        if PACK_LSTM_WEIGHTS:  # (the weights keep the files' values while the graph runs)
+            params = network.packed_lstm_weights(params, self._options)
         ops = network.language_model(embedding, network.sentence_lengths(ids), policy, self._options, params, checks)
         ops["token_embeddings"] = embedding
         carried = policy.variables if isinstance(policy, states.Stateful) else [[], []]

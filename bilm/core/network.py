@@ -10,6 +10,7 @@ pretrained values from the weight file).
 Shapes: B batch, T positions, C ``max_characters_per_token``, E char embedding dim,
 F total CNN filters, P ``projection_dim``, D ``lstm.dim``.
 """
+import functools
 import json
 import weakref
 
@@ -22,9 +23,73 @@ LSTM_FORGET_BIAS = 1.0
 STEPS_PER_BLOCK = 8
 
 
+class Packed:
+    """A weight matrix whose values do not change while its graph runs (a pretrained model's), marked
+    for ``_product`` to have it packed once (``packs``)."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+
+_PACKING_PRODUCT = "_MklNativeFusedMatMul"  # TensorFlow's oneDNN product with a bias, on the CPU
+
+
+@functools.lru_cache(maxsize=None)
+def packs(dtype):
+    """Whether this process packs the products of ``Packed`` weights of ``dtype``.
+
+    TensorFlow's oneDNN CPU products rearrange their right operand into the blocked layout
+    of the CPU's instructions at every call, unless the product is told its weight is a
+    constant: then it does so once, at its first run, and keeps the packed copy. For the
+    LSTM steps of inference, whose small products each read a whole recurrent matrix, that
+    is the difference between 55% and 85% of the bfloat16 product rate (``benchmarks/``). Yes
+    for bfloat16 where oneDNN is on (TensorFlow's default on x86 Linux;
+    ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off), its product is registered for the type, and no GPU
+    is visible (it has CPU kernels only). Not for float32 (measured slower, and its bits would
+    change) nor float16 (not measured).
+    """
+    from tensorflow.python.framework import kernels
+    from tensorflow.python.util import _pywrap_util_port
+
+    if dtype != tf.bfloat16 or not _pywrap_util_port.IsMklEnabled() or tf.config.list_physical_devices("GPU"):
+        return False
+    return bool(_packing_kernel_label(kernels, dtype))
+
+
+def _packing_kernel_label(kernels, dtype):
+    """The label of ``_PACKING_PRODUCT``'s CPU kernel for ``dtype``, or None where it has none."""
+    for kernel in kernels.get_registered_kernels_for_op(_PACKING_PRODUCT).kernel:
+        types = [t for c in kernel.constraint if c.name == "T" for t in c.allowed_values.list.type]
+        if kernel.device_type == "CPU" and dtype.as_datatype_enum in types:
+            return kernel.label
+    return None
+
+
+def _packed_product(x, weight):
+    """x (N, in) @ weight (in, out), both of the weight's type, by ``_PACKING_PRODUCT`` told that the
+    weight is constant (``is_filter_const``): packed at its first run, then reused (``packs``).
+    The bias it requires is zero, which leaves the product as it is."""
+    from tensorflow.core.framework import attr_value_pb2
+    from tensorflow.python.framework import kernels
+
+    def attr(**value):
+        return attr_value_pb2.AttrValue(**value)
+
+    dtype = weight.dtype.base_dtype
+    zero_bias = tf.zeros([int(weight.shape[1])], dtype)
+    op = tf.get_default_graph().create_op(
+        _PACKING_PRODUCT, [x, tf.convert_to_tensor(weight), zero_bias], [dtype], name="packed_product",
+        attrs={"T": attr(type=dtype.as_datatype_enum), "num_args": attr(i=1),
+               "fused_ops": attr(list=attr_value_pb2.AttrValue.ListValue(s=[b"BiasAdd"])),
+               "is_filter_const": attr(b=True), "_kernel": attr(s=_packing_kernel_label(kernels, dtype).encode())})
+    return op.outputs[0]
+
+
 def _product(x, weight):
     """x (..., in) x weight (in, out), in the weight's type (float32, or a reduced one for mixed
-    precision: ``bilm.core.precision``); the result is float32."""
+    precision: ``bilm.core.precision``); the result is float32. x is (N, in) for a ``Packed`` weight."""
+    if isinstance(weight, Packed):
+        return tf.cast(_packed_product(tf.cast(x, weight.weight.dtype), weight.weight), DTYPE)
     if weight.dtype.base_dtype == DTYPE:
         return tf.matmul(x, weight)
     return tf.cast(tf.matmul(tf.cast(x, weight.dtype), weight), DTYPE)
@@ -185,12 +250,16 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
         inputs: float32 (B, T, P).
         initial_state: (c (B, D), h (B, P)).
         options: ``ModelOptions``.
-        kernel: (P + P, 4D) (``W_0``); bias: (4D,) (``B``); projection: (D, P) (``W_P_0``) or None.
+        kernel: (P + P, 4D) (``W_0``); bias: (4D,) (``B``); projection: (D, P) (``W_P_0``) or None. The
+            kernel and projection may be ``Packed`` (``packed_lstm_weights``), with ``lengths``.
         lengths: int32 (B,) real steps per row, or None when every step is real.
     Returns:
         outputs float32 (B, T, P), zero past each row's length, and the final state
         (c, h) of each row after its last real step.
     """
+    packed = isinstance(kernel, Packed)  # (then so is the projection)
+    if packed:
+        kernel, projection = kernel.weight, None if projection is None else projection.weight
     in_dim = int(inputs.shape[-1])
     kernel_x, kernel_h = tf.split(kernel, [in_dim, int(kernel.shape[0]) - in_dim], axis=0)  # (cheaper gradient)
     n_static = tf.compat.dimension_value(inputs.shape[1])
@@ -199,8 +268,8 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
     if lengths is None:
         lengths = tf.fill([tf.shape(inputs)[0]], tf.shape(inputs)[1])
     weights = [kernel_x, kernel_h, bias] + ([] if projection is None else [projection])
-    outputs, c, h = _looped_function(options, inputs, weights)(inputs, initial_state[0], initial_state[1], lengths,
-                                                              *weights)
+    outputs, c, h = _looped_function(options, inputs, weights, packed)(inputs, initial_state[0], initial_state[1],
+                                                                      lengths, *weights)
     c.set_shape(initial_state[0].shape)
     h.set_shape(initial_state[1].shape)
     return tf.ensure_shape(outputs, inputs.shape[:2].concatenate([options.state_sizes[1]])), (c, h)
@@ -209,17 +278,19 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
 _LOOPED = weakref.WeakKeyDictionary()  # graph -> {signature: the looped LSTM's graph function}
 
 
-def _looped_function(options, inputs, weights):
+def _looped_function(options, inputs, weights, packed=False):
     """``_looped_lstm`` as one graph function per graph, options and types, taking the weights as arguments.
 
     A model's layers, both directions and its warm-up call the same function, so its while loop is
     built once instead of once per layer and direction (the full-size model's inference graph: 557
     operations instead of 997; ``ElmoEmbedder``'s set-up 1.68 s instead of 2.04, median of 5
-    alternating runs). Returns the function: (inputs, c0, h0, lengths, kernel_x, kernel_h, bias[,
-    projection]) -> (outputs, c, h).
+    alternating runs). With ``packed`` weights (``Packed``) a function serves those weights only: its
+    products keep their packed copies. Returns the function: (inputs, c0, h0, lengths, kernel_x,
+    kernel_h, bias[, projection]) -> (outputs, c, h).
     """
     in_dim = int(inputs.shape[-1])
-    key = (json.dumps(options.to_dict(), sort_keys=True), in_dim, tuple(w.dtype.base_dtype.name for w in weights))
+    key = (json.dumps(options.to_dict(), sort_keys=True), in_dim, tuple(w.dtype.base_dtype.name for w in weights),
+           tuple(w.name for w in weights) if packed else None)
     functions = _LOOPED.setdefault(tf.get_default_graph(), {})
     if key not in functions:
         dim, out_dim = options.state_sizes
@@ -228,6 +299,9 @@ def _looped_function(options, inputs, weights):
         signature += [tf.TensorSpec(w.shape, w.dtype.base_dtype) for w in weights]
 
         def looped(inputs, c0, h0, lengths, kernel_x, kernel_h, bias, projection=None):
+            if packed:
+                kernel_x, kernel_h = Packed(kernel_x), Packed(kernel_h)
+                projection = None if projection is None else Packed(projection)
             outputs, (c, h) = _looped_lstm(inputs, (c0, h0), options, kernel_x, kernel_h, bias, projection, lengths)
             return outputs, c, h
 
@@ -389,6 +463,15 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
     c, h = tf.concat([c, done_c.concat()], 0), tf.concat([h, done_h.concat()], 0)
     back = tf.math.invert_permutation(order)
     return tf.gather(outputs, back), (tf.gather(c, back), tf.gather(h, back))
+
+
+def packed_lstm_weights(params, options):
+    """``params`` with the LSTMs' kernels and projections ``Packed`` where this process packs their type
+    (``packs``): for a model whose weights keep their values while its graph runs."""
+    names = {name for direction in (0, 1) for layer in range(options.n_layers)
+             for name in layout.lstm_names(direction, layer)[::2]}
+    return {name: Packed(value) if name in names and packs(value.dtype.base_dtype) else value
+            for name, value in params.items()}
 
 
 def lstm_stack(inputs, initial_states, options, params, direction, lengths=None, dropout=None, seed=None):

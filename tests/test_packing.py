@@ -1,0 +1,67 @@
+"""Inference's packed LSTM matrices (bilm.core.network.packs): where they are used, and the same numbers."""
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+from bilm.core import inference, network
+from bilm.embedding.embedder import ElmoEmbedder
+from conftest import make_options, random_sentences, write_model
+
+needs_packing = pytest.mark.skipif(not network.packs(tf.bfloat16),
+                                   reason="TensorFlow packs no bfloat16 products here (no oneDNN, or a GPU)")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    options = make_options(dim=40, projection_dim=16, n_layers=3, skip=True)
+    options_file, weight_file = write_model(tmp_path_factory.mktemp("model"), options, seed=5)
+    return options_file, weight_file, random_sentences(np.random.default_rng(3), 50, max_len=14)
+
+
+@pytest.fixture
+def fresh_packs():
+    network.packs.cache_clear()
+    yield network.packs
+    network.packs.cache_clear()
+
+
+def test_only_bfloat16_is_packed_and_only_by_onednn_on_the_cpu(fresh_packs, monkeypatch):
+    from tensorflow.python.util import _pywrap_util_port
+
+    assert not fresh_packs(tf.float32) and not fresh_packs(tf.float16)
+    if not _pywrap_util_port.IsMklEnabled():
+        pytest.skip("TensorFlow's oneDNN is off here (TF_ENABLE_ONEDNN_OPTS=0, or not an x86 build)")
+    assert fresh_packs(tf.bfloat16)  # an x86 build with oneDNN on has the packing product for bfloat16
+    fresh_packs.cache_clear()
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"] if kind == "GPU" else [])
+    assert not fresh_packs(tf.bfloat16)  # its kernels are the CPU's
+    fresh_packs.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(_pywrap_util_port, "IsMklEnabled", lambda: False)
+    assert not fresh_packs(tf.bfloat16)
+
+
+def _embed(model, pack, monkeypatch, **kwargs):
+    """The layers of the model's sentences, and the packed products of the embedder's graph."""
+    options_file, weight_file, sentences = model
+    monkeypatch.setattr(inference, "PACK_LSTM_WEIGHTS", pack)
+    with ElmoEmbedder(options_file, weight_file, precision="bfloat16", **kwargs) as embedder:
+        layers = embedder.embed_sentences(sentences)
+        library = embedder._graph.as_graph_def().library
+    packed = [node for function in library.function for node in function.node_def
+              if node.op == "_MklNativeFusedMatMul"]
+    return layers, packed
+
+
+@needs_packing
+@pytest.mark.parametrize("state_mode, batch_size", [("warm", 7), ("stateful", 1)])
+def test_packed_matrices_give_the_same_numbers(model, monkeypatch, state_mode, batch_size):
+    plain, none = _embed(model, False, monkeypatch, state_mode=state_mode, batch_size=batch_size)
+    packed, products = _embed(model, True, monkeypatch, state_mode=state_mode, batch_size=batch_size)
+    assert none == []
+    # per layer and direction: its input product, recurrent product and projection, each its own
+    assert len(products) == 3 * 3 * 2 and all(node.attr["is_filter_const"].b for node in products)
+    # batches of 7 in length order: steps of 7 rows down to 1, and the last batch of 1 (50 = 7 x 7 + 1)
+    # (the same bits on the CPUs measured; other CPUs may pick other kernels: bfloat16's rounding then)
+    worst = max(np.abs(a - b).max() / np.abs(a).max() for a, b in zip(plain, packed))
+    assert worst <= 1e-2, worst
