@@ -135,7 +135,8 @@ def job_train(work, original, n_batches, precision="float32", seed=SEED):
 
 def job_dump(work, original, n_sentences, state_mode=None, precision="float32", pack=True):
     """One whole call of ``dump_bilm_embeddings`` on the first ``n_sentences`` of the corpus (bilm: in
-    ``precision``; ``pack=False``: without packing the LSTMs' matrices, ``bilm.core.network.packs``)."""
+    ``precision``; ``pack=False``: without packing the LSTMs' matrices, ``bilm.core.network.packs``, and so
+    with Grappler's passes, ``bilm.embedding.embedder.ElmoEmbedder``)."""
     lib = _import_library(original)
     import tensorflow  # noqa: F401 (before the clock, as the original's import does: bilm loads it when first used)
     if not pack:
@@ -532,7 +533,7 @@ def heldout_section(work, n_batches, seeds, log_dir):
 ORIGINAL_LABEL = "original bilm-tf (sentence at a time, stateful)"
 BFLOAT16_LABEL = "bilm, state_mode='warm', precision='bfloat16'"
 UNPACKED_LABEL = ("bilm, state_mode='warm', precision='bfloat16', LSTM matrices not packed (the straightforward "
-                  "path: packed at every product)")
+                  "path: packed at every product, the session's Grappler passes on)")
 SETUP_VARIANTS = {"stateful": {"state_mode": "stateful"}, "zero": {"state_mode": "zero"},
                   "warm (states kept by an earlier job)": {"state_mode": "warm"},
                   "warm (states computed: the model's first job here)": {"state_mode": "warm",

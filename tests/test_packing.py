@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from bilm.core import inference, network
+from bilm.core import inference, network, sessions
 from bilm.embedding.embedder import ElmoEmbedder
 from conftest import make_options, random_sentences, write_model
 
@@ -65,3 +65,11 @@ def test_packed_matrices_give_the_same_numbers(model, monkeypatch, state_mode, b
     # (the same bits on the CPUs measured; other CPUs may pick other kernels: bfloat16's rounding then)
     worst = max(np.abs(a - b).max() / np.abs(a).max() for a, b in zip(plain, packed))
     assert worst <= 1e-2, worst
+
+
+def test_a_session_without_graph_rewrites_keeps_the_other_settings():
+    config = sessions.config(threads=3, branches=2)
+    plain = sessions.without_graph_rewrites(config)
+    assert plain.graph_options.rewrite_options.disable_meta_optimizer
+    assert not config.graph_options.rewrite_options.disable_meta_optimizer  # a copy: the caller's is unchanged
+    assert plain.intra_op_parallelism_threads == 3 and plain.allow_soft_placement

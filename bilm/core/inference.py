@@ -127,6 +127,13 @@ class BidirectionalLanguageModel:
         """The model's ``ModelOptions``."""
         return self._options
 
+    @property
+    def packs_lstm_weights(self):
+        """Whether the graph has the LSTMs' matrices packed once for the CPU's instructions
+        (``bilm.core.network.packs``: bfloat16 on a CPU with oneDNN; ``PACK_LSTM_WEIGHTS``)."""
+        kernel = self._parameters[layout.lstm_names(0, 0)[0]]
+        return PACK_LSTM_WEIGHTS and network.packs(compute_dtype(kernel, self._precision))
+
     def _needed_parameters(self):
         every = layout.model_parameters(self._options)
         if self._use_character_inputs:
@@ -229,7 +236,7 @@ class BidirectionalLanguageModel:
             checks.append(tf.debugging.assert_less_equal(
                 tf.shape(ids)[0], policy.max_batch_size,
                 message=f"batch larger than max_batch_size={policy.max_batch_size} of BidirectionalLanguageModel"))
-        if PACK_LSTM_WEIGHTS:  # (the weights keep the files' values while the graph runs)
+        if self.packs_lstm_weights:  # (the weights keep the files' values while the graph runs)
             params = network.packed_lstm_weights(params, self._options)
         ops = network.language_model(embedding, network.sentence_lengths(ids), policy, self._options, params, checks)
         ops["token_embeddings"] = embedding

@@ -42,7 +42,8 @@ def packs(dtype):
     of the CPU's instructions at every call, unless the product is told its weight is a
     constant: then it does so once, at its first run, and keeps the packed copy. For the
     LSTM steps of inference, whose small products each read a whole recurrent matrix, that
-    is the difference between 55% and 85% of the bfloat16 product rate (``benchmarks/``). Yes
+    makes a bfloat16 step's products 1.3x (64 rows) to 3x (4 rows) faster, the same bits
+    (``benchmarks/lstm_step_products.py``). Yes
     for bfloat16 where oneDNN is on (TensorFlow's default on x86 Linux;
     ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off), its product is registered for the type, and no GPU
     is visible (it has CPU kernels only). Not for float32 (measured slower, and its bits would
@@ -466,12 +467,11 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
 
 
 def packed_lstm_weights(params, options):
-    """``params`` with the LSTMs' kernels and projections ``Packed`` where this process packs their type
-    (``packs``): for a model whose weights keep their values while its graph runs."""
+    """``params`` with the LSTMs' kernels and projections ``Packed``: for a model whose weights keep their
+    values while its graph runs, in a type this process packs (``packs``)."""
     names = {name for direction in (0, 1) for layer in range(options.n_layers)
              for name in layout.lstm_names(direction, layer)[::2]}
-    return {name: Packed(value) if name in names and packs(value.dtype.base_dtype) else value
-            for name, value in params.items()}
+    return {name: Packed(value) if name in names else value for name, value in params.items()}
 
 
 def lstm_stack(inputs, initial_states, options, params, direction, lengths=None, dropout=None, seed=None):

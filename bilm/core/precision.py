@@ -15,8 +15,9 @@ setting: in your own sessions, call
 - ``"bfloat16"``, ``"float16"``: mixed precision: matrix products and convolutions
   take their inputs in the reduced type, while additions, activations, the LSTM states
   and their clips stay in float32. The inference model keeps its matrices in the
-  reduced type (half the weights' memory); training casts its float32 variables once
-  per batch.
+  reduced type (half the weights' memory), and on a CPU has the LSTMs' bfloat16 matrices
+  packed for its instructions once (``bilm.core.network.packs``); training casts its
+  float32 variables once per batch.
 
 Whether the machine computes a reduced type natively (where it can be faster than
 float32): ``slow_reduced_type`` (training's check) and ``native_bfloat16`` (which hardware).

@@ -38,8 +38,13 @@ def config(n_cpu_devices=None, threads=None, graph_rewrites=True, branches=1):
         proto.intra_op_parallelism_threads = proto.inter_op_parallelism_threads = threads
     elif branches > 1:
         proto.intra_op_parallelism_threads = max(1, cpu_cores() // branches)
-    if not graph_rewrites:
-        proto.graph_options.rewrite_options.disable_meta_optimizer = True
+    return proto if graph_rewrites else without_graph_rewrites(proto)
+
+
+def without_graph_rewrites(proto):
+    """A copy of the ``tf.ConfigProto`` with Grappler's optimisation of graphs turned off."""
+    proto = tf.ConfigProto.FromString(proto.SerializeToString())
+    proto.graph_options.rewrite_options.disable_meta_optimizer = True
     return proto
 
 

@@ -31,7 +31,9 @@ class ElmoEmbedder:
         window: sentences read ahead and sorted by length before batching.
         precision: ``"float32"`` (exact, default; TF32 off while it runs), ``"tf32"``,
             ``"bfloat16"``, ``"float16"`` (``bilm.core.precision``).
-        session_config: a ``tf.ConfigProto`` (default: ``bilm.core.sessions.config(branches=2)``).
+        session_config: a ``tf.ConfigProto`` (default: ``bilm.core.sessions.config(branches=2)``); where
+            the model packs its LSTM matrices (bfloat16 on a CPU, ``bilm.core.network.packs``) the
+            session runs it without Grappler's graph rewrites.
 
     ``embed_sentences(sentences)`` returns, per sentence, float32
     (n_layers + 1, n_tokens, 2P); ``iter_embeddings(sentences)`` streams
@@ -63,7 +65,10 @@ class ElmoEmbedder:
                 self._carried_values = [tf.placeholder(v.dtype.base_dtype, v.shape) for v in self._carried]
                 self._restore_states = tf.group(*[v.assign(value) for v, value in
                                                   zip(self._carried, self._carried_values)])
-            self._session = tf.Session(config=session_config or sessions.config(branches=2))  # the two directions
+            config = session_config or sessions.config(branches=2)  # the two directions
+            if model.packs_lstm_weights:  # Grappler's passes change no bit of that graph and cost more than they save
+                config = sessions.without_graph_rewrites(config)
+            self._session = tf.Session(config=config)
             self._run(tf.global_variables_initializer())
 
     def _run(self, fetches, feed_dict=None):
