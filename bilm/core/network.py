@@ -42,23 +42,26 @@ def packs(dtype):
     of the CPU's instructions at every call, unless the product is told its weight is a
     constant: then it does so once, at its first run, and keeps the packed copy. For the
     LSTM steps of inference, whose small products each read a whole recurrent matrix, that
-    makes a bfloat16 step's products 1.3x (64 rows) to 3x (4 rows) faster, the same bits
-    (``benchmarks/lstm_step_products.py``). Yes
-    for bfloat16 where oneDNN is on (TensorFlow's default on x86 Linux;
-    ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off), its product is registered for the type, and no GPU
-    is visible (it has CPU kernels only). Not for float32 (measured slower, and its bits would
-    change) nor float16 (not measured).
+    makes a bfloat16 step's products 1.3x (64 rows) to 3x (4 rows) faster
+    (``benchmarks/lstm_step_products.py``), and the dump gives the same bits
+    (``benchmarks/vs_original.py``). True for bfloat16 where oneDNN is on (TensorFlow's
+    default on x86 Linux; ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off), has that product for
+    the type, and no GPU is visible (the product has CPU kernels only). False for float32,
+    whose packed products are other bits than the straightforward ones (float32 is exact),
+    and for float16 (not measured).
     """
-    from tensorflow.python.framework import kernels
     from tensorflow.python.util import _pywrap_util_port
 
     if dtype != tf.bfloat16 or not _pywrap_util_port.IsMklEnabled() or tf.config.list_physical_devices("GPU"):
         return False
-    return bool(_packing_kernel_label(kernels, dtype))
+    return bool(_packing_kernel_label(dtype))
 
 
-def _packing_kernel_label(kernels, dtype):
+@functools.lru_cache(maxsize=None)
+def _packing_kernel_label(dtype):
     """The label of ``_PACKING_PRODUCT``'s CPU kernel for ``dtype``, or None where it has none."""
+    from tensorflow.python.framework import kernels
+
     for kernel in kernels.get_registered_kernels_for_op(_PACKING_PRODUCT).kernel:
         types = [t for c in kernel.constraint if c.name == "T" for t in c.allowed_values.list.type]
         if kernel.device_type == "CPU" and dtype.as_datatype_enum in types:
@@ -71,7 +74,6 @@ def _packed_product(x, weight):
     weight is constant (``is_filter_const``): packed at its first run, then reused (``packs``).
     The bias it requires is zero, which leaves the product as it is."""
     from tensorflow.core.framework import attr_value_pb2
-    from tensorflow.python.framework import kernels
 
     def attr(**value):
         return attr_value_pb2.AttrValue(**value)
@@ -82,7 +84,7 @@ def _packed_product(x, weight):
         _PACKING_PRODUCT, [x, tf.convert_to_tensor(weight), zero_bias], [dtype], name="packed_product",
         attrs={"T": attr(type=dtype.as_datatype_enum), "num_args": attr(i=1),
                "fused_ops": attr(list=attr_value_pb2.AttrValue.ListValue(s=[b"BiasAdd"])),
-               "is_filter_const": attr(b=True), "_kernel": attr(s=_packing_kernel_label(kernels, dtype).encode())})
+               "is_filter_const": attr(b=True), "_kernel": attr(s=_packing_kernel_label(dtype).encode())})
     return op.outputs[0]
 
 
