@@ -29,8 +29,9 @@ def test_only_bfloat16_is_packed_and_only_by_onednn_on_the_cpu(fresh_packs, monk
     from tensorflow.python.util import _pywrap_util_port
 
     assert not fresh_packs(tf.float32) and not fresh_packs(tf.float16)
-    if not _pywrap_util_port.IsMklEnabled():
-        pytest.skip("TensorFlow's oneDNN is off here (TF_ENABLE_ONEDNN_OPTS=0, or not an x86 build)")
+    if not _pywrap_util_port.IsMklEnabled() or tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow's oneDNN is off here (TF_ENABLE_ONEDNN_OPTS=0, or not an x86 build), or a GPU is "
+                    "visible")
     assert fresh_packs(tf.bfloat16)  # an x86 build with oneDNN on has the packing product for bfloat16
     fresh_packs.cache_clear()
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"] if kind == "GPU" else [])

@@ -471,8 +471,11 @@ def _looped_lstm(inputs, initial_state, options, kernel_x, kernel_h, bias, proje
 def packed_lstm_weights(params, options):
     """``params`` with the LSTMs' kernels and projections ``Packed``: for a model whose weights keep their
     values while its graph runs, in a type this process packs (``packs``)."""
-    names = {name for direction in (0, 1) for layer in range(options.n_layers)
-             for name in layout.lstm_names(direction, layer)[::2]}
+    names = set()
+    for direction in (0, 1):
+        for layer in range(options.n_layers):
+            kernel, _, projection = layout.lstm_names(direction, layer)  # (the bias is added in float32)
+            names.update((kernel, projection))
     return {name: Packed(value) if name in names else value for name, value in params.items()}
 
 
