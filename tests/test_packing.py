@@ -48,20 +48,33 @@ def _embed(model, pack, monkeypatch, **kwargs):
     monkeypatch.setattr(inference, "PACK_LSTM_WEIGHTS", pack)
     with ElmoEmbedder(options_file, weight_file, precision="bfloat16", **kwargs) as embedder:
         layers = embedder.embed_sentences(sentences)
-        library = embedder._graph.as_graph_def().library
-    packed = [node for function in library.function for node in function.node_def
-              if node.op == "_MklNativeFusedMatMul"]
-    return layers, packed
+        graph_def = embedder._graph.as_graph_def()
+    packed = [(function.signature.name, node) for function in graph_def.library.function
+              for node in function.node_def if node.op == "_MklNativeFusedMatMul"]
+    return layers, packed, graph_def
 
 
 @needs_packing
 @pytest.mark.parametrize("state_mode, batch_size", [("warm", 7), ("stateful", 1)])
 def test_packed_matrices_give_the_same_numbers(model, monkeypatch, state_mode, batch_size):
-    plain, none = _embed(model, False, monkeypatch, state_mode=state_mode, batch_size=batch_size)
-    packed, products = _embed(model, True, monkeypatch, state_mode=state_mode, batch_size=batch_size)
+    plain, none, _ = _embed(model, False, monkeypatch, state_mode=state_mode, batch_size=batch_size)
+    packed, products, graph_def = _embed(model, True, monkeypatch, state_mode=state_mode, batch_size=batch_size)
     assert none == []
     # per layer and direction: its input product, recurrent product and projection, each its own
-    assert len(products) == 3 * 3 * 2 and all(node.attr["is_filter_const"].b for node in products)
+    assert len(products) == 3 * 3 * 2 and all(node.attr["is_filter_const"].b for _, node in products)
+    # in functions of its own: each layer and direction calls its own copy of the loop's functions
+    called = {function.signature.name: {value.func.name for node in function.node_def
+                                        for value in node.attr.values() if value.func.name}
+              for function in graph_def.library.function}
+
+    def reached(name):
+        return {name}.union(*(reached(callee) for callee in called[name]))
+
+    calls = [node.attr["f"].func.name for node in graph_def.node if node.op.endswith("PartitionedCall")]
+    owners = [function for function, _ in products]
+    per_call = [reached(call) for call in calls if reached(call) & set(owners)]
+    assert sorted(sum(owners.count(f) for f in functions) for functions in per_call) == [3] * 3 * 2
+    assert len(set.union(*per_call)) == sum(map(len, per_call))  # no function shared between calls
     # batches of 7 in length order: steps of 7 rows down to 1, and the last batch of 1 (50 = 7 x 7 + 1)
     # (the same bits on the CPUs measured; other CPUs may pick other kernels: bfloat16's rounding then)
     worst = max(np.abs(a - b).max() / np.abs(a).max() for a, b in zip(plain, packed))
