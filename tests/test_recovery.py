@@ -224,9 +224,9 @@ def test_killed_training_restarts_from_its_last_complete_checkpoint(job, tmp_pat
     common = ["--train_prefix", job["dataset_file"], "--vocab_file", job["vocab_file"], "--save_dir", str(save)]
     train = [sys.executable, "-m", "bilm.cli", "--quiet", "train", *common, "--lstm_dim", "16", "--projection_dim",
              "8", "--filters", "[[1, 8], [2, 8]]", "--n_highway", "1", "--char_embedding_dim", "4", "--batch_size",
-             "4", "--unroll_steps", "5", "--n_negative_samples", "8", "--n_train_tokens", "2000", "--n_epochs", "1",
+             "4", "--unroll_steps", "5", "--n_negative_samples", "8", "--n_train_tokens", "10000", "--n_epochs", "1",
              "--checkpoint_every", "4", "--seed", "0"]
-    total = 2000 // (4 * 5)
+    total = 10000 // (4 * 5)  # (long enough to be killed before its end: a step of this model takes milliseconds)
     restart = [sys.executable, "-m", "bilm.cli", "--quiet", "restart", *common, "--checkpoint_every", "4"]
     delays = random.Random(0)
     for command, more_steps in ((train, 4), (restart, 12)):
