@@ -173,7 +173,7 @@ def job_allennlp_dump(work, allennlp, n_sentences):
             "torch": f"{torch.__version__}, {torch.get_num_threads()} threads"}
 
 
-def job_setup(work, state_mode, keep_warm_states=True):
+def job_setup(work, state_mode, keep_warm_states=True, precision="float32"):
     """bilm's set-up before the first sentence: graph, weights, warm-up (TensorFlow already imported);
     ``keep_warm_states=False``: the warm states computed, not read from the cache (a model's first job)."""
     if not keep_warm_states:
@@ -184,7 +184,7 @@ def job_setup(work, state_mode, keep_warm_states=True):
     with open(work["corpus"]) as fin:
         sentence = fin.readline().split()
     start = time.perf_counter()
-    with ElmoEmbedder(work["options"], work["weights"], state_mode=state_mode) as embedder:
+    with ElmoEmbedder(work["options"], work["weights"], state_mode=state_mode, precision=precision) as embedder:
         embedder.embed_sentence(sentence)
         seconds = time.perf_counter() - start
     return {"seconds": seconds}
@@ -534,10 +534,13 @@ ORIGINAL_LABEL = "original bilm-tf (sentence at a time, stateful)"
 BFLOAT16_LABEL = "bilm, state_mode='warm', precision='bfloat16'"
 UNPACKED_LABEL = ("bilm, state_mode='warm', precision='bfloat16', LSTM matrices not packed (the straightforward "
                   "path: packed at every product, the session's Grappler passes on)")
+SETUP_WARM_KEPT = "warm (states kept by an earlier job)"
+SETUP_BFLOAT16 = "warm, states kept, precision='bfloat16'"
 SETUP_VARIANTS = {"stateful": {"state_mode": "stateful"}, "zero": {"state_mode": "zero"},
-                  "warm (states kept by an earlier job)": {"state_mode": "warm"},
+                  SETUP_WARM_KEPT: {"state_mode": "warm"},
                   "warm (states computed: the model's first job here)": {"state_mode": "warm",
-                                                                         "keep_warm_states": False}}
+                                                                         "keep_warm_states": False},
+                  SETUP_BFLOAT16: {"state_mode": "warm", "precision": "bfloat16"}}
 
 
 def dump_section(work, original, allennlp, sizes, log_dir, repeat):
@@ -601,14 +604,14 @@ def dump_section(work, original, allennlp, sizes, log_dir, repeat):
     setup = in_rounds({label: ("job_setup", dict(kwargs, work=work)) for label, kwargs in SETUP_VARIANTS.items()},
                       repeat, log_dir)
     print("\n### bilm's set-up before the first sentence (full-size model; graph, weight loading, warm-up "
-          "states; TensorFlow already imported)\n")
+          "states; TensorFlow already imported; float32 unless said)\n")
     print(table(["state_mode", "seconds", "all runs (s)"],
                 [[label, f"{median([r['seconds'] for r in runs_of]):.2f}",
                   ", ".join(f"{r['seconds']:.2f}" for r in runs_of)] for label, runs_of in setup.items()]))
     sys.stdout.flush()
     return {"steady": {label: median(result["steady"]) for label, result in results.items()},
             "whole": {label: median(result["large"]) for label, result in results.items()},
-            "setup": median([r["seconds"] for r in setup["warm (states kept by an earlier job)"]])}
+            "setup": {label: median([r["seconds"] for r in runs_of]) for label, runs_of in setup.items()}}
 
 
 def ceiling_section(work, n, repeats, log_dir):
@@ -660,7 +663,8 @@ def work_bound_line(work, n_sentences, dump, bfloat16_gflops):
     """What bounds bilm's bfloat16 dump: its arithmetic at the CPU's bfloat16 product rate plus its set-up."""
     gflop = dump_work_gflop(work, n_sentences)
     label = BFLOAT16_LABEL
-    whole, setup, original = dump["whole"][label], dump["setup"], dump["whole"].get(ORIGINAL_LABEL)
+    whole, original = dump["whole"][label], dump["whole"].get(ORIGINAL_LABEL)
+    setup = dump["setup"][SETUP_BFLOAT16]
     floor = setup + gflop / bfloat16_gflops
     line = (f"\nWhat bounds {short(label)} ({n_sentences} sentences): {gflop:,.0f} GFLOP (LSTMs over the real "
             f"positions, char CNN over each batch's distinct tokens), {gflop / (whole - setup):.0f} GFLOP/s between "
