@@ -534,10 +534,9 @@ ORIGINAL_LABEL = "original bilm-tf (sentence at a time, stateful)"
 BFLOAT16_LABEL = "bilm, state_mode='warm', precision='bfloat16'"
 UNPACKED_LABEL = ("bilm, state_mode='warm', precision='bfloat16', LSTM matrices not packed (the straightforward "
                   "path: packed at every product, the session's Grappler passes on)")
-SETUP_WARM_KEPT = "warm (states kept by an earlier job)"
 SETUP_BFLOAT16 = "warm, states kept, precision='bfloat16'"
 SETUP_VARIANTS = {"stateful": {"state_mode": "stateful"}, "zero": {"state_mode": "zero"},
-                  SETUP_WARM_KEPT: {"state_mode": "warm"},
+                  "warm (states kept by an earlier job)": {"state_mode": "warm"},
                   "warm (states computed: the model's first job here)": {"state_mode": "warm",
                                                                          "keep_warm_states": False},
                   SETUP_BFLOAT16: {"state_mode": "warm", "precision": "bfloat16"}}
