@@ -4,6 +4,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from bilm.core import inference, network, sessions
+from bilm.core.batching import Batcher
 from bilm.embedding.embedder import ElmoEmbedder
 from conftest import make_options, random_sentences, write_model
 
@@ -79,6 +80,27 @@ def test_packed_matrices_give_the_same_numbers(model, monkeypatch, state_mode, b
     # (the same bits on the CPUs measured; other CPUs may pick other kernels: bfloat16's rounding then)
     worst = max(np.abs(a - b).max() / np.abs(a).max() for a, b in zip(plain, packed))
     assert worst <= 1e-2, worst
+
+
+@needs_packing
+def test_a_model_called_twice_packs_its_matrices_once(model, monkeypatch):
+    # Two placeholders (a question and its context) read the same weights: one packed copy of each matrix.
+    options_file, weight_file, sentences = model
+    monkeypatch.setattr(inference, "PACK_LSTM_WEIGHTS", True)
+    ids = Batcher(None, 50).batch_sentences(sentences[:5])
+    with tf.Graph().as_default() as graph:
+        bilm = inference.BidirectionalLanguageModel(options_file, weight_file, state_mode="zero", precision="bfloat16")
+        placeholders = [tf.placeholder(tf.int32, (None, None, 50)) for _ in range(2)]
+        outputs = [bilm(placeholder)["lm_embeddings"] for placeholder in placeholders]
+        graph_def = graph.as_graph_def()
+        with tf.Session(config=sessions.without_graph_rewrites(sessions.config(branches=2))) as sess:
+            sess.run(tf.global_variables_initializer())
+            first, second = sess.run(outputs, dict.fromkeys(placeholders, ids))
+    np.testing.assert_array_equal(first, second)
+    products = [node for function in graph_def.library.function for node in function.node_def
+                if node.op == "_MklNativeFusedMatMul"]
+    calls = [node for node in graph_def.node if node.op.endswith("PartitionedCall")]
+    assert len(products) == 3 * 3 * 2 and len(calls) == 2 * 3 * 2
 
 
 def test_a_session_without_graph_rewrites_keeps_the_other_settings():

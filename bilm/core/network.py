@@ -261,9 +261,10 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
         outputs float32 (B, T, P), zero past each row's length, and the final state
         (c, h) of each row after its last real step.
     """
-    packed = isinstance(kernel, Packed)  # (then so is the projection)
-    if packed:
+    packed = None
+    if isinstance(kernel, Packed):  # (then so is the projection)
         kernel, projection = kernel.weight, None if projection is None else projection.weight
+        packed = (kernel.name, None if projection is None else projection.name)
     in_dim = int(inputs.shape[-1])
     kernel_x, kernel_h = tf.split(kernel, [in_dim, int(kernel.shape[0]) - in_dim], axis=0)  # (cheaper gradient)
     n_static = tf.compat.dimension_value(inputs.shape[1])
@@ -282,19 +283,20 @@ def lstm_layer(inputs, initial_state, options, kernel, bias, projection=None, le
 _LOOPED = weakref.WeakKeyDictionary()  # graph -> {signature: the looped LSTM's graph function}
 
 
-def _looped_function(options, inputs, weights, packed=False):
+def _looped_function(options, inputs, weights, packed=None):
     """``_looped_lstm`` as one graph function per graph, options and types, taking the weights as arguments.
 
     A model's layers, both directions and its warm-up call the same function, so its while loop is
     built once instead of once per layer and direction (the full-size model's inference graph: 557
     operations instead of 997; ``ElmoEmbedder``'s set-up 1.68 s instead of 2.04, median of 5
-    alternating runs). With ``packed`` weights (``Packed``) the weights get a copy of the function of
-    their own (``_function_copy``): its products keep their packed copies. Returns a function:
+    alternating runs). ``packed``: the names of a layer's ``Packed`` kernel and projection; every call
+    with those weights (a model called on several placeholders) shares a copy of the function of
+    their own (``_function_copy``), whose products keep one packed copy of them. Returns a function:
     (inputs, c0, h0, lengths, kernel_x, kernel_h, bias[, projection]) -> (outputs, c, h).
     """
     in_dim = int(inputs.shape[-1])
     key = (json.dumps(options.to_dict(), sort_keys=True), in_dim, tuple(w.dtype.base_dtype.name for w in weights),
-           packed)
+           packed is not None)
     functions = _LOOPED.setdefault(tf.get_default_graph(), {})
     if key not in functions:
         dim, out_dim = options.state_sizes
@@ -303,16 +305,16 @@ def _looped_function(options, inputs, weights, packed=False):
         signature += [tf.TensorSpec(w.shape, w.dtype.base_dtype) for w in weights]
 
         def looped(inputs, c0, h0, lengths, kernel_x, kernel_h, bias, projection=None):
-            if packed:
+            if packed is not None:
                 kernel_x, kernel_h = Packed(kernel_x), Packed(kernel_h)
                 projection = None if projection is None else Packed(projection)
             outputs, (c, h) = _looped_lstm(inputs, (c0, h0), options, kernel_x, kernel_h, bias, projection, lengths)
             return outputs, c, h
 
         functions[key] = tf.function(looped, input_signature=signature, autograph=False).get_concrete_function()
-    if not packed:
+    if packed is None:
         return functions[key]
-    own_key = key + tuple(w.name for w in weights)
+    own_key = key + packed
     if own_key not in functions:
         functions[own_key] = _function_copy(functions[key], f"_copy{len(functions)}")
     return functions[own_key]
