@@ -128,16 +128,33 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_weights_before_the_update_t
     np.testing.assert_array_equal(stored(f"{save}/model.ckpt-10", "lm/softmax/W"), good)
 
 
-def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoint(tmp_path, capsys, small_run):
+def judged_batches(monkeypatch):
+    """The (step, loss) of every batch a training run's DivergenceWatch judges, in order: what a failed
+    assertion about a divergence shows, to tell a mislabelled batch from a loss that behaved otherwise."""
+    from bilm.training.divergence import DivergenceWatch
+    judged, judge = [], DivergenceWatch.judge
+
+    def recording(self, step, loss, *args, **kwargs):
+        judged.append((step, round(loss, 3)))
+        return judge(self, step, loss, *args, **kwargs)
+
+    monkeypatch.setattr(DivergenceWatch, "judge", recording)
+    return judged
+
+
+def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoint(tmp_path, capsys, monkeypatch,
+                                                                                   small_run):
     # The tiny model at --learning_rate 1e8: its loss is finite (exp overflows: train perplexity inf) but
     # far worse than guessing, from the second batch on.
+    judged = judged_batches(monkeypatch)
     save = tmp_path / "ckpt"
     diverging = ["--quiet", "train", *common(save), *SMALL, "--n_epochs", "24", "--checkpoint_every", "1"]
     assert main(diverging + ["--learning_rate", "1e8"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bilm: error: training diverged at batch 21: loss "), lines
-    assert "above ln(2 x 43) = 4.45, worse than guessing uniformly" in lines[0] and "since batch 2;" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("bilm: error: training diverged at batch 21: loss "), (lines, judged)
+    assert "above ln(2 x 43) = 4.45, worse than guessing uniformly" in lines[0] and "since batch 2;" in lines[0], judged
     assert "no checkpoint of this run is known to be good, so none was kept" in lines[0]
+    judged.clear()
     assert not list(save.glob("model.ckpt-*")) and not (save / "checkpoint").exists()
     # From a good checkpoint (1 epoch of these options): the run that diverges after it names it, and it
     # stays the latest.
@@ -153,7 +170,7 @@ def test_a_diverging_run_stops_with_one_line_and_never_keeps_a_diverged_checkpoi
     assert re.fullmatch(rf"bilm: error: training diverged at batch {steps + 21}: loss \S+, above ln\(2 x 43\) = "
                         rf"4\.45, .* since batch {steps + 2}; nothing after the last good checkpoint, "
                         rf"{save}/model\.ckpt-{steps}, was saved: it stays the latest \(a lower learning rate may "
-                        rf"help\)", message), message
+                        rf"help\)", message), (message, judged)
     assert tf.train.latest_checkpoint(str(save)) == f"{save}/model.ckpt-{steps}"
     assert sorted(p.name for p in save.glob("model.ckpt-*.index")) == kept  # none of the diverged run's
 
