@@ -333,6 +333,15 @@ def test_restart_of_a_finished_run_says_so_instead_of_a_perplexity_of_nan(tmp_pa
            f"left); latest checkpoint {save}/model.ckpt-{steps}" in caplog.text
     assert "nan" not in caplog.text and "trained 0 batches" not in caplog.text
     assert load_options_latest_checkpoint(str(save))[1] == f"{save}/model.ckpt-{steps}"
+    # Trained for 2 epochs, then restarted for 1: it says so, not that less than a batch is left.
+    assert main(["--quiet", "restart", *common(save), "--n_epochs", "2"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bilm"):
+        assert main(["restart", *common(save), "--n_epochs", "1"]) == 0
+    steps = 2 * TOKENS_PER_EPOCH // 10
+    assert f"nothing left to train: {steps * 10} of {TOKENS_PER_EPOCH} tokens trained (already past the 1 epoch(s) " \
+           f"asked for: pass a larger --n_epochs to train more); latest checkpoint {save}/model.ckpt-{steps}" \
+           in caplog.text, caplog.text
 
 
 def test_restore_checks_shapes_against_the_options(tmp_path, capsys, small_run):

@@ -505,7 +505,13 @@ def _loop(sess, graph, data, config, run, saver, writer, evaluation, softmax_onl
     tokens = int(sess.run(graph["tokens_trained"]))
     latest = saver.latest if run.chief else "(the chief's)"
     if step == start_step:  # a finished run continued: no batch, so no train perplexity either
-        why = "the fine-tune had stopped early" if remaining else f"less than a batch of {step_tokens} left"
+        if remaining:
+            why = "the fine-tune had stopped early"
+        elif tokens > total_tokens:  # restarted with fewer epochs than it has trained
+            why = (f"already past the {config.n_epochs} epoch(s) asked for: pass a larger "
+                   f"{flag('n_epochs', '--n_epochs')} to train more")
+        else:
+            why = f"less than a batch of {step_tokens} left"
         logger.info("nothing left to train: %d of %d tokens trained (%s); latest checkpoint %s", tokens, total_tokens,
                     why, latest)
         return perplexity
